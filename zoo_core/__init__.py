@@ -1,0 +1,51 @@
+"""backbone-zoo core: a plugin-based zoo of pretrained vision backbones for transfer learning.
+
+Library API: :func:`list_backbones`, :func:`create`, :func:`info`, :func:`train`, :func:`compare`,
+:func:`load`; plugin authors use :data:`hookimpl` and :class:`BackboneAdapter`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .adapter import BackboneAdapter, BackboneInfo, DataConfig
+from .errors import (
+    DataError,
+    DuplicateBackboneError,
+    TrainingError,
+    UnknownBackboneError,
+    WeightsError,
+    ZooError,
+)
+from .hookspecs import hookimpl, hookspec
+from .models import create, info
+from .plugins import register_plugin, reload_plugins, unregister_plugin
+from .registry import get_adapter, list_backbones, plugins_report
+
+__version__ = "0.1.0"
+
+_LAZY = {  # heavy modules load on first use so `import zoo_core` stays fast
+    "train": ("train", "train"),
+    "TrainConfig": ("train", "TrainConfig"),
+    "TrainResult": ("train", "TrainResult"),
+    "load": ("inference", "load"),
+    "predict": ("inference", "predict"),
+    "compare": ("compare", "compare"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
+    raise AttributeError(f"module 'zoo_core' has no attribute {name!r}")
+
+
+__all__ = [
+    "BackboneAdapter", "BackboneInfo", "DataConfig", "DataError", "DuplicateBackboneError",
+    "TrainingError", "UnknownBackboneError", "WeightsError", "ZooError", "create", "get_adapter",
+    "hookimpl", "hookspec", "info", "list_backbones", "plugins_report", "register_plugin",
+    "reload_plugins", "unregister_plugin", *_LAZY,
+]

@@ -1,0 +1,187 @@
+"""Shared helpers to find a model's head, split it into stages, and freeze all but the top.
+
+Every built-in plugin freezes through these functions, so "frozen" means the same thing for every
+family: ``requires_grad=False`` on the parameters *and* the leaf modules of a frozen stage locked
+in eval mode, so BatchNorm statistics and dropout masks do not change under ``model.train()``.
+"""
+
+from __future__ import annotations
+
+import re
+import types
+from typing import Iterable, Sequence
+
+from torch import nn
+
+Stages = list[tuple[str, list[str]]]
+"""Ordered input→output list of ``(stage name, names)``; names are parameter, buffer and leaf
+module names (dotted, as in ``named_parameters``) that belong to that stage."""
+
+_LOCK_ATTR = "_zoo_eval_locked"
+
+
+def find_head(model: nn.Module) -> str:
+    """Return the dotted name of the final classifier ``nn.Linear`` of ``model``.
+
+    Tries timm's ``get_classifier()``, then the attributes ``fc``, ``classifier``, ``head``, then the
+    last ``nn.Linear`` in module order.
+    """
+    by_id = {id(m): n for n, m in model.named_modules()}
+    get_classifier = getattr(model, "get_classifier", None)
+    if callable(get_classifier):
+        clf = get_classifier()
+        if isinstance(clf, nn.Module) and id(clf) in by_id and by_id[id(clf)]:
+            return by_id[id(clf)]
+    for attr in ("fc", "classifier", "head"):
+        mod = getattr(model, attr, None)
+        if isinstance(mod, nn.Linear):
+            return attr
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(
+            f"{type(model).__name__} has no nn.Linear head; override head_name() in its adapter"
+        )
+    return linears[-1]
+
+
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted path ``name`` by ``module``."""
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, module)
+
+
+def replace_linear_head(model: nn.Module, head_name: str, num_classes: int) -> nn.Module:
+    """Put a fresh ``nn.Linear(in_features, num_classes)`` at ``head_name`` and return ``model``."""
+    old = model.get_submodule(head_name)
+    in_features = getattr(old, "in_features", None)
+    if in_features is None:
+        raise ValueError(f"head {head_name!r} is a {type(old).__name__}, not an nn.Linear")
+    device = old.weight.device if isinstance(getattr(old, "weight", None), nn.Parameter) else None
+    new = nn.Linear(in_features, num_classes, device=device if device and device.type != "meta" else None)
+    set_submodule(model, head_name, new)
+    return model
+
+
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def _member_names(model: nn.Module) -> list[str]:
+    names = [n for n, _ in model.named_parameters()]
+    names += [n for n, _ in model.named_buffers()]
+    names += [n for n, m in model.named_modules() if n and not any(True for _ in m.children())]
+    return list(dict.fromkeys(names))
+
+
+def stages_from_patterns(
+    model: nn.Module, patterns: Sequence[tuple[str, str]], head: str
+) -> Stages:
+    """Assign every parameter, buffer and leaf module (outside the head) to a stage.
+
+    ``patterns`` is an ordered input→output list of ``(stage name, regex)``; a name joins the first
+    stage whose regex matches it (``re.match``). Names no pattern matches join a final stage
+    ``"other"``, so nothing is left unaccounted for.
+    """
+    compiled = [(stage, re.compile(rx)) for stage, rx in patterns]
+    out: dict[str, list[str]] = {stage: [] for stage, _ in patterns}
+    other: list[str] = []
+    stateful = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+    stateful |= {n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))}
+    for name in _member_names(model):
+        if _under(name, head):
+            continue
+        for stage, rx in compiled:
+            if rx.match(name):
+                out[stage].append(name)
+                break
+        else:
+            if name in stateful:  # stateless leaves (ReLU, pooling) need no stage
+                other.append(name)
+    stages = [(s, n) for s, n in out.items() if n]
+    if other:
+        stages.append(("other", other))
+    return stages
+
+
+def default_stages(model: nn.Module, head: str) -> Stages:
+    """One stage per top-level child holding parameters (the head itself excluded)."""
+    patterns = [
+        (n, rf"^{re.escape(n)}(\.|$)")
+        for n, m in model.named_children()
+        if any(True for _ in m.parameters()) and n != head
+    ]
+    return stages_from_patterns(model, patterns, head)
+
+
+def _frozen_train(self: nn.Module, mode: bool = True) -> nn.Module:
+    return nn.Module.train(self, False)
+
+
+def lock_eval(module: nn.Module) -> None:
+    """Keep ``module`` in eval mode even when ``train()`` is called on it or a parent."""
+    module.train = types.MethodType(_frozen_train, module)  # type: ignore[method-assign]
+    setattr(module, _LOCK_ATTR, True)
+    nn.Module.train(module, False)
+
+
+def unlock_eval(module: nn.Module) -> None:
+    """Undo :func:`lock_eval`; the module follows its parent's mode again."""
+    if getattr(module, _LOCK_ATTR, False):
+        del module.train
+        delattr(module, _LOCK_ATTR)
+
+
+def is_eval_locked(module: nn.Module) -> bool:
+    """True when :func:`lock_eval` pinned ``module`` to eval mode."""
+    return bool(getattr(module, _LOCK_ATTR, False))
+
+
+def freeze_stages(
+    model: nn.Module, stages: Stages, head: str, trainable_stages: int = 0
+) -> nn.Module:
+    """Leave the head and the last ``trainable_stages`` stages trainable; freeze the rest.
+
+    Frozen parameters get ``requires_grad=False`` and frozen leaf modules (BatchNorm, Dropout, …) are
+    locked in eval mode; anything trainable is unlocked. A negative ``trainable_stages`` or one at
+    least ``len(stages)`` unfreezes everything. Returns ``model``.
+    """
+    n = len(stages)
+    k = n if trainable_stages < 0 else min(trainable_stages, n)
+    frozen: set[str] = set()
+    for _, names in stages[: n - k]:
+        frozen.update(names)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name not in frozen or _under(name, head))
+    for name, m in model.named_modules():
+        if name in frozen and not _under(name, head):
+            lock_eval(m)
+        else:
+            unlock_eval(m)
+    return model
+
+
+def unfreeze_all(model: nn.Module) -> nn.Module:
+    """Make every parameter trainable and unlock every eval-locked module."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    for m in model.modules():
+        unlock_eval(m)
+    return model
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """Return ``(total, trainable)`` parameter counts."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+
+
+def stage_index(stages: Stages) -> dict[str, int]:
+    """Map each member name to the index of its stage."""
+    return {name: i for i, (_, names) in enumerate(stages) for name in names}
+
+
+def parameter_names(model: nn.Module, names: Iterable[str]) -> list[str]:
+    """Filter ``names`` down to the parameter names of ``model``."""
+    params = {n for n, _ in model.named_parameters()}
+    return [n for n in names if n in params]

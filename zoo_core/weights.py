@@ -1,0 +1,109 @@
+"""Weight files: reading local checkpoints safely, fitting them to a model, and cache locations."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from .errors import WeightsError
+
+LOCAL_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
+
+
+def is_local_path(weights: object) -> bool:
+    """True when ``weights`` names a local checkpoint file rather than a weight tag."""
+    if isinstance(weights, Path):
+        return True
+    if not isinstance(weights, str) or weights in ("DEFAULT", ""):
+        return False
+    return weights.lower().endswith(LOCAL_SUFFIXES) or os.sep in weights or os.path.exists(weights)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a ``.safetensors`` or torch checkpoint (``weights_only=True``) as a flat state dict.
+
+    Unwraps the usual containers (``{"model": …}``, ``{"state_dict": …}``) and strips the
+    ``module.`` / ``_orig_mod.`` prefixes that DDP and ``torch.compile`` add.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsError(f"weights file {str(p)!r} does not exist")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: object = load_file(str(p))
+        else:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - reported with the file name
+        raise WeightsError(
+            f"cannot read weights file {str(p)!r}: {type(exc).__name__}: {exc}. It must be a "
+            "state dict saved with torch.save or safetensors (pickled objects are refused)."
+        ) from exc
+    for key in ("model", "state_dict", "model_state_dict", "module"):
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
+            break
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"weights file {str(p)!r} does not hold a state dict of tensors")
+    out = {}
+    for k, v in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], *, head: str, source: str) -> list[str]:
+    """Copy ``state`` into ``model``; a head of another shape is skipped (the fresh head stays).
+
+    Any other missing, unexpected or mis-shaped key raises :class:`WeightsError` listing them.
+    Returns the keys that were skipped because they belong to a differently-shaped head.
+    """
+    own = model.state_dict()
+    head_prefix = head + "."
+    skipped, mismatched = [], []
+    for k, v in state.items():
+        if k in own and own[k].shape != v.shape:
+            (skipped if k.startswith(head_prefix) else mismatched).append(
+                f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+            )
+    usable = {k: v for k, v in state.items() if not any(s.startswith(k + " ") for s in skipped)}
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    missing_body = [k for k in missing if not (skipped and k.startswith(head_prefix))]
+    unexpected = [k for k in state if k not in own]
+    problems = []
+    if missing_body:
+        problems.append(f"missing keys: {_few(missing_body)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_few(unexpected)}")
+    if mismatched:
+        problems.append(f"mis-shaped keys: {_few(mismatched)}")
+    if problems:
+        raise WeightsError(f"weights {source!r} do not fit this model — " + "; ".join(problems))
+    model.load_state_dict(usable, strict=False)
+    return [s.split(" ")[0] for s in skipped]
+
+
+def _few(items: list[str], n: int = 8) -> str:
+    more = f" … (+{len(items) - n} more)" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
+
+
+def torch_hub_checkpoint(url: str) -> Path:
+    """Where ``torch.hub.load_state_dict_from_url`` caches ``url`` (under ``$TORCH_HOME``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+def offline_hint(name: str, where: str) -> str:
+    """The sentence every 'pretrained weights unavailable' error ends with."""
+    return (
+        f"Put the checkpoint file at {where}, or pass weights='path/to/checkpoint.pth' "
+        f"(or .safetensors) for a local file, or weights=None for an explicitly random-init {name}."
+    )
