@@ -25,12 +25,14 @@ from .registry import get_adapter, list_backbones, plugins_report
 __version__ = "0.1.0"
 
 _LAZY = {  # heavy modules load on first use so `import zoo_core` stays fast
-    "train": ("train", "train"),
-    "TrainConfig": ("train", "TrainConfig"),
-    "TrainResult": ("train", "TrainResult"),
+    "train": ("trainer", "train"),
+    "TrainConfig": ("trainer", "TrainConfig"),
+    "TrainResult": ("trainer", "TrainResult"),
     "load": ("inference", "load"),
     "predict": ("inference", "predict"),
-    "compare": ("compare", "compare"),
+    "compare": ("comparison", "compare"),
+    "Leaderboard": ("comparison", "Leaderboard"),
+    "lr_find": ("lrfind", "lr_find"),
 }
 
 

@@ -34,7 +34,7 @@ class DataConfig:
         """Shorter-side size before the center crop."""
         return int(round(max(self.image_size) / self.crop_pct))
 
-    def with_image_size(self, size: int | None) -> "DataConfig":
+    def with_image_size(self, size: int | None) -> DataConfig:
         """Same config with a square input of ``size`` pixels (``None``: unchanged)."""
         if not size:
             return self
@@ -45,7 +45,7 @@ class DataConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DataConfig":
+    def from_dict(cls, d: dict[str, Any]) -> DataConfig:
         """Inverse of :meth:`to_dict`; unknown keys are ignored."""
         known = {f: d[f] for f in cls.__dataclass_fields__ if f in d}
         for key in ("input_size", "mean", "std"):

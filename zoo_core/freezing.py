@@ -142,8 +142,8 @@ def freeze_stages(
 ) -> nn.Module:
     """Leave the head and the last ``trainable_stages`` stages trainable; freeze the rest.
 
-    Frozen parameters get ``requires_grad=False`` and frozen leaf modules (BatchNorm, Dropout, …) are
-    locked in eval mode; anything trainable is unlocked. A negative ``trainable_stages`` or one at
+    Frozen parameters get ``requires_grad=False`` and frozen leaf modules (BatchNorm, Dropout, …), as
+    well as any module whose whole state is frozen, are locked in eval mode; anything trainable is unlocked. A negative ``trainable_stages`` or one at
     least ``len(stages)`` unfreezes everything. Returns ``model``.
     """
     n = len(stages)
@@ -153,12 +153,31 @@ def freeze_stages(
         frozen.update(names)
     for name, p in model.named_parameters():
         p.requires_grad_(name not in frozen or _under(name, head))
+    whole = _fully_frozen_modules(model, frozen)
     for name, m in model.named_modules():
-        if name in frozen and not _under(name, head):
+        if (name in frozen or name in whole) and not _under(name, head):
             lock_eval(m)
         else:
             unlock_eval(m)
     return model
+
+
+def _fully_frozen_modules(model: nn.Module, frozen: set[str]) -> set[str]:
+    """Modules holding state whose every parameter and buffer (recursively) is in ``frozen``.
+
+    These are locked too, so a non-leaf normalisation layer (timm's ``BatchNormAct2d`` has ``act`` and
+    ``drop`` children) cannot update its running statistics when its stage is frozen.
+    """
+    state: dict[str, tuple[bool, bool]] = {}  # module name → (holds state, all of it frozen)
+    for name, m in reversed(list(model.named_modules())):  # children before their parents
+        own = [f"{name}.{n}" if name else n for n, _ in m.named_parameters(recurse=False)]
+        own += [f"{name}.{n}" if name else n for n, _ in m.named_buffers(recurse=False)]
+        kids = [state.get(f"{name}.{c}" if name else c, (False, True)) for c, _ in m.named_children()]
+        state[name] = (
+            bool(own) or any(has for has, _ in kids),
+            all(o in frozen for o in own) and all(done for _, done in kids),
+        )
+    return {name for name, (has, done) in state.items() if has and done}
 
 
 def unfreeze_all(model: nn.Module) -> nn.Module:

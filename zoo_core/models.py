@@ -8,7 +8,8 @@ import os
 import torch
 from torch import nn
 
-from . import registry, weights as wts
+from . import registry
+from . import weights as wts
 from .adapter import BackboneInfo
 from .freezing import count_parameters
 

@@ -83,7 +83,10 @@ def get_plugin_manager() -> pluggy.PluginManager:
     for ep in _entry_points():
         try:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=ep.name)
+            pm.check_pending()  # a misspelt hookimpl fails here, blamed on this entry point alone
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the others
+            if pm.get_plugin(ep.name) is not None:
+                pm.unregister(name=ep.name)
             dist = ep.dist
             _load_errors[ep.name] = PluginRecord(
                 name=ep.name,
@@ -124,7 +127,11 @@ def register_plugin(plugin: object, name: str | None = None) -> str:
     """Register an in-process plugin object (a module or class with hookimpls); return its name."""
     pm = get_plugin_manager()
     registered = pm.register(plugin, name=name)
-    pm.check_pending()
+    try:
+        pm.check_pending()
+    except Exception:
+        pm.unregister(plugin=plugin)  # do not leave a half-valid plugin behind
+        raise
     _changed()
     return registered or (name or pm.get_name(plugin) or "")
 

@@ -1,0 +1,138 @@
+"""Learning-rate range test (fastai's ``lr_find``) for strategies that train backbone layers.
+
+The LR grows exponentially from ``start_lr`` to ``end_lr`` over ``num_steps`` mini-batches while the
+smoothed training loss is recorded; the run stops early once the loss diverges. The suggestion is the
+LR of the steepest descent of the smoothed loss, capped at a tenth of the LR of the minimum loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import data as zdata
+from . import registry, strategies
+from .models import create
+from .rundir import atomic_write_text
+
+
+@dataclass
+class LRFindResult:
+    """The recorded curve and the suggested learning rate."""
+
+    lrs: list[float]
+    losses: list[float]  # smoothed
+    suggestion: float
+    plot: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"suggestion": self.suggestion, "lrs": self.lrs, "losses": self.losses,
+                "plot": str(self.plot) if self.plot else None}
+
+
+def suggest_lr(lrs: list[float], losses: list[float]) -> float:
+    """Steepest-descent LR of the smoothed curve, no larger than (LR at min loss) / 10."""
+    if len(lrs) < 3:
+        return lrs[0] if lrs else 1e-3
+    i_min = min(range(len(losses)), key=losses.__getitem__)
+    logs = [math.log10(x) for x in lrs]
+    grads = [(losses[i + 1] - losses[i - 1]) / (logs[i + 1] - logs[i - 1]) for i in range(1, max(2, i_min))]
+    i_steep = 1 + min(range(len(grads)), key=grads.__getitem__) if grads else 0
+    return float(min(lrs[i_steep], lrs[i_min] / 10))
+
+
+def lr_find(backbone: str, data: Any, *, strategy: str = "full", start_lr: float = 1e-7, end_lr: float = 1.0,
+            num_steps: int = 100, out: str | Path | None = None, progress: bool = True,
+            **overrides: Any) -> LRFindResult:
+    """Run the LR range test for ``backbone`` on ``data`` with ``strategy``'s trainable layers.
+
+    ``overrides`` are :class:`zoo_core.TrainConfig` fields (batch_size, image_size, weights, seed, …).
+    ``out`` is a directory for ``lr_find.png`` and ``lr_find.json``.
+    """
+    from .trainer import TrainConfig, _data_config, pick_device, seed_everything
+
+    cfg = dataclasses.replace(TrainConfig(), backbone=backbone, strategy=strategy, **overrides)
+    strat = strategies.get_strategy(cfg.strategy)
+    seed_everything(cfg.seed)
+    split = zdata.load_data(data, val_fraction=cfg.val_fraction, seed=cfg.seed, download=cfg.download,
+                            data_root=cfg.data_root, progress=progress)
+    adapter, _ = registry.get_adapter(backbone)
+    model = create(backbone, num_classes=len(split.classes), weights=cfg.weights)
+    data_cfg = _data_config(adapter, cfg)
+    device = pick_device(cfg.device)
+    stages = adapter.stages(model)
+    k = strat.trainable_stages(10**6, len(stages), cfg.trainable_stages, cfg.head_epochs)  # the final phase
+    strategies.apply_stages(model, adapter, k, len(stages))
+    groups = strategies.param_groups(model, stages, adapter.head_name(model), lr=1.0,
+                                     weight_decay=cfg.weight_decay, backbone_lr_mult=cfg.backbone_lr_mult,
+                                     layer_decay=cfg.layer_decay)
+    opt = strategies.make_optimizer(groups, cfg.optimizer, cfg.momentum)
+    augment = strat.default_augment if cfg.augment is None else cfg.augment
+    ds = zdata.Transformed(split.train, zdata.train_transform(data_cfg, augment=augment))
+    loader = zdata.make_loader(ds, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
+                               num_workers=cfg.num_workers, device=device)
+    model.to(device).train()
+    lrs, losses = _range_test(model, loader, opt, data_cfg, device, start_lr, end_lr, num_steps, progress)
+    result = LRFindResult(lrs, losses, suggest_lr(lrs, losses))
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        result.plot = out / "lr_find.png"
+        _plot(result, result.plot, f"{backbone} [{strat.name}]")
+        atomic_write_text(out / "lr_find.json", json.dumps(result.to_dict(), indent=2))
+    if progress:
+        print(f"zoo lr-find: suggested learning rate {result.suggestion:.2e}", file=sys.stderr)
+    return result
+
+
+def _range_test(model: nn.Module, loader: Any, opt: torch.optim.Optimizer, data_cfg: Any, device: torch.device,
+                start_lr: float, end_lr: float, num_steps: int, progress: bool) -> tuple[list[float], list[float]]:
+    lrs: list[float] = []
+    losses: list[float] = []
+    gamma = (end_lr / start_lr) ** (1 / max(1, num_steps - 1))
+    avg, best, step = 0.0, math.inf, 0
+    bar = tqdm(total=num_steps, desc="lr-find", disable=not progress, leave=False, file=sys.stderr)
+    while step < num_steps:
+        for x, y in loader:
+            lr = start_lr * gamma**step
+            strategies.set_lr(opt, lr)
+            x = zdata.normalize(x.to(device), data_cfg)
+            loss = nn.functional.cross_entropy(model(x).float(), y.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            avg = 0.9 * avg + 0.1 * float(loss)
+            smoothed = avg / (1 - 0.9 ** (step + 1))
+            lrs.append(lr)
+            losses.append(smoothed)
+            best = min(best, smoothed)
+            step += 1
+            bar.update(1)
+            if step >= num_steps or not math.isfinite(smoothed) or smoothed > 4 * best:
+                step = num_steps
+                break
+    bar.close()
+    return lrs, losses
+
+
+def _plot(result: LRFindResult, path: Path, title: str) -> None:
+    from .plots import _pyplot, _save
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(result.lrs, result.losses)
+    ax.axvline(result.suggestion, color="red", linestyle="--", label=f"suggested {result.suggestion:.1e}")
+    ax.set(xscale="log", xlabel="learning rate (log)", ylabel="smoothed training loss", title=f"LR range test: {title}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)

@@ -1,0 +1,99 @@
+"""PNG plots of runs and comparisons (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Sequence
+
+from .rundir import atomic_write_bytes
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def learning_curves(history: Sequence[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Loss (train/val) and top-1 accuracy (train/val) per epoch, side by side."""
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    epochs = [r["epoch"] for r in history]
+    for key, label in (("train_loss", "train"), ("val_loss", "val")):
+        ax1.plot(epochs, [r.get(key) for r in history], marker="o", label=label)
+    for key, label in (("train_acc", "train"), ("val_acc", "val")):
+        ax2.plot(epochs, [r.get(key) for r in history], marker="o", label=label)
+    ax1.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax2.set(xlabel="epoch", ylabel="top-1 accuracy", title="accuracy", ylim=(0, 1.02))
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+
+
+def confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: Path, title: str = "") -> None:
+    """Row-normalised confusion matrix (rows: true class, columns: predicted) with counts."""
+    plt = _pyplot()
+    import numpy as np
+
+    m = np.asarray(matrix, dtype=float)
+    norm = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+    n = len(classes)
+    size = min(2 + 0.45 * n, 16)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
+    if n <= 30:
+        ax.set_xticks(range(n), classes, rotation=45, ha="right")
+        ax.set_yticks(range(n), classes)
+        for i in range(n):
+            for j in range(n):
+                if m[i, j]:
+                    ax.text(j, i, int(m[i, j]), ha="center", va="center",
+                            color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix (validation)")
+    _save(fig, path)
+
+
+def scatter(points: Sequence[dict[str, Any]], x: str, y: str, path: Path, *, xlabel: str, ylabel: str,
+            title: str, logx: bool = False) -> None:
+    """One labelled point per entry (``label`` key), e.g. accuracy vs speed."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for p in points:
+        if p.get(x) is None or p.get(y) is None:
+            continue
+        ax.scatter(p[x], p[y], s=40)
+        ax.annotate(p["label"], (p[x], p[y]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if logx:
+        ax.set_xscale("log")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def curves_overlay(series: dict[str, Sequence[dict[str, Any]]], path: Path, key: str = "val_acc",
+                   ylabel: str = "validation top-1") -> None:
+    """One line per entry of ``series`` (label → history) for metric ``key``."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, hist in series.items():
+        if hist:
+            ax.plot([r["epoch"] for r in hist], [r.get(key) for r in hist], marker="o", label=label)
+    ax.set(xlabel="epoch", ylabel=ylabel, title=f"{ylabel} per epoch")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)

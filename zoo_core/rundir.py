@@ -1,0 +1,115 @@
+"""The run directory: resolved config, per-epoch metrics, checkpoints, plots — all written atomically.
+
+Layout of ``RUN_DIR``::
+
+    config.json        the resolved TrainConfig plus data/backbone facts (classes, data config, …)
+    metrics.jsonl      one JSON object per epoch (also metrics.csv with the same columns)
+    last.pt            full training state for --resume (model, optimizer, epoch, history, RNG)
+    best.pt            best weights by validation loss, with everything needed for inference
+    summary.json       final metrics, best epoch, paths, per-class accuracy
+    per_class.csv      per-class accuracy table
+    curves.png         learning curves; confusion.png: confusion matrix on the validation set
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ZooError
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and ``os.replace`` (no half-written files)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Text version of :func:`atomic_write_bytes`."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """``torch.save`` a dict of tensors and plain values atomically (loadable with weights_only)."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``."""
+    if not path.is_file():
+        raise ZooError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise ZooError(f"cannot read checkpoint {str(path)!r}: {type(exc).__name__}: {exc}") from exc
+
+
+class RunDir:
+    """Writes one run's files; every write replaces the whole file atomically."""
+
+    def __init__(self, path: str | os.PathLike, *, enabled: bool = True) -> None:
+        self.path = Path(path)
+        self.enabled = enabled  # False on non-zero ranks under torch.distributed
+        if enabled:
+            self.path.mkdir(parents=True, exist_ok=True)
+
+    def file(self, name: str) -> Path:
+        """Path of ``name`` inside the run directory."""
+        return self.path / name
+
+    def write_json(self, name: str, obj: Any) -> None:
+        """Write ``obj`` as pretty JSON."""
+        if self.enabled:
+            atomic_write_text(self.file(name), json.dumps(obj, indent=2, default=str) + "\n")
+
+    def read_json(self, name: str) -> Any:
+        """Read a JSON file of the run."""
+        return json.loads(self.file(name).read_text())
+
+    def write_metrics(self, history: list[dict[str, Any]]) -> None:
+        """Rewrite metrics.jsonl and metrics.csv from the whole history (so resume never duplicates)."""
+        if not self.enabled:
+            return
+        atomic_write_text(self.file("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
+        columns: list[str] = []
+        for row in history:
+            columns += [k for k in row if k not in columns]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+        atomic_write_text(self.file("metrics.csv"), buf.getvalue())
+
+    def write_table(self, name: str, rows: list[dict[str, Any]]) -> None:
+        """Write ``rows`` as CSV."""
+        if not self.enabled or not rows:
+            return
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.file(name), buf.getvalue())
+
+    def save(self, name: str, state: dict[str, Any]) -> None:
+        """Save a checkpoint atomically."""
+        if self.enabled:
+            save_checkpoint(self.file(name), state)
