@@ -123,8 +123,256 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- shared training options (generated from TrainConfig, so the CLI never drifts from the API) ---------
+_TRAIN_HELP = {
+    "strategy": "feature-extraction | finetune | full | gradual (default: feature-extraction)",
+    "epochs": "epochs (default: converged head fit for feature-extraction, else 5)",
+    "batch_size": "global batch size (default 32)",
+    "lr": "head learning rate, or 'auto' for the LR range test (default 1e-3 AdamW)",
+    "backbone_lr_mult": "backbone LR as a fraction of the head's (default 0.1)",
+    "layer_decay": "extra LR factor per stage further from the head (default 0.7)",
+    "weight_decay": "weight decay, never on norms and biases (default 0.05)",
+    "optimizer": "adamw | sgd", "momentum": "SGD momentum", "warmup_epochs": "linear warm-up length",
+    "label_smoothing": "label smoothing (default 0)",
+    "trainable_stages": "stages that train with --strategy finetune (default 1)",
+    "head_epochs": "head-only epochs before unfreezing with --strategy gradual (default 1)",
+    "augment": "random resized crop + flip (default: on when fine-tuning, off for feature extraction)",
+    "weights": "DEFAULT (pretrained), none (random init), a weight tag, or a .pth/.safetensors file",
+    "image_size": "override the backbone's input size in pixels (e.g. 64 for a quick look)",
+    "val_fraction": "validation share when the data has no val/ folder (default 0.2)",
+    "seed": "random seed (default 0)", "device": "auto | cpu | cuda | cuda:1 | mps",
+    "precision": "auto | fp32 | bf16 | fp16", "channels_last": "channels-last memory format",
+    "num_workers": "data-loader workers (default: tuned to the machine)",
+    "early_stopping": "patience in epochs on validation loss, 0 disables (default 5)",
+    "cache_features": "cache frozen-backbone features on disk (default on)",
+    "download": "download a built-in dataset (cifar10, …) if missing",
+    "data_root": "where built-in datasets live (default $BACKBONE_ZOO_DATA or ~/.cache/backbone-zoo/datasets)",
+    "out_dir": "parent folder of run directories (default runs)", "run_name": "run directory name",
+    "max_steps": "stop each epoch after this many steps (smoke tests)",
+}
+_NOT_OPTIONS = {"backbone", "data", "progress"}
+
+
+def _parse_weights(v: str) -> str | None:
+    return None if v.lower() in ("none", "random") else v
+
+
+def _parse_lr(v: str) -> float | str:
+    if v == "auto":
+        return v
+    try:
+        return float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--lr takes a number or 'auto', not {v!r}") from None
+
+
+def _add_train_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One ``--option`` per TrainConfig field (defaults stay the config's: None means 'not given')."""
+    import dataclasses
+
+    from .trainer import TrainConfig
+
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in _NOT_OPTIONS or f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = str(f.type)
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": _TRAIN_HELP.get(f.name)}
+        if f.name == "weights":
+            kwargs["type"] = _parse_weights
+        elif f.name == "lr":
+            kwargs["type"] = _parse_lr
+        elif kind.startswith("bool"):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind.startswith("int"):
+            kwargs["type"] = int
+        elif kind.startswith("float"):
+            kwargs["type"] = float
+        p.add_argument(flag, **kwargs)
+
+
+def _train_overrides(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    import dataclasses
+
+    from .trainer import TrainConfig
+
+    out = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in _NOT_OPTIONS or f.name in skip:
+            continue
+        v = getattr(args, f.name, None)
+        if v is not None or (f.name == "weights" and getattr(args, "_weights_given", False)):
+            out[f.name] = v
+    if out.get("early_stopping") == 0:
+        out["early_stopping"] = None
+    return out
+
+
+def _weights_given(argv: list[str]) -> bool:
+    return any(a == "--weights" or a.startswith("--weights=") for a in argv)
+
+
+# ---- zoo train -----------------------------------------------------------------------------------
+def _add_train(sub: Subparsers) -> None:
+    p = sub.add_parser("train", help="train one backbone on a folder of images or a built-in dataset")
+    p.add_argument("backbone", metavar="BACKBONE", help="backbone name, e.g. resnet18 or timm/efficientnet_b0")
+    p.add_argument("--data", required=False, help="image folder (root/<class>/*.jpg or root/train + root/val) "
+                   "or a built-in dataset name (cifar10, cifar100, stl10, flowers102, oxford-iiit-pet, food101)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last.pt")
+    p.add_argument("--nproc", type=int, default=None, help="launch N processes with torchrun (DDP)")
+    p.add_argument("--json", action="store_true", help="print the result summary as JSON")
+    _add_train_options(p)
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .trainer import train
+
+    if args.nproc and args.nproc > 1:
+        from .distributed import launch_torchrun
+
+        return launch_torchrun(args._argv, args.nproc)
+    if not args.data and not args.resume:
+        raise ZooError("zoo train needs --data PATH_OR_NAME (or --resume RUN_DIR)")
+    result = train(args.backbone, args.data, resume=args.resume, **_train_overrides(args))
+    if args.json:
+        _print_json({"run_dir": str(result.run_dir), "best_epoch": result.best_epoch, **result.metrics})
+    else:
+        print(result.summary())
+    return 0
+
+
+# ---- zoo predict ---------------------------------------------------------------------------------
+def _add_predict(sub: Subparsers) -> None:
+    p = sub.add_parser("predict", help="label images with a trained run's best model")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by zoo train (or a .pt file)")
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
+    p.add_argument("--topk", "-k", type=int, default=3, help="labels per image (default 3)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .inference import predict
+
+    results = predict(args.run_dir, args.images, topk=args.topk)
+    if args.json:
+        _print_json(results)
+        return 0
+    rows = [{"image": r["image"], "rank": i + 1, "label": t["label"], "probability": f"{t['probability']:.4f}"}
+            for r in results for i, t in enumerate(r["top"])]
+    print(format_table(rows, ["image", "rank", "label", "probability"]))
+    return 0
+
+
+# ---- zoo compare ---------------------------------------------------------------------------------
+def _add_compare(sub: Subparsers) -> None:
+    p = sub.add_parser("compare", help="train several backbones × strategies on the same data; leaderboard")
+    p.add_argument("backbones", metavar="BACKBONE", nargs="*", help="names or glob patterns ('resnet*')")
+    p.add_argument("--data", required=True, help="image folder or built-in dataset name")
+    p.add_argument("--strategies", "--strategy", dest="strategies", nargs="+", default=["feature-extraction"],
+                   metavar="S", help="one or more strategies (default feature-extraction)")
+    p.add_argument("--family", "-f", default=None, help="every backbone of this family (or filter patterns)")
+    p.add_argument("--out", default="zoo-compare", help="output folder (default zoo-compare)")
+    p.add_argument("--fallback-random", action="store_true",
+                   help="run an entry from random init (clearly marked) when its pretrained weights are missing")
+    p.add_argument("--rerun", action="store_true", help="run finished entries again instead of reusing them")
+    p.add_argument("--json", action="store_true", help="print the leaderboard as JSON")
+    _add_train_options(p, skip=("strategy", "out_dir", "run_name"))
+    p.set_defaults(func=_cmd_compare)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .comparison import compare
+
+    board = compare(args.backbones, args.data, strategies=args.strategies, family=args.family, out_dir=args.out,
+                    fallback_random=args.fallback_random, rerun=args.rerun, progress=not args.json,
+                    **_train_overrides(args, skip=("strategy", "out_dir", "run_name")))
+    if args.json:
+        _print_json(board.rows())
+    else:
+        print(board.table())
+    return 0 if any(e.status in ("ok", "reused") for e in board.entries) else 1
+
+
+# ---- zoo lr-find ---------------------------------------------------------------------------------
+def _add_lr_find(sub: Subparsers) -> None:
+    p = sub.add_parser("lr-find", help="LR range test: plot loss vs learning rate and suggest a value")
+    p.add_argument("backbone", metavar="BACKBONE")
+    p.add_argument("--data", required=True, help="image folder or built-in dataset name")
+    p.add_argument("--steps", type=int, default=100, help="mini-batches to test (default 100)")
+    p.add_argument("--start-lr", type=float, default=1e-7)
+    p.add_argument("--end-lr", type=float, default=1.0)
+    p.add_argument("--out", default="lr-find", help="folder for lr_find.png and lr_find.json")
+    p.add_argument("--json", action="store_true")
+    _add_train_options(p, skip=("epochs", "lr", "out_dir", "run_name", "early_stopping", "cache_features",
+                                "max_steps", "warmup_epochs", "label_smoothing", "channels_last", "precision"))
+    p.set_defaults(func=_cmd_lr_find)
+
+
+def _cmd_lr_find(args: argparse.Namespace) -> int:
+    from .lrfind import lr_find
+
+    overrides = _train_overrides(args, skip=("epochs", "lr", "out_dir", "run_name", "early_stopping",
+                                             "cache_features", "max_steps", "warmup_epochs", "label_smoothing",
+                                             "channels_last", "precision"))
+    strategy = overrides.pop("strategy", "full")
+    res = lr_find(args.backbone, args.data, strategy=strategy, start_lr=args.start_lr, end_lr=args.end_lr,
+                  num_steps=args.steps, out=args.out, progress=not args.json, **overrides)
+    if args.json:
+        _print_json({"suggestion": res.suggestion, "plot": str(res.plot)})
+    else:
+        print(f"suggested learning rate: {res.suggestion:.2e}  (plot: {res.plot}; use it with "
+              f"`zoo train {args.backbone} --lr {res.suggestion:.2e} …` or pass --lr auto)")
+    return 0
+
+
+# ---- zoo cache -----------------------------------------------------------------------------------
+def _add_cache(sub: Subparsers) -> None:
+    p = sub.add_parser("cache", help="show or clear the feature / decoded-image cache")
+    p.add_argument("action", choices=["info", "clear"], help="info: list entries; clear: delete them")
+    p.add_argument("--kind", choices=["features", "pixels", "all"], default="all")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_cache)
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from .features import cache_root, cache_summary, clear_cache
+
+    if args.action == "clear":
+        freed = clear_cache(args.kind)
+        print(f"freed {freed / 2**20:.1f} MiB from {cache_root()}")
+        return 0
+    entries = [e for e in cache_summary() if args.kind == "all" or e.get("kind") == args.kind]
+    if args.json:
+        _print_json(entries)
+    else:
+        print(format_table(entries, [c for c in ("kind", "backbone", "split", "n", "d", "size", "created")
+                                     if any(c in e for e in entries)]) if entries else "cache is empty")
+        print(f"cache root: {cache_root()} (clear with `zoo cache clear`)", file=sys.stderr)
+    return 0
+
+
+# ---- zoo demo ------------------------------------------------------------------------------------
+def _add_demo(sub: Subparsers) -> None:
+    p = sub.add_parser("demo", help="generate the built-in demo dataset and compare one backbone per plugin")
+    p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
+    p.add_argument("--rerun", action="store_true", help="retrain entries even if finished")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    board = run_demo(args.out, rerun=args.rerun)
+    return 0 if any(e.status in ("ok", "reused") for e in board.entries) else 1
+
+
 # ---- wiring --------------------------------------------------------------------------------------
-_COMMANDS: list[Callable[[Subparsers], None]] = [_add_plugins, _add_list, _add_info]
+_COMMANDS: list[Callable[[Subparsers], None]] = [
+    _add_plugins, _add_list, _add_info, _add_train, _add_predict, _add_compare, _add_lr_find, _add_cache,
+    _add_demo,
+]
 """Every subcommand's ``_add_<cmd>``, in ``zoo --help`` order."""
 
 
@@ -143,8 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``zoo`` with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
+        args._argv = argv
+        args._weights_given = _weights_given(argv)
     except SystemExit as exc:  # --help, --version, usage errors: argparse already printed
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:

@@ -209,12 +209,15 @@ def _from_summary(entry: Entry, run_dir: Path) -> None:
 
 def compare(backbones: Sequence[str] | str | None, data: Any, *, strategies: Sequence[str] = ("feature-extraction",),
             family: str | None = None, out_dir: str | os.PathLike = "zoo-compare", fallback_random: bool = False,
-            rerun: bool = False, progress: bool = True, **train_overrides: Any) -> Leaderboard:
+            rerun: bool = False, merge: bool = False, progress: bool = True,
+            **train_overrides: Any) -> Leaderboard:
     """Run every backbone × strategy on the same data and write the leaderboard into ``out_dir``.
 
     :param fallback_random: when pretrained weights are unavailable, run that entry from random init
         (marked "RANDOM INIT" in the output and leaderboard) instead of recording a failure.
     :param rerun: ignore finished entries and run everything again.
+    :param merge: also list finished entries already in ``out_dir`` from earlier calls (other backbones,
+        strategies or budgets), so one folder accumulates one leaderboard.
     :param train_overrides: any :class:`zoo_core.TrainConfig` field (epochs, image_size, lr, …).
     """
     names = expand_backbones(backbones, family)
@@ -230,11 +233,14 @@ def compare(backbones: Sequence[str] | str | None, data: Any, *, strategies: Seq
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
     say(f"zoo compare: {len(names)} backbone(s) × {len(strategies)} strategy(ies) on {split.summary()}")
     entries: list[Entry] = []
+    unavailable: set[str] = set()  # backbones whose pretrained weights failed once: don't retry per strategy
     for backbone in names:
         for strategy in strategies:
             entry = Entry(backbone, strategy)
             entries.append(entry)
-            _run_entry(entry, split, base, out, device, fallback_random, rerun, progress, say)
+            _run_entry(entry, split, base, out, device, fallback_random, rerun, progress, say, unavailable)
+    if merge:
+        entries += _earlier_entries(out, {(e.backbone, e.strategy) for e in entries})
     ranked = sorted(entries, key=lambda e: (e.status not in ("ok", "reused"), -(e.val_acc or 0), e.val_loss or 0))
     board = Leaderboard(ranked, out)
     _write_outputs(board, split)
@@ -244,12 +250,12 @@ def compare(backbones: Sequence[str] | str | None, data: Any, *, strategies: Seq
 
 
 def _run_entry(entry: Entry, split: Any, base: TrainConfig, out: Path, device: torch.device,
-               fallback_random: bool, rerun: bool, progress: bool, say: Any) -> None:
+               fallback_random: bool, rerun: bool, progress: bool, say: Any, unavailable: set[str]) -> None:
     run_name = f"{entry.backbone.replace('/', '_')}-{entry.strategy}"
     run_dir = out / "runs" / run_name
     entry.run_dir = str(run_dir)
     marker = run_dir / "entry.json"
-    weights = base.weights
+    weights = None if (fallback_random and entry.backbone in unavailable) else base.weights
     for attempt in ("asked", "random"):
         cfg = TrainConfig(**{**asdict(base), "backbone": entry.backbone, "strategy": entry.strategy,
                              "out_dir": str(out / "runs"), "run_name": run_name, "progress": progress,
@@ -273,11 +279,12 @@ def _run_entry(entry: Entry, split: Any, base: TrainConfig, out: Path, device: t
             entry.weights = "RANDOM INIT" if weights is None else (
                 "pretrained" if weights == "DEFAULT" else str(weights))
             atomic_write_text(marker, json.dumps({
-                "signature": sig, "weights": entry.weights, "infer_images_per_s": entry.infer_images_per_s,
+                "signature": sig, "backbone": entry.backbone, "strategy": entry.strategy, "weights": entry.weights, "infer_images_per_s": entry.infer_images_per_s,
                 "peak_mem_mb": entry.peak_mem_mb}, indent=2))
             return
         except WeightsError as exc:
             if fallback_random and weights is not None and attempt == "asked":
+                unavailable.add(entry.backbone)
                 say(f"zoo compare: {entry.label}: WARNING pretrained weights unavailable — running from "
                     f"RANDOM INIT instead ({exc})")
                 weights = None
@@ -287,6 +294,21 @@ def _run_entry(entry: Entry, split: Any, base: TrainConfig, out: Path, device: t
         except (Exception, torch.cuda.OutOfMemoryError) as exc:  # noqa: BLE001 - recorded, others go on
             _fail(entry, exc, say)
             return
+
+
+def _earlier_entries(out: Path, seen: set[tuple[str, str]]) -> list[Entry]:
+    """Finished entries of earlier compare calls into the same folder."""
+    found = []
+    for marker in sorted((out / "runs").glob("*/entry.json")):
+        done = json.loads(marker.read_text())
+        key = (done.get("backbone"), done.get("strategy"))
+        if None in key or key in seen or not (marker.parent / "summary.json").is_file():
+            continue
+        e = Entry(key[0], key[1], status="reused", weights=done["weights"], run_dir=str(marker.parent),
+                  infer_images_per_s=done["infer_images_per_s"], peak_mem_mb=done["peak_mem_mb"])
+        _from_summary(e, marker.parent)
+        found.append(e)
+    return found
 
 
 def _fail(entry: Entry, exc: BaseException, say: Any) -> None:

@@ -161,12 +161,20 @@ def _colour(rng: np.random.Generator) -> np.ndarray:
     return (grey + sat * (base - grey)).astype(np.float32)
 
 
-def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A random ``size×size×3`` texture in [0, 1]: noise, stripes, gradient or blotches of 2 colours."""
+_BG_KINDS = np.array([0.25, 0.2, 0.25, 0.2, 0.1])  # P(noise, stripes, gradient, blotches, plain)
+_FG_KINDS = np.array([0.15, 0.15, 0.15, 0.15, 0.4])
+
+
+def _texture(rng: np.random.Generator, size: int, kinds: np.ndarray = _BG_KINDS) -> np.ndarray:
+    """A random ``size×size×3`` texture in [0, 1]: noise, stripes, gradient, blotches or a plain colour."""
     c1, c2 = _colour(rng), _colour(rng)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    kind = int(rng.integers(0, 4))
-    if kind == 0:  # smooth fractal noise
+    kind = int(rng.choice(len(kinds), p=kinds))
+    if kind == 4:  # a plain colour, shaded slightly towards the other
+        phi = rng.uniform(0, 2 * np.pi)
+        t = rng.uniform(0.0, 0.35) * (0.5 + 0.5 * np.cos(2 * np.pi * 0.5 * (xx * np.cos(phi) + yy * np.sin(phi))))
+        t = t + 0.08 * _noise(rng, size, (16,))
+    elif kind == 0:  # smooth fractal noise
         t = _noise(rng, size, (2, 4, 8, 16))
     elif kind == 1:  # warped stripes
         phi, freq = rng.uniform(0, np.pi), rng.uniform(2, 7)
@@ -206,7 +214,7 @@ def _render(cls: str, rng: np.random.Generator, size: int) -> Image.Image:
     radius = rng.uniform(0.2, 0.36) * size
     centre = rng.uniform(0.5 * radius + 0.1 * size, size - 0.5 * radius - 0.1 * size, 2)
     shape = _mask(_place(_SHAPES[cls](rng), rng, centre, radius, 0.035), size)[..., None]
-    fg = _texture(rng, size)
+    fg = _texture(rng, size, _FG_KINDS)
     under = (img * shape).sum((0, 1)) / max(float(shape.sum()), 1e-6)
     over = (fg * shape).sum((0, 1)) / max(float(shape.sum()), 1e-6)
     gap = over - under

@@ -56,6 +56,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .adapter import BackboneAdapter, DataConfig
+from .distributed import DistContext, all_gather_rows, shard_range
 from .errors import DataError, ZooError
 
 log = logging.getLogger("zoo_core.features")
@@ -584,7 +585,8 @@ def _check_auto_bf16(model: nn.Module, adapter: BackboneAdapter, x: torch.Tensor
 def extract_features(model: nn.Module, adapter: BackboneAdapter, dataset: Dataset | None,
                      data_config: DataConfig, *, key: str | None = None, batch_size: int = 64,
                      device: str | torch.device = "cpu", precision: str = "auto", num_workers: int | None = None,
-                     progress: bool = True, pixels: PixelCache | None = None) -> FeatureSet:
+                     progress: bool = True, pixels: PixelCache | None = None,
+                     ctx: DistContext | None = None) -> FeatureSet:
     """Pooled pre-head features of every item of ``dataset`` (raw ``(PIL image, label)`` items).
 
     The backbone runs once in eval mode under ``torch.inference_mode`` with channels-last inputs and
@@ -592,10 +594,19 @@ def extract_features(model: nn.Module, adapter: BackboneAdapter, dataset: Datase
     first batch). Images come from ``eval_transform(data_config)``, or from ``pixels`` when given.
     With a ``key`` (:func:`feature_key`) the result is read from / written to the disk cache, streamed
     batch by batch into a memory map; ``key=None`` keeps everything in memory.
+
+    Under ``torchrun`` (``ctx`` a :class:`~zoo_core.distributed.DistContext` with several ranks) every
+    rank extracts one contiguous shard once, the shards are gathered in the original order, rank 0
+    alone writes the cache entry and every rank returns all ``N`` features (see :func:`_extract_sharded`).
+    It is a collective call: every rank must make it, with the same arguments.
     """
     from . import data
 
     dev = torch.device(device)
+    if ctx is not None and ctx.enabled:
+        return _extract_sharded(model, adapter, dataset, data_config, key=key, batch_size=batch_size, dev=dev,
+                                precision=precision, num_workers=num_workers, progress=progress, pixels=pixels,
+                                ctx=ctx)
     requested = str(precision).strip().lower()
     prec = resolve_precision(precision, dev)
     entry = _entry_dir("features", key) if key is not None else None
@@ -671,6 +682,148 @@ def extract_features(model: nn.Module, adapter: BackboneAdapter, dataset: Datase
         raise
     arr = np.load(final / "features.npy", mmap_mode="c")
     return FeatureSet(torch.from_numpy(arr), torch.from_numpy(labels), from_cache=False, path=final)
+
+
+def _shard_batches(dataset: Dataset | None, pixels: PixelCache | None, rows: range, data_config: DataConfig,
+                   batch_size: int, num_workers: int | None, dev: torch.device) -> Any:
+    """Batches ``(uint8 images, labels)`` of items ``rows`` of ``pixels`` or ``dataset``, in order."""
+    from torch.utils.data import Subset
+
+    from . import data
+
+    if pixels is not None:
+        arr, labels = pixels.images, pixels.labels
+
+        def gen() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for i in range(rows.start, rows.stop, batch_size):
+                j = min(i + batch_size, rows.stop)
+                yield torch.from_numpy(np.array(arr[i:j])), torch.from_numpy(np.array(labels[i:j]))
+
+        return gen()
+    shard = data.Transformed(Subset(dataset, rows), data.eval_transform(data_config))  # type: ignore[arg-type]
+    return data.make_loader(shard, batch_size=batch_size, shuffle=False, seed=0, num_workers=num_workers,
+                            device=dev)
+
+
+def _extract_sharded(model: nn.Module, adapter: BackboneAdapter, dataset: Dataset | None,
+                     data_config: DataConfig, *, key: str | None, batch_size: int, dev: torch.device,
+                     precision: str, num_workers: int | None, progress: bool, pixels: PixelCache | None,
+                     ctx: DistContext) -> FeatureSet:
+    """:func:`extract_features` on several ranks: each extracts ``shard_range(N, rank, W)`` once.
+
+    1. Every rank looks the key up; only if *every* rank hits is the cache used as is (so a node
+       without the entry — separate disks on a multi-node run — never deadlocks the others).
+    2. Each rank runs the backbone over its contiguous shard (``precision="auto"``: each checks bf16
+       against fp32 on its first batch, and all ranks fall back to fp32 if any rank has to).
+    3. The shards are all-gathered in chunks into the original order. Rank 0 streams them into the
+       cache entry and commits it; ranks that can see rank 0's cache directory (same machine or a
+       shared file system) open the committed entry after a barrier, the others keep a private copy.
+    The model must be identical on every rank (the trainer broadcasts rank 0's weights first).
+    """
+    requested = str(precision).strip().lower()
+    prec = resolve_precision(precision, dev)
+    entry = _entry_dir("features", key) if key is not None else None
+    model_fp = model_fingerprint(model, adapter) if key is not None else ""
+    hit = _open_features(entry, str(key), model_fp) if entry is not None and key is not None else None
+    if ctx.all_true(hit is not None):
+        return hit  # type: ignore[return-value]
+
+    if pixels is not None:
+        if not pixels.matches(data_config):
+            raise ZooError(f"pixel cache {pixels.path} holds {pixels.image_size} images, not what "
+                           f"{data_config.image_size} / resize {data_config.resize_size} needs")
+        n = len(pixels)
+    elif dataset is None:
+        raise ZooError("extract_features needs a dataset or pixels=")
+    else:
+        n = len(dataset)  # type: ignore[arg-type]
+    if n == 0:
+        raise DataError("the dataset is empty; there are no images to extract features from")
+    rows = shard_range(n, ctx.rank, ctx.world_size)
+    batches = iter(_shard_batches(dataset, pixels, rows, data_config, batch_size, num_workers, dev))
+    from . import data
+
+    def prepare(x: torch.Tensor) -> torch.Tensor:
+        x = data.normalize(x.to(dev, non_blocking=True), data_config)
+        return x.contiguous(memory_format=torch.channels_last)
+
+    t0 = time.perf_counter()
+    name = (key.parts.get("backbone") if isinstance(key, FeatureKey) else None) or type(model).__name__
+    parts: list[np.ndarray] = []
+    local_labels = np.empty(len(rows), dtype=np.int64)
+    with _inference_setup(model, dev), _progress(len(rows), f"features {name} (shard {ctx.rank})",
+                                                 progress) as bar:
+        first = next(batches, None)
+        if requested == "auto" and prec != "fp32":
+            ok = first is None or _check_auto_bf16(model, adapter, prepare(first[0]), dev, prec) == prec
+            prec = prec if ctx.all_true(ok) else "fp32"
+        i = 0
+        for x, y in _chain([first] if first is not None else [], batches):
+            with torch.inference_mode(), _autocast(dev, prec):
+                f = adapter.features(model, prepare(x)).float()
+            parts.append(f.cpu().numpy())
+            b = len(parts[-1])
+            local_labels[i:i + b] = _labels_tensor(y)
+            i += b
+            bar.update(b)
+    if i != len(rows):
+        raise DataError(f"the dataset shard {rows.start}–{rows.stop} yielded {i} items but has {len(rows)}")
+    dim = ctx.max_int(int(parts[0].shape[1]) if parts else 0)
+    local = np.concatenate(parts) if parts else np.empty((0, dim), dtype=np.float32)
+    seconds = time.perf_counter() - t0
+
+    writer = _EntryWriter("features", str(key)) if ctx.is_main and key is not None and hit is None else None
+    try:
+        probe = ctx.broadcast_object(str(writer.tmp) if writer is not None else None)
+        visible = ctx.is_main or (probe is not None and os.path.isdir(str(probe)))
+        if writer is not None:
+            feats: np.ndarray | None = writer.open_array("features.npy", (n, dim), np.float32)
+        elif hit is None and not visible:
+            feats = np.empty((n, dim), dtype=np.float32)
+        else:
+            feats = None
+        labels = np.empty(n, dtype=np.int64)
+        all_gather_rows(ctx, local, n, feats)
+        all_gather_rows(ctx, local_labels, n, labels)
+        seconds = ctx.sum([seconds])[0] / ctx.world_size
+        if writer is not None:
+            feats.flush()  # type: ignore[union-attr]
+            del feats
+            feats = None
+            np.save(writer.tmp / "labels.npy", labels)
+            parts_ = getattr(key, "parts", {})
+            meta = {"parts": parts_, "backbone": parts_.get("backbone"), "n": n, "dim": dim, "dtype": "float32",
+                    "precision": prec, "model_fingerprint": model_fp, "seconds": round(seconds, 3),
+                    "device": str(dev), "world_size": ctx.world_size}
+            final = writer.commit(meta)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if ctx.is_main:
+        log.info("extracted %d × %d features on %d ranks in %.1fs (%s, %s)", n, dim, ctx.world_size, seconds,
+                 prec, dev)
+    ctx.barrier()  # the entry is in place before any rank goes on
+    if hit is not None:
+        return hit
+    if writer is not None:
+        arr = np.load(final / "features.npy", mmap_mode="c")
+        return FeatureSet(torch.from_numpy(arr), torch.from_numpy(labels), from_cache=False, path=final)
+    if feats is not None:
+        return FeatureSet(torch.from_numpy(feats), torch.from_numpy(labels), from_cache=False, path=None)
+    opened = _open_features(entry, str(key), model_fp) if entry is not None and key is not None else None
+    if opened is None:  # rank 0's entry vanished (e.g. cleared meanwhile): recompute here, alone
+        log.warning("rank %d cannot read the feature cache entry rank 0 wrote (%s); extracting locally",
+                    ctx.rank, entry)
+        return extract_features(model, adapter, dataset, data_config, key=None, batch_size=batch_size,
+                                device=dev, precision=prec, num_workers=num_workers, progress=False,
+                                pixels=pixels)
+    return FeatureSet(opened.features, opened.labels, from_cache=False, path=opened.path)
+
+
+def _chain(first: list[Any], rest: Iterator[Any]) -> Iterator[Any]:
+    yield from first
+    yield from rest
 
 
 # ---- housekeeping -----------------------------------------------------------------------------------

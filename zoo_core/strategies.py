@@ -93,7 +93,9 @@ def param_groups(
     backbone_lr_mult: float, layer_decay: float,
 ) -> list[dict]:
     """Optimizer groups of the *trainable* parameters: the head at ``lr``; stage ``i`` of ``n`` at
-    ``lr * backbone_lr_mult * layer_decay**(n-1-i)``; no weight decay on norms and biases."""
+    ``lr * backbone_lr_mult * layer_decay**(n-1-i)``; no weight decay on norms and biases.
+
+    ``head=""`` means ``model`` is the head itself (every parameter at ``lr``)."""
     where = stage_index(stages)
     n = len(stages)
     no_decay = _no_decay_names(model)
@@ -101,7 +103,7 @@ def param_groups(
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if name == head or name.startswith(head + "."):
+        if not head or name == head or name.startswith(head + "."):
             gname, scale = "head", 1.0
         elif name in where:
             i = where[name]

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from . import data as zdata
 from . import plots, registry, strategies
 from .adapter import BackboneAdapter, DataConfig
-from .distributed import DistContext
+from .distributed import DistContext, DistributedEpochSampler, ShardSampler, epoch_permutation, per_rank_batch
 from .errors import TrainingError, ZooError
 from .freezing import count_parameters
 from .models import create
@@ -164,8 +164,7 @@ class EpochSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         if not self.shuffle:
             return iter(range(self.n))
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        return iter(epoch_permutation(self.n, self.seed, self.epoch))
 
     def __len__(self) -> int:
         return self.n
@@ -300,13 +299,31 @@ def train(backbone: str | None = None, data: Any = None, *, config: TrainConfig 
     return _fit(cfg, data, run_path=Path(cfg.out_dir) / _run_name(cfg), resume=False)
 
 
+def _check_config(cfg: TrainConfig) -> None:
+    """Reject option values that would only fail after the data and the model are loaded."""
+    if cfg.optimizer not in ("adamw", "sgd"):
+        raise ZooError(f"unknown optimizer {cfg.optimizer!r}; choose 'adamw' or 'sgd' (--optimizer)")
+    for name in ("epochs", "batch_size", "max_steps"):
+        value = getattr(cfg, name)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ZooError(f"{name} must be a positive integer, got {value!r} (--{name.replace('_', '-')})")
+    if isinstance(cfg.lr, str) and cfg.lr != "auto":
+        try:
+            cfg.lr = float(cfg.lr)
+        except ValueError:
+            raise ZooError(f"lr must be a number or 'auto', got {cfg.lr!r} (--lr)") from None
+
+
 def _fit(cfg: TrainConfig, data: Any, *, run_path: Path, resume: bool) -> TrainResult:
     strategy = strategies.get_strategy(cfg.strategy)
     cfg.strategy = strategy.name
+    _check_config(cfg)
     device = pick_device(cfg.device)
+    training_precision(cfg.precision, device)  # an unknown --precision fails here, before any work
     ctx = DistContext.from_env(device.type)
     try:
         device = ctx.device(device)
+        run_path = Path(str(ctx.broadcast_object(str(run_path))))  # timestamped names differ per rank: rank 0's
         return _fit_in(cfg, data, run_path, resume, strategy, device, ctx)
     finally:
         ctx.close()
@@ -325,6 +342,9 @@ def _fit_in(cfg: TrainConfig, data: Any, run_path: Path, resume: bool, strategy:
     num_classes = len(split.classes)
     adapter, plugin = registry.get_adapter(cfg.backbone)
     model = create(cfg.backbone, num_classes=num_classes, weights=cfg.weights)
+    ctx.sync_module(model)  # under torchrun every rank starts from rank 0's weights (random inits included)
+    if ctx.rank > 0:  # own augmentation/dropout streams per rank; rank 0 keeps the single-process stream
+        seed_everything(cfg.seed + 1_000_003 * ctx.rank)
     data_cfg = _data_config(adapter, cfg)
     augment = strategy.default_augment if cfg.augment is None else cfg.augment
     stages = adapter.stages(model)
@@ -333,6 +353,8 @@ def _fit_in(cfg: TrainConfig, data: Any, run_path: Path, resume: bool, strategy:
     amp, scaler = autocast_for(device, precision)
     use_cache = strategy.backbone_frozen_throughout() and not augment and cfg.cache_features
     epochs = cfg.epochs if cfg.epochs is not None else (None if use_cache else 5)
+    if not use_cache:
+        per_rank_batch(cfg.batch_size, ctx.world_size)  # the global batch must split evenly: fail before any work
     lr_found = None
     if cfg.lr == "auto":
         lr_found = _auto_lr(cfg, split, run, ctx, quiet, skip=use_cache and epochs is None)
@@ -342,6 +364,7 @@ def _fit_in(cfg: TrainConfig, data: Any, run_path: Path, resume: bool, strategy:
         "data_source": split.source, "data_fingerprint": split.fingerprint, "data_summary": split.summary(),
         "skipped_files": split.skipped, "data_config": data_cfg.to_dict(), "plugin": plugin,
         "family": adapter.family, "head": head, "stages": [s for s, _ in stages], "augment": augment,
+        "epochs": epochs, "lr": None if use_cache and epochs is None else cfg.resolved_lr(),  # resolved values
         "device": str(device), "precision": precision, "world_size": ctx.world_size,
         "feature_cache": use_cache, "lr_find": lr_found, "weights": cfg.weights if cfg.weights is None else str(cfg.weights),
     }
@@ -412,16 +435,26 @@ def _epoch_loop(cfg: TrainConfig, module: nn.Module, model: nn.Module, train_loa
     best = {"val_loss": math.inf, "epoch": 0}
     start_epoch, step, optimizer = 0, 0, None
     if resume:
+        if not run.file("last.pt").is_file():
+            raise ZooError(f"cannot resume {str(run.path)!r}: it has no last.pt (the run stopped before its "
+                           "first epoch finished); start it again without --resume")
         ck = load_checkpoint(run.file("last.pt"))
         model.load_state_dict(ck["model"])
         history, best, start_epoch, step = ck["history"], ck["best"], ck["epoch"], ck["step"]
-        torch.set_rng_state(ck["rng"])
+        rngs = ck.get("rng_ranks")  # per-rank RNG states of a torchrun run with the same number of ranks
+        torch.set_rng_state(rngs[ctx.rank] if rngs and len(rngs) == ctx.world_size else ck["rng"])
         say(f"zoo train: resuming {run.path} at epoch {start_epoch + 1}/{epochs}")
     run.write_json("config.json", config_record)
     stale = 0 if not history else len(history) - best["epoch"]
+    if resume and cfg.early_stopping and stale >= cfg.early_stopping:
+        say(f"zoo train: {run.path} already stopped early (no val-loss improvement for {stale} epochs)")
+        return history, best
+    phase = None
     for epoch in range(start_epoch, epochs):
-        changed, optimizer = setup_epoch(epoch, optimizer)
-        if resume and epoch == start_epoch and "optimizer" in ck:
+        phase, optimizer = setup_epoch(epoch, optimizer)
+        # the saved optimizer state belongs to the phase of the last finished epoch; a run that would have
+        # started a new phase (gradual: head → all layers) here starts it with a fresh optimizer too
+        if resume and epoch == start_epoch and "optimizer" in ck and ck.get("phase", phase) == phase:
             optimizer.load_state_dict(ck["optimizer"])
         sampler.set_epoch(epoch)
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", disable=quiet, leave=False,
@@ -431,13 +464,14 @@ def _epoch_loop(cfg: TrainConfig, module: nn.Module, model: nn.Module, train_loa
                                                 step, label_smoothing=cfg.label_smoothing,
                                                 max_steps=cfg.max_steps, bar=bar, ctx=ctx, device=device)
         except FloatingPointError as exc:
-            raise TrainingError(
-                f"{cfg.backbone}: {exc} in epoch {epoch + 1}; stopped. The best checkpoint (epoch "
-                f"{best['epoch']}) is kept at {run.file('best.pt')}. Lower the learning rate (--lr) or use "
-                "--precision fp32.") from None
+            raise _diverged(cfg, f"{exc} in epoch {epoch + 1}", best, run, config_record["precision"]) from None
         finally:
             bar.close()
+        ctx.sync_module(model, buffers_only=True)  # rank 0's BatchNorm statistics: the ones checkpointed
         val = evaluate(module, val_loader, prepare, amp, num_classes=len(split.classes), ctx=ctx, device=device)
+        if not math.isfinite(val["val_loss"]):
+            raise _diverged(cfg, f"validation loss is {val['val_loss']} after epoch {epoch + 1}", best, run,
+                            config_record["precision"])
         row = {"epoch": epoch + 1, **train_stats, **val, "lr": max(g["lr"] for g in optimizer.param_groups),
                "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
         history.append({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
@@ -446,9 +480,10 @@ def _epoch_loop(cfg: TrainConfig, module: nn.Module, model: nn.Module, train_loa
             best = {"val_loss": val["val_loss"], "epoch": epoch + 1}
             run.save("best.pt", _checkpoint_state(model, cfg, split, data_cfg, epoch=epoch + 1, metrics=row))
         stale = 0 if improved else stale + 1
+        rng_ranks = {"rng_ranks": ctx.all_gather_object(torch.get_rng_state())} if ctx.enabled else {}
         run.save("last.pt", _checkpoint_state(model, cfg, split, data_cfg, epoch=epoch + 1, step=step,
                                               optimizer=optimizer.state_dict(), history=history, best=best,
-                                              rng=torch.get_rng_state()))
+                                              rng=torch.get_rng_state(), phase=phase, **rng_ranks))
         run.write_metrics(history)
         top5 = f" top-5 {val['val_top5']:.3f}" if "val_top5" in val else ""
         say(f"epoch {epoch + 1}/{epochs}: train loss {train_stats['train_loss']:.4f} acc "
@@ -460,14 +495,24 @@ def _epoch_loop(cfg: TrainConfig, module: nn.Module, model: nn.Module, train_loa
     return history, best
 
 
+def _diverged(cfg: TrainConfig, what: str, best: dict, run: RunDir, precision: str) -> TrainingError:
+    """The one-line error for a non-finite loss, saying what is kept and what to change."""
+    kept = (f"the best checkpoint (epoch {best['epoch']}) is kept at {run.file('best.pt')}" if best["epoch"]
+            else "no checkpoint was saved")
+    fix = "Lower the learning rate (--lr)" + (" or use --precision fp32" if precision != "fp32" else "")
+    return TrainingError(f"{cfg.backbone}: {what}; stopped, {kept}. {fix}.")
+
+
 def _fit_end_to_end(cfg, split, model, adapter, data_cfg, stages, head, strategy, augment, device, ctx, amp,
                     scaler, run, resume, epochs, config_record, quiet, say):
     train_ds = zdata.Transformed(split.train, zdata.train_transform(data_cfg, augment=augment))
     val_ds = zdata.Transformed(split.val, zdata.eval_transform(data_cfg))
+    batch = per_rank_batch(cfg.batch_size, ctx.world_size)  # cfg.batch_size is the global batch
+    config_record["batch_size_per_rank"] = batch
     sampler = _sampler(len(train_ds), cfg.seed, ctx, shuffle=True)
-    train_loader = zdata.make_loader(train_ds, batch_size=cfg.batch_size, shuffle=False, seed=cfg.seed,
+    train_loader = zdata.make_loader(train_ds, batch_size=batch, shuffle=False, seed=cfg.seed + 1_000_003 * ctx.rank,
                                      num_workers=cfg.num_workers, sampler=sampler, device=device)
-    val_loader = zdata.make_loader(val_ds, batch_size=cfg.batch_size, shuffle=False, seed=cfg.seed,
+    val_loader = zdata.make_loader(val_ds, batch_size=batch, shuffle=False, seed=cfg.seed,
                                    num_workers=cfg.num_workers, sampler=_sampler(len(val_ds), cfg.seed, ctx, False),
                                    device=device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -480,10 +525,10 @@ def _fit_end_to_end(cfg, split, model, adapter, data_cfg, stages, head, strategy
     state = {"k": None, "module": model}
     n_stages = len(stages)
 
-    def setup_epoch(epoch: int, optimizer: Any) -> tuple[bool, Any]:
+    def setup_epoch(epoch: int, optimizer: Any) -> tuple[int, Any]:
         k = strategy.trainable_stages(epoch, n_stages, cfg.trainable_stages, cfg.head_epochs)
         if k == state["k"] and optimizer is not None:
-            return False, optimizer
+            return k, optimizer
         state["k"] = k
         strategies.apply_stages(model, adapter, k, n_stages)
         groups = strategies.param_groups(model, stages, head, lr=cfg.resolved_lr(), weight_decay=cfg.weight_decay,
@@ -492,14 +537,15 @@ def _fit_end_to_end(cfg, split, model, adapter, data_cfg, stages, head, strategy
         say(f"zoo train: epoch {epoch + 1}: {trainable:,} of {total:,} parameters train "
             f"({k}/{n_stages} backbone stages + head) in {len(groups)} optimizer groups")
         state["module"] = ctx.wrap(model, device)
-        return True, strategies.make_optimizer(groups, cfg.optimizer, cfg.momentum)
+        return k, strategies.make_optimizer(groups, cfg.optimizer, cfg.momentum)
 
     class _Module(nn.Module):  # forwards to the (possibly DDP-wrapped) model of the current phase
         def __init__(self) -> None:
             super().__init__()
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return state["module"](x)
+            # evaluation bypasses DDP: no per-batch collectives, so ranks may run unequal numbers of batches
+            return state["module"](x) if self.training else model(x)
 
         def train(self, mode: bool = True) -> _Module:
             model.train(mode)
@@ -511,17 +557,17 @@ def _fit_end_to_end(cfg, split, model, adapter, data_cfg, stages, head, strategy
 
 
 def _sampler(n: int, seed: int, ctx: DistContext, shuffle: bool) -> Any:
-    if ctx.enabled:
-        from torch.utils.data.distributed import DistributedSampler
-
-        return DistributedSampler(range(n), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=shuffle,
-                                  seed=seed)
+    if ctx.enabled and shuffle:  # rank r gets perm[r::W]: together the same global batches as one process
+        return DistributedEpochSampler(n, num_replicas=ctx.world_size, rank=ctx.rank, seed=seed)
+    if ctx.enabled:  # evaluation: every item exactly once over all ranks (no padding), so sums are exact
+        return ShardSampler(n, ctx.rank, ctx.world_size)
     return EpochSampler(n, seed, shuffle=shuffle)
 
 
 def _fit_head_on_features(cfg, split, model, adapter, data_cfg, head, device, ctx, amp, run, resume, epochs,
                           config_record, quiet, say):
-    fx = _extract_both(cfg, split, model, adapter, data_cfg, device, quiet)
+    strategies.apply_stages(model, adapter, 0, len(adapter.stages(model)))  # the backbone never trains here
+    fx = _extract_both(cfg, split, model, adapter, data_cfg, device, quiet, ctx)  # sharded under torchrun
     config_record["feature_cache_hit"] = fx["train"].from_cache and fx["val"].from_cache
     head_module = model.get_submodule(head)
     total, trainable = count_parameters(head_module)
@@ -537,6 +583,7 @@ def _fit_head_on_features(cfg, split, model, adapter, data_cfg, head, device, ct
         with torch.no_grad():
             head_module.weight.copy_(fit.weight)
             head_module.bias.copy_(fit.bias)
+        ctx.sync_module(head_module)  # the fit runs identically on every rank; make it bit-identical
         config_record["head_fit"] = fit.config()
         say(f"zoo train: converged head fit (L-BFGS, l2={fit.l2:g}, {fit.iterations} iterations, "
             f"{fit.seconds:.1f}s)")
@@ -559,21 +606,19 @@ def _fit_head_on_features(cfg, split, model, adapter, data_cfg, head, device, ct
     train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler)
     val_loader = DataLoader(val_ds, batch_size=max(cfg.batch_size, 256))
 
-    def setup_epoch(epoch: int, optimizer: Any) -> tuple[bool, Any]:
+    def setup_epoch(epoch: int, optimizer: Any) -> tuple[str, Any]:
         if optimizer is not None:
-            return False, optimizer
+            return "head", optimizer
         groups = strategies.param_groups(head_module, [], "", lr=cfg.resolved_lr(),
                                          weight_decay=cfg.weight_decay, backbone_lr_mult=0, layer_decay=1)
-        for g in groups:
-            g["name"] = "head"
-        return True, strategies.make_optimizer(groups, cfg.optimizer, cfg.momentum)
+        return "head", strategies.make_optimizer(groups, cfg.optimizer, cfg.momentum)
 
     return _epoch_loop(cfg, head_module, model, train_loader, sampler, val_loader, lambda x: x.to(device),
                        contextlib.nullcontext, None, epochs, setup_epoch, device, DistContext(), run, resume,
                        split, data_cfg, config_record, quiet, say)
 
 
-def _extract_both(cfg, split, model, adapter, data_cfg, device, quiet) -> dict:
+def _extract_both(cfg, split, model, adapter, data_cfg, device, quiet, ctx: DistContext | None = None) -> dict:
     from . import features
 
     out = {}
@@ -583,7 +628,7 @@ def _extract_both(cfg, split, model, adapter, data_cfg, device, quiet) -> dict:
                                    precision=features.resolve_precision(cfg.precision, device))
         out[name] = features.extract_features(model, adapter, ds, data_cfg, key=key, batch_size=max(cfg.batch_size, 64),
                                               device=device, precision=cfg.precision,
-                                              num_workers=cfg.num_workers, progress=not quiet)
+                                              num_workers=cfg.num_workers, progress=not quiet, ctx=ctx)
     return out
 
 
@@ -592,23 +637,29 @@ def _finish(cfg, split, model, adapter, data_cfg, head, device, ctx, amp, run, h
     """Reload the best weights, write summary, per-class table and plots."""
     if ctx.is_main and run.file("best.pt").is_file():
         model.load_state_dict(load_checkpoint(run.file("best.pt"))["model"])
-    ctx.barrier()
     model.to(device).eval()
+    ctx.sync_module(model)  # every rank evaluates rank 0's best weights
     n = len(split.classes)
-    if use_cache:
-        fv = _extract_both(cfg, split, model, adapter, data_cfg, device, True)["val"]
-        head_module = model.get_submodule(head)
-        with torch.no_grad():
-            logits = head_module(fv.features.to(device)).float()
-        preds, targets = logits.argmax(1).cpu(), fv.labels.cpu()
-    else:
+    if use_cache:  # rank 0 reads the cached validation features; the other ranks get its matrix
+        matrix = None
+        if ctx.is_main:
+            fv = _extract_both(cfg, split, model, adapter, data_cfg, device, True)["val"]
+            head_module = model.get_submodule(head)
+            with torch.no_grad():
+                logits = head_module(fv.features.to(device)).float()
+            matrix = confusion(logits.argmax(1).cpu(), fv.labels.cpu(), n)
+        matrix = ctx.broadcast_object(matrix)
+    else:  # each rank evaluates its unpadded shard of the validation set; the counts are summed
         val_ds = zdata.Transformed(split.val, zdata.eval_transform(data_cfg))
-        loader = zdata.make_loader(val_ds, batch_size=cfg.batch_size, shuffle=False, seed=cfg.seed,
-                                   num_workers=cfg.num_workers, device=device)
+        loader = zdata.make_loader(val_ds, batch_size=max(1, cfg.batch_size // ctx.world_size), shuffle=False,
+                                   seed=cfg.seed, num_workers=cfg.num_workers, device=device,
+                                   sampler=_sampler(len(val_ds), cfg.seed, ctx, False))
         ev = evaluate(model, loader, lambda x: zdata.normalize(x.to(device), data_cfg), amp, num_classes=n,
                       ctx=DistContext(), device=device, want_preds=True)
-        preds, targets = ev["preds"], ev["targets"]
-    matrix = confusion(preds, targets, n)
+        matrix = confusion(ev["preds"], ev["targets"], n)
+        if ctx.enabled:
+            flat = ctx.sum([float(v) for row in matrix for v in row])
+            matrix = [[int(flat[i * n + j]) for j in range(n)] for i in range(n)]
     table = per_class_table(matrix, split.classes)
     best_row = next((r for r in history if r["epoch"] == best["epoch"]), history[-1] if history else {})
     metrics = {k: best_row.get(k) for k in ("val_loss", "val_acc", "val_top5", "train_loss", "train_acc")
