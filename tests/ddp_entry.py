@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
             _, of, epochs = name.split(":")
             record[name] = resume(record[of]["run_dir"], int(epochs))
             continue
-        if rank == 1:
+        if rank == 1 and name == names[0]:
             time.sleep(1.1)  # a different wall-clock second than rank 0's
         record[name] = run(name, data, out)
     Path(f"{prefix}.{rank}.json").write_text(json.dumps(record, default=str))

@@ -32,12 +32,10 @@ REAL_PLOTS = {"learning_curves": plots.learning_curves, "confusion_matrix": plot
 
 
 @pytest.fixture(autouse=True)
-def fast_io(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No plots (matplotlib costs ~1.5 s a run; tests that check the PNGs put the real functions back) and
-    no fsync (checkpoints are still written atomically; flushing them to the platter is not under test)."""
+def no_plots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Matplotlib costs ~1.5 s a run; tests that check the PNGs put the real functions back."""
     monkeypatch.setattr(plots, "learning_curves", lambda *a, **k: None)
     monkeypatch.setattr(plots, "confusion_matrix", lambda *a, **k: None)
-    monkeypatch.setattr(os, "fsync", lambda fd: None)
 
 
 @pytest.fixture(scope="module")
@@ -344,6 +342,43 @@ def test_nan_loss_raises_training_error_and_keeps_the_best_checkpoint(
     assert all(math.isfinite(p) for _, p in probs)
 
 
+def test_non_finite_validation_loss_stops_the_run(tmp_path: Path, easy2: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    real = trainer.evaluate
+    calls = {"n": 0}
+
+    def evaluate(*args: Any, **kwargs: Any) -> dict:
+        out = real(*args, **kwargs)
+        calls["n"] += 1
+        return {**out, "val_loss": math.inf} if calls["n"] == 2 else out
+
+    monkeypatch.setattr(trainer, "evaluate", evaluate)
+    with pytest.raises(TrainingError) as info:
+        train(tmp_path, "inf", easy2, strategy="feature-extraction", epochs=3)
+    msg = one_line(info.value)
+    assert "validation loss is inf after epoch 2" in msg and "best checkpoint (epoch 1)" in msg
+    run = tmp_path / "runs" / "inf"
+    assert load_checkpoint(run / "best.pt")["epoch"] == 1 == load_checkpoint(run / "last.pt")["epoch"]
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_non_finite_head_fit_is_a_training_error(tmp_path: Path, easy2: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from zoo_core import headfit
+
+    real = headfit.fit_linear_head
+
+    def nan_fit(*args: Any, **kwargs: Any) -> Any:
+        fit = real(*args, **kwargs)
+        fit.weight[0, 0] = math.nan
+        return fit
+
+    monkeypatch.setattr(headfit, "fit_linear_head", nan_fit)
+    with pytest.raises(TrainingError) as info:
+        train(tmp_path, "nanfit", easy2)
+    assert "non-finite" in one_line(info.value) and "--precision fp32" in str(info.value)
+    assert not (tmp_path / "runs" / "nanfit" / "best.pt").exists()
+
+
 def test_exploding_learning_rate_is_a_training_error(tmp_path: Path, easy2: Path) -> None:
     with pytest.raises(TrainingError) as info:
         train(tmp_path, "boom", easy2, strategy="full", lr=1e6, epochs=3, max_steps=3)
@@ -421,7 +456,7 @@ def test_bad_files_are_skipped_and_odd_pixel_formats_train(tmp_path: Path) -> No
     assert set(skipped) == {"empty.png", "broken.png", "notes.txt"}
     on_disk = json.loads((r.run_dir / "config.json").read_text())["skipped_files"]
     assert sorted(Path(p).name for p, _ in on_disk) == sorted(skipped)
-    assert "24 train" not in r.config["data_summary"] and "(3 skipped)" in r.config["data_summary"]
+    assert r.config["data_summary"] == "20 train / 4 val images, 2 classes (3 skipped)"
     assert math.isfinite(r.history[0]["train_loss"]) and math.isfinite(r.metrics["val_loss"])
 
 
@@ -439,7 +474,7 @@ def test_data_errors_from_the_trainer(tmp_path: Path) -> None:
     with pytest.raises(DataError) as info:
         train(tmp_path, "x", split_root)
     assert "zebra" in one_line(info.value)
-    assert not (tmp_path / "runs" / "x" / "best.pt").exists()
+    assert not (tmp_path / "runs").exists()  # bad data leaves no half-made run directory behind
 
 
 # ---- 8. inference from a run ------------------------------------------------------------------------------------

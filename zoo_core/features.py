@@ -775,10 +775,10 @@ def _extract_sharded(model: nn.Module, adapter: BackboneAdapter, dataset: Datase
     writer = _EntryWriter("features", str(key)) if ctx.is_main and key is not None and hit is None else None
     try:
         probe = ctx.broadcast_object(str(writer.tmp) if writer is not None else None)
-        visible = ctx.is_main or (probe is not None and os.path.isdir(str(probe)))
+        visible = not ctx.is_main and probe is not None and os.path.isdir(str(probe))  # rank 0's entry
         if writer is not None:
             feats: np.ndarray | None = writer.open_array("features.npy", (n, dim), np.float32)
-        elif hit is None and not visible:
+        elif hit is None and not visible:  # no cache (key=None), or a rank on a node of its own
             feats = np.empty((n, dim), dtype=np.float32)
         else:
             feats = None

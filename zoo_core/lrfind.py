@@ -111,7 +111,7 @@ def _range_test(model: nn.Module, loader: Any, opt: torch.optim.Optimizer, data_
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            avg = 0.9 * avg + 0.1 * float(loss)
+            avg = 0.9 * avg + 0.1 * float(loss.detach())
             smoothed = avg / (1 - 0.9 ** (step + 1))
             lrs.append(lr)
             losses.append(smoothed)

@@ -332,7 +332,6 @@ def _fit(cfg: TrainConfig, data: Any, *, run_path: Path, resume: bool) -> TrainR
 def _fit_in(cfg: TrainConfig, data: Any, run_path: Path, resume: bool, strategy: strategies.Strategy,
             device: torch.device, ctx: DistContext) -> TrainResult:
     seed_everything(cfg.seed)
-    run = RunDir(run_path, enabled=ctx.is_main)
     quiet = not (cfg.progress and ctx.is_main)
     say = (lambda *a: None) if not ctx.is_main else (lambda msg: print(msg, file=sys.stderr, flush=True))
 
@@ -343,6 +342,7 @@ def _fit_in(cfg: TrainConfig, data: Any, run_path: Path, resume: bool, strategy:
     adapter, plugin = registry.get_adapter(cfg.backbone)
     model = create(cfg.backbone, num_classes=num_classes, weights=cfg.weights)
     ctx.sync_module(model)  # under torchrun every rank starts from rank 0's weights (random inits included)
+    run = RunDir(run_path, enabled=ctx.is_main)  # only now: bad data or weights leave no empty run directory
     if ctx.rank > 0:  # own augmentation/dropout streams per rank; rank 0 keeps the single-process stream
         seed_everything(cfg.seed + 1_000_003 * ctx.rank)
     data_cfg = _data_config(adapter, cfg)
@@ -585,6 +585,9 @@ def _fit_head_on_features(cfg, split, model, adapter, data_cfg, head, device, ct
             head_module.bias.copy_(fit.bias)
         ctx.sync_module(head_module)  # the fit runs identically on every rank; make it bit-identical
         config_record["head_fit"] = fit.config()
+        if not (torch.isfinite(fit.weight).all() and torch.isfinite(fit.bias).all()):
+            raise TrainingError(f"{cfg.backbone}: the converged head fit gave non-finite weights (the features "
+                                "hold NaN/inf); no checkpoint was saved. Use --precision fp32 or other weights.")
         say(f"zoo train: converged head fit (L-BFGS, l2={fit.l2:g}, {fit.iterations} iterations, "
             f"{fit.seconds:.1f}s)")
         loaders = {s: DataLoader(TensorDataset(fx[s].features, fx[s].labels), batch_size=1024) for s in fx}
