@@ -164,7 +164,8 @@ def test_bad_files_are_counted_skips_never_crashes(tmp_path: Path) -> None:
     assert reasons[".DS_Store"].startswith("hidden") and reasons["._img00.jpg"].startswith("hidden")
     assert reasons["README.md"] == "not inside a class folder"
     assert reasons[".ipynb_checkpoints"].startswith("hidden folder")
-    assert len(split.skipped) == 8 and "(8 skipped)" in split.summary()
+    assert len(split.skipped) == 8 and "(5 skipped)" in split.summary()  # hidden entries: listed, not counted
+    assert len(split.problems) == 5 and not any(r.startswith("hidden") for _, r in split.problems)
     loader = zdata.make_loader(zdata.Transformed(split.train, zdata.eval_transform(DataConfig().with_image_size(32))),
                                batch_size=4, shuffle=False, num_workers=1)
     assert sum(len(y) for _, y in loader) == 7  # every kept file decodes inside a worker

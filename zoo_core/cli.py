@@ -145,6 +145,7 @@ _TRAIN_HELP = {
     "num_workers": "data-loader workers (default: tuned to the machine)",
     "early_stopping": "patience in epochs on validation loss, 0 disables (default 5)",
     "cache_features": "cache frozen-backbone features on disk (default on)",
+    "share_decoding": "decode each split once into the pixel cache, reused by runs of the same input size",
     "download": "download a built-in dataset (cifar10, …) if missing",
     "data_root": "where built-in datasets live (default $BACKBONE_ZOO_DATA or ~/.cache/backbone-zoo/datasets)",
     "out_dir": "parent folder of run directories (default runs)", "run_name": "run directory name",
@@ -215,7 +216,8 @@ def _weights_given(argv: list[str]) -> bool:
 # ---- zoo train -----------------------------------------------------------------------------------
 def _add_train(sub: Subparsers) -> None:
     p = sub.add_parser("train", help="train one backbone on a folder of images or a built-in dataset")
-    p.add_argument("backbone", metavar="BACKBONE", help="backbone name, e.g. resnet18 or timm/efficientnet_b0")
+    p.add_argument("backbone", metavar="BACKBONE", nargs="?",
+                   help="backbone name, e.g. resnet18 or timm/efficientnet_b0 (optional with --resume)")
     p.add_argument("--data", required=False, help="image folder (root/<class>/*.jpg or root/train + root/val) "
                    "or a built-in dataset name (cifar10, cifar100, stl10, flowers102, oxford-iiit-pet, food101)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last.pt")
@@ -232,9 +234,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from .distributed import launch_torchrun
 
         return launch_torchrun(args._argv, args.nproc)
-    if not args.data and not args.resume:
-        raise ZooError("zoo train needs --data PATH_OR_NAME (or --resume RUN_DIR)")
+    if not args.resume and not (args.backbone and args.data):
+        raise ZooError("zoo train needs BACKBONE and --data PATH_OR_NAME (or --resume RUN_DIR)")
     result = train(args.backbone, args.data, resume=args.resume, **_train_overrides(args))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 alone reports
+        return 0
     if args.json:
         _print_json({"run_dir": str(result.run_dir), "best_epoch": result.best_epoch, **result.metrics})
     else:
@@ -331,6 +335,8 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
 def _add_cache(sub: Subparsers) -> None:
     p = sub.add_parser("cache", help="show or clear the feature / decoded-image cache")
     p.add_argument("action", choices=["info", "clear"], help="info: list entries; clear: delete them")
+    p.add_argument("what", nargs="?", choices=["features", "pixels", "all"], default=None, metavar="KIND",
+                   help="features, pixels or all (default all); same as --kind")
     p.add_argument("--kind", choices=["features", "pixels", "all"], default="all")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_cache)
@@ -339,6 +345,7 @@ def _add_cache(sub: Subparsers) -> None:
 def _cmd_cache(args: argparse.Namespace) -> int:
     from .features import cache_root, cache_summary, clear_cache
 
+    args.kind = args.what or args.kind
     if args.action == "clear":
         freed = clear_cache(args.kind)
         print(f"freed {freed / 2**20:.1f} MiB from {cache_root()}")
@@ -347,8 +354,9 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(entries)
     else:
-        print(format_table(entries, [c for c in ("kind", "backbone", "split", "n", "d", "size", "created")
-                                     if any(c in e for e in entries)]) if entries else "cache is empty")
+        cols = ("kind", "backbone", "split", "n", "dim", "image_size", "size_bytes", "status", "created")
+        print(format_table(entries, [c for c in cols if any(e.get(c) is not None for e in entries)])
+              if entries else "cache is empty")
         print(f"cache root: {cache_root()} (clear with `zoo cache clear`)", file=sys.stderr)
     return 0
 

@@ -4,6 +4,10 @@
 :func:`zoo_core.train` (each backbone with its own preprocessing), then writes a leaderboard
 (``leaderboard.md``/``.csv``/``.json``) and plots into ``out_dir``. A failing entry is recorded with its
 error and the others go on; rerunning the same command reuses finished entries.
+
+Images are decoded, resized and cropped once per distinct preprocessing into the shared pixel cache
+(``share_decoding``) before the entry that first needs them starts its clock, so every entry's training
+time and peak memory leave that one-off decoding out, and the results equal decoding per backbone.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from . import plots, registry
 from .errors import WeightsError, ZooError
 from .rundir import atomic_write_text
 from .trainer import TrainConfig, pick_device, train
+from .weights import is_local_path
 
 COLUMNS = [  # leaderboard column → header
     ("rank", "#"), ("backbone", "backbone"), ("strategy", "strategy"), ("val_acc", "top-1"),
@@ -35,6 +40,8 @@ COLUMNS = [  # leaderboard column → header
     ("trainable_params", "trainable"), ("train_seconds", "train s"), ("infer_images_per_s", "infer img/s"),
     ("peak_mem_mb", "peak MB"), ("weights", "weights"), ("status", "status"), ("run_dir", "run dir"),
 ]
+RANDOM_INIT = "RANDOM INIT"  # the weights label of an entry that ran without pretrained weights
+_NOT_PER_ENTRY = ("backbone", "data", "run_name", "out_dir", "progress")  # compare sets these itself
 
 
 @dataclass
@@ -44,7 +51,7 @@ class Entry:
     backbone: str
     strategy: str
     status: str = "pending"  # ok | reused | failed
-    weights: str = ""  # "pretrained", "RANDOM INIT", or a file/tag
+    weights: str = ""  # "pretrained", RANDOM_INIT, or a file/tag
     val_acc: float | None = None
     val_top5: float | None = None
     val_loss: float | None = None
@@ -82,8 +89,10 @@ class Leaderboard:
 
     def table(self, markdown: bool = False) -> str:
         """The leaderboard as an aligned text table (or Markdown)."""
-        cols = [c for c in COLUMNS if c[0] != "run_dir" or markdown]
-        cells = [[h for _, h in cols]] + [[_fmt(k, r.get(k)) for k, _ in cols] for r in self.rows()]
+        rows = self.rows()
+        cols = [c for c in COLUMNS if (c[0] != "run_dir" or markdown)
+                and (c[0] != "val_top5" or any(r.get("val_top5") is not None for r in rows))]
+        cells = [[h for _, h in cols]] + [[_fmt(k, r.get(k)) for k, _ in cols] for r in rows]
         if markdown:
             lines = ["| " + " | ".join(c) + " |" for c in cells]
             lines.insert(1, "|" + "|".join("---" for _ in cols) + "|")
@@ -91,6 +100,10 @@ class Leaderboard:
             widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
             lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
             lines.insert(1, "  ".join("-" * w for w in widths))
+        random = [e.label for e in self.entries if e.weights == RANDOM_INIT and e.status in ("ok", "reused")]
+        if random:
+            lines += ["", f"{RANDOM_INIT}: {', '.join(random)} ran without pretrained weights; their numbers say "
+                      "little about the pretrained backbone."]
         errors = [f"- {e.label}: {e.error}" for e in self.entries if e.error]
         return "\n".join(lines + ([""] + ["Failed entries:"] + errors if errors else []))
 
@@ -190,9 +203,22 @@ def expand_backbones(backbones: Sequence[str] | str | None, family: str | None =
     return list(dict.fromkeys(out))
 
 
+def _strategy_names(strategies: Sequence[str] | str | None, strategy: str | None) -> list[str]:
+    """Canonical, de-duplicated strategy names; unknown ones fail before any training."""
+    from .strategies import get_strategy
+
+    if strategies is not None and strategy is not None:
+        raise ZooError("pass either strategies=[...] or strategy=..., not both")
+    items = [strategies] if isinstance(strategies, str) else list(strategies or [])
+    if strategy is not None:
+        items = [strategy]
+    names = [get_strategy(s).name for s in items or ["feature-extraction"]]
+    return list(dict.fromkeys(names))
+
+
 def _signature(backbone: str, strategy: str, fingerprint: str, cfg: TrainConfig) -> str:
     d = asdict(cfg)
-    for k in ("progress", "out_dir", "run_name", "num_workers", "backbone", "strategy", "data"):
+    for k in ("progress", "out_dir", "run_name", "num_workers", "backbone", "strategy", "data", "share_decoding"):
         d.pop(k, None)
     blob = json.dumps([backbone, strategy, fingerprint, d], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -207,28 +233,38 @@ def _from_summary(entry: Entry, run_dir: Path) -> None:
     entry.history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
 
 
-def compare(backbones: Sequence[str] | str | None, data: Any, *, strategies: Sequence[str] = ("feature-extraction",),
+def compare(backbones: Sequence[str] | str | None, data: Any, *, strategies: Sequence[str] | str | None = None,
             family: str | None = None, out_dir: str | os.PathLike = "zoo-compare", fallback_random: bool = False,
             rerun: bool = False, merge: bool = False, progress: bool = True,
             **train_overrides: Any) -> Leaderboard:
     """Run every backbone × strategy on the same data and write the leaderboard into ``out_dir``.
 
+    :param strategies: strategy names (default ``["feature-extraction"]``); ``strategy="finetune"`` also works.
     :param fallback_random: when pretrained weights are unavailable, run that entry from random init
-        (marked "RANDOM INIT" in the output and leaderboard) instead of recording a failure.
+        (marked "RANDOM INIT" in the output and leaderboard) instead of recording a failure. A local
+        weights file that is missing or does not fit is always a failure.
     :param rerun: ignore finished entries and run everything again.
     :param merge: also list finished entries already in ``out_dir`` from earlier calls (other backbones,
         strategies or budgets), so one folder accumulates one leaderboard.
     :param train_overrides: any :class:`zoo_core.TrainConfig` field (epochs, image_size, lr, …).
+        ``share_decoding`` defaults to True here: images are decoded once per distinct input size.
     """
-    names = expand_backbones(backbones, family)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    base = TrainConfig(**{k: v for k, v in train_overrides.items() if k in TrainConfig.__dataclass_fields__})
     unknown = set(train_overrides) - set(TrainConfig.__dataclass_fields__)
     if unknown:
         raise ZooError(f"unknown training option(s) for compare: {', '.join(sorted(unknown))}")
+    fixed = sorted(set(train_overrides) & set(_NOT_PER_ENTRY))
+    if fixed:
+        raise ZooError(f"compare sets {', '.join(fixed)} itself for every entry; pass the backbones, data and "
+                       "out_dir as compare's own arguments")
+    strategies = _strategy_names(strategies, train_overrides.pop("strategy", None))
+    names = expand_backbones(backbones, family)
+    base = TrainConfig(**{"share_decoding": True, **train_overrides})
+    base.data = os.fspath(data) if isinstance(data, (str, os.PathLike)) else ""
+    out = Path(out_dir)
     split = zdata.load_data(data, val_fraction=base.val_fraction, seed=base.seed, download=base.download,
                             data_root=base.data_root, progress=progress)
+    base.data = base.data or split.source  # recorded in each run's config.json (``zoo train --resume`` reads it)
+    out.mkdir(parents=True, exist_ok=True)
     device = pick_device(base.device)
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
     say(f"zoo compare: {len(names)} backbone(s) × {len(strategies)} strategy(ies) on {split.summary()}")
@@ -261,29 +297,30 @@ def _run_entry(entry: Entry, split: Any, base: TrainConfig, out: Path, device: t
                              "out_dir": str(out / "runs"), "run_name": run_name, "progress": progress,
                              "weights": weights})
         sig = _signature(entry.backbone, entry.strategy, split.fingerprint, cfg)
-        if not rerun and marker.is_file() and json.loads(marker.read_text()).get("signature") == sig:
-            done = json.loads(marker.read_text())
-            entry.status, entry.weights = "reused", done["weights"]
-            entry.infer_images_per_s, entry.peak_mem_mb = done["infer_images_per_s"], done["peak_mem_mb"]
-            _from_summary(entry, run_dir)
+        if not rerun and _reuse(entry, marker, sig):
             say(f"zoo compare: {entry.label}: reusing finished run {run_dir}")
             return
-        say(f"zoo compare: {entry.label}: training{' from RANDOM INIT' if weights is None else ''} …")
+        say(f"zoo compare: {entry.label}: training{' from ' + RANDOM_INIT if weights is None else ''} …")
+        entry.weights = RANDOM_INIT if weights is None else ("pretrained" if weights == "DEFAULT" else str(weights))
+        old_marker = marker.read_text() if marker.is_file() else None
+        marker.unlink(missing_ok=True)  # the run directory is being rewritten: never reuse it half-way
+        (run_dir / "error.txt").unlink(missing_ok=True)
         try:
+            _decode_once(cfg, split, progress)
             with PeakMemory(device) as mem:
                 train(config=cfg, data=split)
             entry.peak_mem_mb = round(mem.peak_mb, 1)
             entry.infer_images_per_s = round(inference_speed(run_dir, device), 1)
             _from_summary(entry, run_dir)
             entry.status = "ok"
-            entry.weights = "RANDOM INIT" if weights is None else (
-                "pretrained" if weights == "DEFAULT" else str(weights))
             atomic_write_text(marker, json.dumps({
-                "signature": sig, "backbone": entry.backbone, "strategy": entry.strategy, "weights": entry.weights, "infer_images_per_s": entry.infer_images_per_s,
-                "peak_mem_mb": entry.peak_mem_mb}, indent=2))
+                "signature": sig, "backbone": entry.backbone, "strategy": entry.strategy, "weights": entry.weights,
+                "infer_images_per_s": entry.infer_images_per_s, "peak_mem_mb": entry.peak_mem_mb}, indent=2))
             return
         except WeightsError as exc:
-            if fallback_random and weights is not None and attempt == "asked":
+            if fallback_random and weights is not None and not is_local_path(weights) and attempt == "asked":
+                if old_marker is not None:  # the weights failed before the run directory was touched
+                    atomic_write_text(marker, old_marker)
                 unavailable.add(entry.backbone)
                 say(f"zoo compare: {entry.label}: WARNING pretrained weights unavailable — running from "
                     f"RANDOM INIT instead ({exc})")
@@ -296,18 +333,52 @@ def _run_entry(entry: Entry, split: Any, base: TrainConfig, out: Path, device: t
             return
 
 
+def _decode_once(cfg: TrainConfig, split: Any, progress: bool) -> None:
+    """Fill the shared pixel cache for the splits this entry reads decoded (a hit after the first entry of
+    its input size), so that no entry's training time or peak memory includes the one-off decoding."""
+    if not cfg.share_decoding:
+        return
+    from .features import PixelCache
+    from .strategies import get_strategy
+    from .trainer import _data_config
+
+    adapter, _ = registry.get_adapter(cfg.backbone)
+    data_cfg = _data_config(adapter, cfg)
+    augment = get_strategy(cfg.strategy).default_augment if cfg.augment is None else cfg.augment
+    for name in ("val",) if augment else ("train", "val"):  # augmented training images are decoded per epoch
+        PixelCache.build(getattr(split, name), data_cfg, fingerprint=split.fingerprint, split=name,
+                         num_workers=cfg.num_workers, progress=progress)
+
+
+def _reuse(entry: Entry, marker: Path, sig: str) -> bool:
+    """Fill ``entry`` from a finished run with signature ``sig``; False when there is none (or it is broken)."""
+    try:
+        done = json.loads(marker.read_text())
+        if done.get("signature") != sig:
+            return False
+        entry.weights = done["weights"]
+        entry.infer_images_per_s, entry.peak_mem_mb = done["infer_images_per_s"], done["peak_mem_mb"]
+        _from_summary(entry, marker.parent)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    entry.status = "reused"
+    return True
+
+
 def _earlier_entries(out: Path, seen: set[tuple[str, str]]) -> list[Entry]:
     """Finished entries of earlier compare calls into the same folder."""
     found = []
     for marker in sorted((out / "runs").glob("*/entry.json")):
-        done = json.loads(marker.read_text())
-        key = (done.get("backbone"), done.get("strategy"))
-        if None in key or key in seen or not (marker.parent / "summary.json").is_file():
+        try:
+            done = json.loads(marker.read_text())
+        except (OSError, ValueError):
             continue
-        e = Entry(key[0], key[1], status="reused", weights=done["weights"], run_dir=str(marker.parent),
-                  infer_images_per_s=done["infer_images_per_s"], peak_mem_mb=done["peak_mem_mb"])
-        _from_summary(e, marker.parent)
-        found.append(e)
+        key = (done.get("backbone"), done.get("strategy"))
+        if None in key or key in seen:
+            continue
+        e = Entry(key[0], key[1], run_dir=str(marker.parent))
+        if _reuse(e, marker, done.get("signature")):
+            found.append(e)
     return found
 
 
@@ -333,7 +404,7 @@ def _write_outputs(board: Leaderboard, split: Any) -> None:
     atomic_write_text(out / "leaderboard.json", json.dumps(
         {"data": split.source, "classes": split.classes, "entries": rows}, indent=2, default=str) + "\n")
     ok = [e for e in board.entries if e.status in ("ok", "reused")]
-    points = [{"label": e.label + (" (random init)" if e.weights == "RANDOM INIT" else ""),
+    points = [{"label": e.label + (" (random init)" if e.weights == RANDOM_INIT else ""),
                "acc": e.val_acc, "speed": e.infer_images_per_s, "params": e.total_params} for e in ok]
     plots.scatter(points, "speed", "acc", out / "accuracy_vs_speed.png", xlabel="inference images/s (log)",
                   ylabel="validation top-1", title="accuracy vs inference speed", logx=True)

@@ -120,10 +120,15 @@ class DataSplit:
         """``len(classes)``."""
         return len(self.classes)
 
+    @property
+    def problems(self) -> list[tuple[str, str]]:
+        """The skipped entries that deserve attention: everything but hidden/system files and folders."""
+        return [(path, reason) for path, reason in self.skipped if not reason.startswith("hidden")]
+
     def summary(self) -> str:
-        """One line: ``"N train / M val images, K classes (S skipped)"``."""
+        """One line: ``"N train / M val images, K classes (S skipped)"``; S excludes hidden files."""
         return (f"{len(self.train)} train / {len(self.val)} val images, {len(self.classes)} classes "
-                f"({len(self.skipped)} skipped)")
+                f"({len(self.problems)} skipped)")
 
 
 # ---------------------------------------------------------------------------------------------------

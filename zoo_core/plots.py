@@ -95,5 +95,6 @@ def curves_overlay(series: dict[str, Sequence[dict[str, Any]]], path: Path, key:
             ax.plot([r["epoch"] for r in hist], [r.get(key) for r in hist], marker="o", label=label)
     ax.set(xlabel="epoch", ylabel=ylabel, title=f"{ylabel} per epoch")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # no finished entries: an empty plot, without a warning
+        ax.legend(fontsize=8)
     _save(fig, path)

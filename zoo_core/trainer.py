@@ -69,6 +69,10 @@ class TrainConfig:
     num_workers: int | None = None
     early_stopping: int | None = 5  # patience in epochs on validation loss; None disables
     cache_features: bool = True
+    # decode + resize each split once into the shared pixel cache (features.PixelCache) and feed the frozen
+    # feature extraction and every validation pass from it; runs with the same preprocessing (``compare``)
+    # reuse it. Results are identical to decoding on the fly. Ignored under torchrun.
+    share_decoding: bool = False
     download: bool = False
     data_root: str | None = None
     out_dir: str = "runs"
@@ -370,9 +374,9 @@ def _fit_in(cfg: TrainConfig, data: Any, run_path: Path, resume: bool, strategy:
     }
     say(f"zoo train: {cfg.backbone} [{strategy.name}] on {split.summary()} | device {device}, {precision}"
         f"{', random init (no pretrained weights)' if cfg.weights is None else ''}")
-    if split.skipped:
-        say(f"zoo train: skipped {len(split.skipped)} unreadable file(s), e.g. {split.skipped[0][0]}: "
-            f"{split.skipped[0][1]} (all listed in config.json)")
+    if split.problems:
+        say(f"zoo train: skipped {len(split.problems)} unusable file(s), e.g. {split.problems[0][0]}: "
+            f"{split.problems[0][1]} (all listed in config.json)")
 
     t_start = time.perf_counter()
     if use_cache:
@@ -426,8 +430,28 @@ def _checkpoint_state(model: nn.Module, cfg: TrainConfig, split: Any, data_cfg: 
 def _epoch_loop(cfg: TrainConfig, module: nn.Module, model: nn.Module, train_loader: DataLoader,
                 sampler: Any, val_loader: DataLoader, prepare: Any, amp: Any, scaler: Any, epochs: int,
                 setup_epoch: Any, device: torch.device, ctx: DistContext, run: RunDir, resume: bool,
-                split: Any, data_cfg: DataConfig, config_record: dict, quiet: bool, say: Any) -> tuple[list, dict]:
-    """The loop shared by end-to-end training and head training on cached features."""
+                split: Any, data_cfg: DataConfig, config_record: dict, quiet: bool, say: Any,
+                head_only: str | None = None) -> tuple[list, dict]:
+    """The loop shared by end-to-end training and head training on cached features.
+
+    ``head_only`` (the head's module name; cached-feature runs): only the head changes, so ``last.pt``
+    holds the head's state alone (a few KB per epoch instead of the whole backbone) together with the
+    best head so far, and the full ``best.pt`` is written once, when the loop ends or stops.
+    """
+    part = model.get_submodule(head_only) if head_only else model  # what last.pt's "model" holds
+    best_part: dict[str, torch.Tensor] | None = None  # head_only: the best epoch's head, not yet in best.pt
+
+    def flush_best() -> None:  # head_only: the full best.pt = the frozen backbone + the best head
+        nonlocal best_part
+        if best_part is None:
+            return
+        state = dict(model.state_dict())
+        state.update({f"{head_only}.{k}": v for k, v in best_part.items()})
+        row = history[best["epoch"] - 1] if len(history) >= best["epoch"] else {}
+        ck = _checkpoint_state(model, cfg, split, data_cfg, epoch=best["epoch"], metrics=row)
+        run.save("best.pt", {**ck, "model": state})
+        best_part = None
+
     steps_per_epoch = min(len(train_loader), cfg.max_steps or len(train_loader))
     total = steps_per_epoch * epochs
     lr_at = strategies.warmup_cosine(total, int(cfg.warmup_epochs * steps_per_epoch))
@@ -439,7 +463,8 @@ def _epoch_loop(cfg: TrainConfig, module: nn.Module, model: nn.Module, train_loa
             raise ZooError(f"cannot resume {str(run.path)!r}: it has no last.pt (the run stopped before its "
                            "first epoch finished); start it again without --resume")
         ck = load_checkpoint(run.file("last.pt"))
-        model.load_state_dict(ck["model"])
+        part.load_state_dict(ck["model"])
+        best_part = ck.get("best_part")
         history, best, start_epoch, step = ck["history"], ck["best"], ck["epoch"], ck["step"]
         rngs = ck.get("rng_ranks")  # per-rank RNG states of a torchrun run with the same number of ranks
         torch.set_rng_state(rngs[ctx.rank] if rngs and len(rngs) == ctx.world_size else ck["rng"])
@@ -448,6 +473,7 @@ def _epoch_loop(cfg: TrainConfig, module: nn.Module, model: nn.Module, train_loa
     stale = 0 if not history else len(history) - best["epoch"]
     if resume and cfg.early_stopping and stale >= cfg.early_stopping:
         say(f"zoo train: {run.path} already stopped early (no val-loss improvement for {stale} epochs)")
+        flush_best()
         return history, best
     phase = None
     for epoch in range(start_epoch, epochs):
@@ -464,12 +490,14 @@ def _epoch_loop(cfg: TrainConfig, module: nn.Module, model: nn.Module, train_loa
                                                 step, label_smoothing=cfg.label_smoothing,
                                                 max_steps=cfg.max_steps, bar=bar, ctx=ctx, device=device)
         except FloatingPointError as exc:
+            flush_best()
             raise _diverged(cfg, f"{exc} in epoch {epoch + 1}", best, run, config_record["precision"]) from None
         finally:
             bar.close()
         ctx.sync_module(model, buffers_only=True)  # rank 0's BatchNorm statistics: the ones checkpointed
         val = evaluate(module, val_loader, prepare, amp, num_classes=len(split.classes), ctx=ctx, device=device)
         if not math.isfinite(val["val_loss"]):
+            flush_best()
             raise _diverged(cfg, f"validation loss is {val['val_loss']} after epoch {epoch + 1}", best, run,
                             config_record["precision"])
         row = {"epoch": epoch + 1, **train_stats, **val, "lr": max(g["lr"] for g in optimizer.param_groups),
@@ -478,12 +506,16 @@ def _epoch_loop(cfg: TrainConfig, module: nn.Module, model: nn.Module, train_loa
         improved = val["val_loss"] < best["val_loss"]
         if improved:
             best = {"val_loss": val["val_loss"], "epoch": epoch + 1}
-            run.save("best.pt", _checkpoint_state(model, cfg, split, data_cfg, epoch=epoch + 1, metrics=row))
+            if head_only:
+                best_part = {k: v.detach().clone() for k, v in part.state_dict().items()}
+            else:
+                run.save("best.pt", _checkpoint_state(model, cfg, split, data_cfg, epoch=epoch + 1, metrics=row))
         stale = 0 if improved else stale + 1
         rng_ranks = {"rng_ranks": ctx.all_gather_object(torch.get_rng_state())} if ctx.enabled else {}
-        run.save("last.pt", _checkpoint_state(model, cfg, split, data_cfg, epoch=epoch + 1, step=step,
+        extra = {"part": head_only, "best_part": best_part} if head_only else {}
+        run.save("last.pt", _checkpoint_state(part, cfg, split, data_cfg, epoch=epoch + 1, step=step,
                                               optimizer=optimizer.state_dict(), history=history, best=best,
-                                              rng=torch.get_rng_state(), phase=phase, **rng_ranks))
+                                              rng=torch.get_rng_state(), phase=phase, **rng_ranks, **extra))
         run.write_metrics(history)
         top5 = f" top-5 {val['val_top5']:.3f}" if "val_top5" in val else ""
         say(f"epoch {epoch + 1}/{epochs}: train loss {train_stats['train_loss']:.4f} acc "
@@ -492,6 +524,7 @@ def _epoch_loop(cfg: TrainConfig, module: nn.Module, model: nn.Module, train_loa
         if cfg.early_stopping and stale >= cfg.early_stopping:
             say(f"zoo train: early stop — no val-loss improvement for {stale} epochs (best epoch {best['epoch']})")
             break
+    flush_best()
     return history, best
 
 
@@ -505,8 +538,9 @@ def _diverged(cfg: TrainConfig, what: str, best: dict, run: RunDir, precision: s
 
 def _fit_end_to_end(cfg, split, model, adapter, data_cfg, stages, head, strategy, augment, device, ctx, amp,
                     scaler, run, resume, epochs, config_record, quiet, say):
-    train_ds = zdata.Transformed(split.train, zdata.train_transform(data_cfg, augment=augment))
-    val_ds = zdata.Transformed(split.val, zdata.eval_transform(data_cfg))
+    train_ds = (_eval_dataset(cfg, split, "train", data_cfg, ctx, quiet) if not augment
+                else zdata.Transformed(split.train, zdata.train_transform(data_cfg, augment=True)))
+    val_ds = _eval_dataset(cfg, split, "val", data_cfg, ctx, quiet)
     batch = per_rank_batch(cfg.batch_size, ctx.world_size)  # cfg.batch_size is the global batch
     config_record["batch_size_per_rank"] = batch
     sampler = _sampler(len(train_ds), cfg.seed, ctx, shuffle=True)
@@ -618,7 +652,27 @@ def _fit_head_on_features(cfg, split, model, adapter, data_cfg, head, device, ct
 
     return _epoch_loop(cfg, head_module, model, train_loader, sampler, val_loader, lambda x: x.to(device),
                        contextlib.nullcontext, None, epochs, setup_epoch, device, DistContext(), run, resume,
-                       split, data_cfg, config_record, quiet, say)
+                       split, data_cfg, config_record, quiet, say, head_only=head)
+
+
+def _shared_pixels(cfg: TrainConfig, split: Any, name: str, data_cfg: DataConfig, ctx: DistContext | None,
+                   quiet: bool) -> Any:
+    """The ``name`` split's decoded pixels from the shared cache when ``cfg.share_decoding``, else None."""
+    if not cfg.share_decoding or (ctx is not None and ctx.enabled):
+        return None
+    from .features import PixelCache
+
+    return PixelCache.build(getattr(split, name), data_cfg, fingerprint=split.fingerprint, split=name,
+                            num_workers=cfg.num_workers, progress=not quiet)
+
+
+def _eval_dataset(cfg: TrainConfig, split: Any, name: str, data_cfg: DataConfig, ctx: DistContext,
+                  quiet: bool) -> Any:
+    """Items ``(eval_transform(image) uint8, label)`` of a split: from the shared pixel cache, or decoded."""
+    pixels = _shared_pixels(cfg, split, name, data_cfg, ctx, quiet)
+    if pixels is not None:
+        return pixels.as_dataset()
+    return zdata.Transformed(getattr(split, name), zdata.eval_transform(data_cfg))
 
 
 def _extract_both(cfg, split, model, adapter, data_cfg, device, quiet, ctx: DistContext | None = None) -> dict:
@@ -629,8 +683,10 @@ def _extract_both(cfg, split, model, adapter, data_cfg, device, quiet, ctx: Dist
         key = features.feature_key(backbone=cfg.backbone, weights=str(cfg.weights), data_config=data_cfg,
                                    fingerprint=split.fingerprint, split=name,
                                    precision=features.resolve_precision(cfg.precision, device))
-        out[name] = features.extract_features(model, adapter, ds, data_cfg, key=key, batch_size=max(cfg.batch_size, 64),
-                                              device=device, precision=cfg.precision,
+        cached = (features.cache_root() / "features" / key).is_dir()  # then no pixels are needed
+        pixels = None if cached else _shared_pixels(cfg, split, name, data_cfg, ctx, quiet)
+        out[name] = features.extract_features(model, adapter, ds, data_cfg, key=key, batch_size=cfg.batch_size,
+                                              device=device, precision=cfg.precision, pixels=pixels,
                                               num_workers=cfg.num_workers, progress=not quiet, ctx=ctx)
     return out
 
@@ -653,7 +709,7 @@ def _finish(cfg, split, model, adapter, data_cfg, head, device, ctx, amp, run, h
             matrix = confusion(logits.argmax(1).cpu(), fv.labels.cpu(), n)
         matrix = ctx.broadcast_object(matrix)
     else:  # each rank evaluates its unpadded shard of the validation set; the counts are summed
-        val_ds = zdata.Transformed(split.val, zdata.eval_transform(data_cfg))
+        val_ds = _eval_dataset(cfg, split, "val", data_cfg, ctx, True)
         loader = zdata.make_loader(val_ds, batch_size=max(1, cfg.batch_size // ctx.world_size), shuffle=False,
                                    seed=cfg.seed, num_workers=cfg.num_workers, device=device,
                                    sampler=_sampler(len(val_ds), cfg.seed, ctx, False))
