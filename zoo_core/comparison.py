@@ -189,7 +189,8 @@ class PeakMemory:
 
 @torch.no_grad()
 def inference_speed(run_dir: Path, device: torch.device, batch_size: int = 32, iters: int = 3) -> float:
-    """Images/s of the trained model's eval forward pass on one batch at its input size."""
+    """Images/s of the trained model's eval forward pass on one batch at its input size (median of
+    ``iters`` timed passes after a warm-up, so a background hiccup does not decide the number)."""
     from .inference import load
 
     clf = load(run_dir, device=device)
@@ -200,12 +201,14 @@ def inference_speed(run_dir: Path, device: torch.device, batch_size: int = 32, i
         clf(x)  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
+        times = []
         for _ in range(iters):
+            t0 = time.perf_counter()
             clf(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    return batch_size * iters / (time.perf_counter() - t0)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t0)
+    return batch_size / sorted(times)[len(times) // 2]
 
 
 def expand_backbones(backbones: Sequence[str] | str | None, family: str | None = None) -> list[str]:
