@@ -34,7 +34,7 @@ def _online(host: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def run_demo(out: str | os.PathLike = "demo-output", *, rerun: bool = False, per_class: int = 60) -> Leaderboard:
+def run_demo(out: str | os.PathLike = "demo-output", *, rerun: bool = False, per_class: int = 40) -> Leaderboard:
     """Generate the demo data under ``out/data`` and write a leaderboard into ``out``."""
     out = Path(out)
     t0 = time.perf_counter()
