@@ -124,3 +124,12 @@ def install_dist(
         for mod in modules_written:
             sys.modules.pop(mod, None)
         zoo_core.reload_plugins()  # lazy: the next use re-reads entry points after sys.path is restored
+
+
+@pytest.fixture
+def skip_run_plots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Skip each run's own curves/confusion PNGs (slow to draw; tests/test_trainer.py covers them)."""
+    import zoo_core.plots
+
+    monkeypatch.setattr(zoo_core.plots, "learning_curves", lambda *a, **k: None)
+    monkeypatch.setattr(zoo_core.plots, "confusion_matrix", lambda *a, **k: None)

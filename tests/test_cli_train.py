@@ -16,13 +16,7 @@ TINY = ["--weights", "none", "--image-size", "32"]
 CLASSES = ["class0", "class1", "class2"]
 
 
-@pytest.fixture(autouse=True)
-def no_run_plots(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Skip each run's own curves/confusion PNGs (slow to draw; the trainer's tests cover them)."""
-    import zoo_core.plots
-
-    monkeypatch.setattr(zoo_core.plots, "learning_curves", lambda *a, **k: None)
-    monkeypatch.setattr(zoo_core.plots, "confusion_matrix", lambda *a, **k: None)
+pytestmark = pytest.mark.usefixtures("skip_run_plots")  # compare's own plots still draw
 
 
 @pytest.fixture(scope="module")

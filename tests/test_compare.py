@@ -25,11 +25,7 @@ PLOTS = ("accuracy_vs_speed.png", "accuracy_vs_params.png", "learning_curves.png
 FAST = {"weights": None, "image_size": 32, "progress": False}
 
 
-@pytest.fixture(autouse=True)
-def no_run_plots(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Skip each run's own curves/confusion PNGs (the trainer's tests cover them); compare's plots stay."""
-    monkeypatch.setattr(zoo_core.plots, "learning_curves", lambda *a, **k: None)
-    monkeypatch.setattr(zoo_core.plots, "confusion_matrix", lambda *a, **k: None)
+pytestmark = pytest.mark.usefixtures("skip_run_plots")  # compare's own plots still draw
 
 
 @pytest.fixture(scope="module")
