@@ -2,7 +2,8 @@
 
 The LR grows exponentially from ``start_lr`` to ``end_lr`` over ``num_steps`` mini-batches while the
 smoothed training loss is recorded; the run stops early once the loss diverges. The suggestion is the
-LR of the steepest descent of the smoothed loss, capped at a tenth of the LR of the minimum loss.
+LR of the steepest descent of the smoothed loss (first 10% of the curve skipped, slope over a third of a
+decade), capped at a third of the LR of the minimum loss.
 """
 
 from __future__ import annotations
@@ -41,14 +42,27 @@ class LRFindResult:
 
 
 def suggest_lr(lrs: list[float], losses: list[float]) -> float:
-    """Steepest-descent LR of the smoothed curve, no larger than (LR at min loss) / 10."""
-    if len(lrs) < 3:
+    """Steepest-descent LR of the smoothed curve, no larger than (LR at min loss) / 3.
+
+    Like fastai, the first 10% of the curve is ignored (the smoothing's warm-up: its noise once made the
+    very first LRs look steepest), and the slope is taken over a window of about a third of a decade on
+    each side, so that step-to-step noise cannot pick an isolated point.
+    """
+    n = len(lrs)
+    if n < 3:
         return lrs[0] if lrs else 1e-3
-    i_min = min(range(len(losses)), key=losses.__getitem__)
+    start = n // 10
+    i_min = min(range(start, n), key=losses.__getitem__)
     logs = [math.log10(x) for x in lrs]
-    grads = [(losses[i + 1] - losses[i - 1]) / (logs[i + 1] - logs[i - 1]) for i in range(1, max(2, i_min))]
-    i_steep = 1 + min(range(len(grads)), key=grads.__getitem__) if grads else 0
-    return float(min(lrs[i_steep], lrs[i_min] / 10))
+    per_decade = (n - 1) / max(logs[-1] - logs[0], 1e-12)
+    half = max(1, round(per_decade / 3))
+    best, i_steep = math.inf, start
+    for i in range(start, i_min):
+        lo, hi = max(start, i - half), min(n - 1, i + half)
+        slope = (losses[hi] - losses[lo]) / (logs[hi] - logs[lo])
+        if slope < best:
+            best, i_steep = slope, i
+    return float(min(lrs[i_steep], lrs[i_min] / 3))
 
 
 def lr_find(backbone: str, data: Any, *, strategy: str = "full", start_lr: float = 1e-7, end_lr: float = 1.0,
