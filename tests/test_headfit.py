@@ -81,7 +81,11 @@ def test_solution_matches_scikit_learn_for_the_same_c() -> None:
     c = 0.05
     fit = fit_linear_head(x, y, 4, l2=1 / (c * len(y)), tol=1e-10, max_iter=500)
     mean, std = x.mean(0), x.std(0, unbiased=False)
-    ref = linear_model.LogisticRegression(C=c, tol=1e-10, max_iter=10_000).fit(((x - mean) / std).numpy(), y.numpy())
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):  # a tiny problem: threads only cost on a shared 2-core box
+        ref = linear_model.LogisticRegression(C=c, tol=1e-10, max_iter=10_000).fit(((x - mean) / std).numpy(),
+                                                                                   y.numpy())
     p_ref = torch.as_tensor(ref.predict_proba(((x - mean) / std).numpy()), dtype=torch.float32)
     p_ours = torch.softmax(x @ fit.weight.T + fit.bias, 1)
     assert (p_ours - p_ref).abs().max() < 2e-3

@@ -14,19 +14,32 @@ samples, so a value chosen on the inner split carries over to the refit on all s
 scikit-learn's refit). The returned weight and bias act on the *raw* features: the standardisation is
 folded in.
 
-Speed (50,000 x 2,048 features, 10 classes: a few seconds on 2 CPU cores):
+Choosing ``C``: every value is fitted on the inner-train part and scored on the inner-val part; the
+chosen one has the lowest inner-val loss among the values whose inner-val accuracy is within one binomial
+standard error of the best accuracy. Accuracy alone is too noisy on small inner splits (a few hundred
+images: its argmax jumps between far-apart values from one seed to the next); the loss among the
+statistically tied values is a stable tie-break.
+
+Speed (50,000 x 2,048 features, 10 classes: seconds on 2 CPU cores):
 
 * the grid search runs on standardised in-memory copies of the inner split, subsampled (stratified,
   seeded) to at most :data:`GRID_MAX_TRAIN` / :data:`GRID_MAX_VAL` rows: plenty to rank values of ``C``;
-* coarse to fine: whole decades of ``C`` first, strong to weak regularisation, each fit warm-started from
-  the previous one and the path cut once two values in a row fail to improve the inner-val score; then
-  the half-decades next to the best decade;
+* small problems fit the whole grid; large ones go coarse to fine: whole decades of ``C``, strong to weak
+  regularisation, until the inner-val scores stop improving, then the half-decades around the best;
+* every fit is warm-started from the solutions already found, inter-/extrapolated in log C (a
+  continuation predictor), and its first step is scaled by the softmax curvature;
 * L-BFGS runs in a preconditioned parameterisation ``W = U L^{-1}`` with ``L L^T = S + gamma I``, ``S``
-  the correlation matrix of the standardised features (a row subsample): it whitens the strongly
-  correlated directions of deep features, so a fit needs tens of iterations instead of hundreds;
-* the refit on all samples starts from the chosen grid solution and reads the features in place
-  (float32 features in one pass per evaluation; float16/bfloat16, memory-mapped or strided features a
-  row chunk at a time, never copied whole).
+  the correlation matrix of the standardised features (a row subsample) and ``gamma`` matched to the
+  regularisation and the curvature: it whitens the strongly correlated directions of deep features, so
+  a fit needs tens of iterations instead of hundreds;
+* the refit on all samples starts from the subsample's solution *with the refit's l2* (the same
+  objective up to sampling) and reads the features in place, a cache-sized row chunk at a time (forward
+  and backward matmuls of a chunk while it is in cache; float16/bfloat16, memory-mapped or strided
+  features converted a chunk at a time, never copied whole).
+
+Convergence: a fit stops when its relative gradient ``max|dF/dW| / max(|dCE/dW|, |l2 W|)`` is small,
+when an iteration lowers the objective by less than ``tol`` (times ``max(1, |F|)``), or when no step
+lowers it measurably (float32 resolution); only hitting ``max_iter`` counts as not converged.
 """
 
 from __future__ import annotations
@@ -59,7 +72,7 @@ _PRECOND_MAX_DIM = 4096  # above this the D x D preconditioner costs more than i
 _PRECOND_ROWS = 2048  # rows used to estimate the correlation matrix
 _HISTORY = 10  # L-BFGS history size
 _MIN_CURVATURE = 1e-5  # floor of the curvature estimate in the preconditioner shift (see _gamma)
-_GAMMA_FACTOR = 3.0
+_GAMMA_FACTOR = 3.0  # gamma = this * l2 / curvature (measured: 1 to 30 work, 3 needs the fewest evaluations)
 
 
 @dataclass
@@ -146,6 +159,7 @@ class _Problem:
         self.rows = _chunk_rows(x.shape[1], x.device)
         self.mass = float(x.shape[0]) if w is None else float(w.sum(dtype=torch.float64))
         self.curvature = (1 - 1 / num_classes) / num_classes  # E[sum_k p_k (1 - p_k)] / K at uniform p
+        self._neg: torch.Tensor | None = None
 
     def _raw(self, ws: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Weight/bias (float32) on ``x`` equivalent to standardised-space ``ws``/``b`` (float64)."""
@@ -155,62 +169,84 @@ class _Problem:
         b_raw = b - w_raw @ self.mean64
         return w_raw.to(torch.float32), b_raw.to(torch.float32)
 
-    def _nll_grad(self, z: torch.Tensor, yc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-row (smoothed) cross entropy, its gradient w.r.t. the logits ``z``, and ``sum_k p_k (1 - p_k)``."""
-        eps = self.smoothing
-        logp = torch.log_softmax(z, dim=1)
-        nll = -logp.gather(1, yc[:, None]).squeeze(1)
-        if eps:
-            nll = (1 - eps) * nll - eps * logp.mean(dim=1)
-        g = logp.exp_()
-        curv = (g - g.square()).sum(1)
-        g.scatter_add_(1, yc[:, None], torch.full((z.shape[0], 1), -(1 - eps), device=g.device))
-        if eps:
-            g.sub_(eps / self.k)
-        return nll, g, curv
+    def _neg_target(self, rows: int) -> torch.Tensor:
+        """A [rows, 1] column of ``-(1 - smoothing)``: what the true class adds to the softmax gradient."""
+        if self._neg is None or self._neg.shape[0] < rows:
+            self._neg = torch.full((max(rows, self.rows), 1), -(1.0 - self.smoothing), device=self.x.device)
+        return self._neg[:rows]
+
+    def _nll(self, logp: torch.Tensor, yc: torch.Tensor) -> torch.Tensor:
+        """Per-row (smoothed) cross entropy from log-probabilities."""
+        nll = logp.gather(1, yc[:, None]).squeeze(1).neg_()
+        if self.smoothing:
+            nll = (1 - self.smoothing) * nll - self.smoothing * logp.mean(dim=1)
+        return nll
 
     def loss_grad(self, ws: torch.Tensor, b: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
-        """Mean weighted CE and its gradients w.r.t. standardised-space ``ws`` and ``b`` (float64)."""
+        """Mean weighted CE and its gradients w.r.t. standardised-space ``ws`` and ``b`` (float64).
+
+        One pass: per cache-sized row chunk the logits, the softmax gradient and its product with the chunk,
+        with as few (tiny) elementwise ops per chunk as possible.
+        """
         w_raw, b_raw = self._raw(ws, b)
+        w_t = w_raw.T
         g_w = torch.zeros_like(w_raw)
         g_b = torch.zeros_like(b_raw)
-        total = curv_sum = 0.0
+        total = torch.zeros((), dtype=torch.float64, device=self.x.device)
         for s, e, xc in _chunks(self.x, None, self.rows):
-            nll, g, curv = self._nll_grad(torch.addmm(b_raw, xc, w_raw.T), self.y[s:e])
+            yc = self.y[s:e]
+            logp = torch.log_softmax(torch.addmm(b_raw, xc, w_t), dim=1)
+            nll = self._nll(logp, yc)
+            g = logp.exp_()
+            g.scatter_add_(1, yc[:, None], self._neg_target(e - s))
+            if self.smoothing:
+                g.sub_(self.smoothing / self.k)
             if self.w is not None:
                 wc = self.w[s:e]
-                nll, curv = nll * wc, curv * wc
+                nll = nll * wc
                 g.mul_(wc[:, None])
-            total += float(nll.sum(dtype=torch.float64))
-            curv_sum += float(curv.sum(dtype=torch.float64))
+            total += nll.sum(dtype=torch.float64)
             g_w.addmm_(g.T, xc)
-            g_b.add_(g.sum(0))
-        self.curvature = curv_sum / (self.mass * self.k)  # mean softmax curvature at the last point
+            g_b += g.sum(0)
         g_w64 = g_w.to(torch.float64) / self.mass
         g_b64 = g_b.to(torch.float64) / self.mass
         if self.mean64 is not None:  # chain rule through the folding: w_raw = ws * inv_std, b_raw = b - w_raw @ mean
             g_w64 = (g_w64 - g_b64[:, None] * self.mean64) * self.inv_std64
-        return total / self.mass, g_w64, g_b64
+        return float(total) / self.mass, g_w64, g_b64
 
     @torch.no_grad()
-    def evaluate(self, ws: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
-        """Weighted accuracy, weighted (smoothed) CE and the smallest logit."""
+    def evaluate(self, ws: torch.Tensor, b: torch.Tensor, curvature: bool = False) -> dict[str, float]:
+        """Weighted accuracy, weighted (smoothed) CE, the smallest logit and (if asked) the mean curvature.
+
+        The curvature is ``E[sum_k p_k (1 - p_k)] / K``: the scale of the loss's Hessian (see _gamma).
+        """
         w_raw, b_raw = self._raw(ws, b)
-        correct = loss = 0.0
-        zmin = math.inf
+        correct, loss, curv = (torch.zeros((), dtype=torch.float64, device=self.x.device) for _ in range(3))
+        zmin = torch.tensor(math.inf, device=self.x.device)
         for s, e, xc in _chunks(self.x, None, self.rows):
             yc = self.y[s:e]
             z = torch.addmm(b_raw, xc, w_raw.T)
-            zmin = min(zmin, float(z.min()))
+            zmin = torch.minimum(zmin, z.min())
             hit = (z.argmax(1) == yc).to(torch.float32)
-            nll, _, _ = self._nll_grad(z, yc)
+            logp = torch.log_softmax(z, dim=1)
+            nll = self._nll(logp, yc)
+            c = None
+            if curvature:
+                p = logp.exp_()
+                c = (p - p.square()).sum(1)
             if self.w is not None:
                 wc = self.w[s:e]
                 nll, hit = nll * wc, hit * wc
-            loss += float(nll.sum(dtype=torch.float64))
-            correct += float(hit.sum(dtype=torch.float64))
+                c = None if c is None else c * wc
+            loss += nll.sum(dtype=torch.float64)
+            correct += hit.sum(dtype=torch.float64)
+            if c is not None:
+                curv += c.sum(dtype=torch.float64)
         mass = max(self.mass, 1e-300)
-        return {"accuracy": correct / mass, "loss": loss / mass, "zmin": zmin}
+        out = {"accuracy": float(correct) / mass, "loss": float(loss) / mass, "zmin": float(zmin)}
+        if curvature:
+            self.curvature = out["curvature"] = float(curv) / (mass * self.k)
+        return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -528,13 +564,16 @@ def fit_linear_head(x: torch.Tensor, y: torch.Tensor, num_classes: int, *, l2: f
     """Fit a converged L2-regularised softmax head on features ``x`` [N, D] with labels ``y`` [N].
 
     ``l2`` fixes the L2 strength (no search). Otherwise the regularisation is picked on a stratified
-    split (``val_fraction`` held out, seeded by ``seed``; its training part subsampled to
-    ``grid_max_train`` rows) from ``c_grid`` (scikit-learn's ``C``; default 1e-4…10 by half-decades) or
-    ``l2_grid`` (L2 strengths of the final refit, ``C = 1 / (l2 * N)``): best inner-val accuracy wins
-    (ties: lower loss), and the head is refit on all samples with the chosen ``C``. The refit stops when
-    the loss changes by less than ``tol`` or after ``max_iter`` L-BFGS iterations (``converged`` says
-    which). ``sample_weight`` and ``class_weight`` ("balanced" or one weight per class) weight the loss
-    and the inner-val scores. ``x`` may be float16/bfloat16/float32 and memory-mapped.
+    split (:func:`stratified_split`: ``val_fraction`` held out, seeded by ``seed``; its training part
+    subsampled to ``grid_max_train`` rows) from ``c_grid`` (scikit-learn's ``C``; default
+    :data:`DEFAULT_C_GRID`, 1e-4…10 by half-decades) or ``l2_grid`` (L2 strengths of the final refit,
+    ``C = 1 / (l2 * N)``), by the rule in the module docstring, and the head is refit on all samples with
+    the chosen ``C``. The refit stops on the tolerances described there (``tol``: objective change per
+    iteration) or after ``max_iter`` L-BFGS iterations (then ``converged`` is False and a warning says
+    so). ``sample_weight`` and ``class_weight`` ("balanced" or one weight per class) weight the loss, the
+    standardisation and the inner-val scores. ``x`` may be float16/bfloat16/float32, strided or
+    memory-mapped. The record of the fit (chosen ``l2`` and ``C``, every grid fit, timings) is
+    :meth:`HeadFit.config`.
     """
     t0 = time.perf_counter()
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
@@ -691,7 +730,8 @@ def _grid_search(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, k: in
     """Search C on standardised in-memory copies of the inner split (subsampled when large).
 
     Small problems fit every grid value; large ones go coarse to fine (whole decades until neither the
-    inner-val accuracy nor the loss improves, then the half-decades around the chosen decade). Every fit
+    inner-val accuracy improves nor the loss at a still eligible accuracy, see :func:`_select`; then the
+    half-decades around the chosen decade). Every fit
     is warm-started from the previous one, strong to weak regularisation. Appends one record per fit to
     ``grid``; returns (chosen l2 at the scale of all samples, its inner-val accuracy, the refit's warm start
     ws and b, the correlation matrix, the mean softmax curvature at the warm start).
@@ -734,14 +774,40 @@ def _grid_search(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, k: in
         sol = _fit_one(p_tr, _Precond(s_mat, gamma), lam, ws0, b0, _GRID_MAX_ITER, _GRID_RTOL, _GRID_FTOL,
                        _step0(curv))
         m = p_va.evaluate(sol.ws, sol.b)
+        curv_end = p_tr.evaluate(sol.ws, sol.b, curvature=True)["curvature"]
         grid.append({"C": c, "l2": 0.0 if math.isinf(c) else 1.0 / (c * mass_full), "stage": stage,
                      "val_accuracy": round(m["accuracy"], 6), "val_loss": round(m["loss"], 6),
                      "iterations": sol.iterations, "evaluations": sol.evaluations, "converged": sol.converged,
                      "stop": sol.stop, "seconds": round(time.perf_counter() - t1, 4)})
-        return sol.ws, sol.b, m["accuracy"], m["loss"], p_tr.curvature
+        return sol.ws, sol.b, m["accuracy"], m["loss"], curv_end
 
     def scores() -> dict[int, tuple[float, float]]:
         return {i: (v[2], v[3]) for i, v in sols.items()}
+
+    def start(c: float, ws0: torch.Tensor, b0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Warm start for C = ``c``: (ws0, b0), or the solutions done so far inter-/extrapolated linearly in
+        log C (a continuation predictor), whichever has the lower objective at ``c``."""
+        done = sorted((math.log(cs[j]), j) for j in sols if math.isfinite(cs[j]))
+        if len(done) < 2 or not math.isfinite(c):
+            return ws0, b0
+        lc = math.log(c)
+        lower = [t for t in done if t[0] < lc]
+        upper = [t for t in done if t[0] > lc]
+        if lower and upper:
+            (l0, j0), (l1, j1) = lower[-1], upper[0]
+        elif len(lower) >= 2:
+            (l0, j0), (l1, j1) = lower[-2], lower[-1]
+        else:
+            return ws0, b0
+        t = (lc - l0) / (l1 - l0)
+        ws_p = sols[j0][0] + t * (sols[j1][0] - sols[j0][0])
+        b_p = sols[j0][1] + t * (sols[j1][1] - sols[j0][1])
+        lam = 1.0 / (c * p_tr.mass)
+
+        def objective(ws_: torch.Tensor, b_: torch.Tensor) -> float:
+            return p_tr.loss_grad(ws_, b_)[0] + 0.5 * lam * float(ws_.square().sum())
+
+        return (ws_p, b_p) if objective(ws_p, b_p) < objective(ws0, b0) else (ws0, b0)
 
     t_grid = time.perf_counter()
     if full:
@@ -754,13 +820,15 @@ def _grid_search(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, k: in
     curv, prev_curv = p_tr.curvature, None
     best_acc, best_loss, stale = -math.inf, math.inf, 0
     for i in path:
-        sols[i] = fit_c(cs[i], "path" if full else "coarse", ws, b, curv)
+        sols[i] = fit_c(cs[i], "path" if full else "coarse", *start(cs[i], ws, b), curv)
         bar.update(1)
         ws, b, acc, loss, c_i = sols[i]
         # the next (weaker) value's solution is more confident: extrapolate the curvature geometrically
         curv = c_i if prev_curv is None else c_i * min(1.0, c_i / max(prev_curv, 1e-300))
         prev_curv = c_i
-        improved = acc > best_acc or loss < best_loss
+        # going on pays while the accuracy improves, or the loss does at an accuracy that can still be chosen
+        se = math.sqrt(max(best_acc * (1.0 - best_acc), 0.0) / max(n_val, 1.0)) if best_acc > -math.inf else 0.0
+        improved = acc > best_acc or (loss < best_loss and acc >= best_acc - se)
         best_acc, best_loss = max(best_acc, acc), min(best_loss, loss)
         stale = 0 if improved else stale + 1
         if not full and stale >= _PATIENCE:
@@ -770,7 +838,7 @@ def _grid_search(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, k: in
         centre = pick
         for i in (centre - 1, centre + 1):
             if 0 <= i < len(cs) and i not in sols:
-                sols[i] = fit_c(cs[i], "fine", sols[centre][0], sols[centre][1], sols[centre][4])
+                sols[i] = fit_c(cs[i], "fine", *start(cs[i], sols[centre][0], sols[centre][1]), sols[centre][4])
                 bar.update(1)
         pick = _select(scores(), n_val)
     c_best = cs[pick]
@@ -783,7 +851,9 @@ def _grid_search(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, k: in
         near = min(sols, key=lambda j: abs(math.log(cs[j] / c_eq)))
         ws, b, _, _, curv = sols[near]
         if abs(math.log10(cs[near] / c_eq)) > 0.25:
-            ws, b, _, _, curv = fit_c(c_eq, "refit warm start", ws, b, curv)
+            ws, b, _, _, curv = fit_c(c_eq, "refit warm start", *start(c_eq, ws, b), curv)
+        else:
+            ws, b = start(c_eq, ws, b)
     bar.close()
     info["timing"] = {"grid_setup": t_setup, "grid": time.perf_counter() - t_grid}
     return chosen, sols[pick][2], ws, b, s_mat, curv

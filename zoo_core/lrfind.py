@@ -2,8 +2,8 @@
 
 The LR grows exponentially from ``start_lr`` to ``end_lr`` over ``num_steps`` mini-batches while the
 smoothed training loss is recorded; the run stops early once the loss diverges. The suggestion is the
-LR of the steepest descent of the smoothed loss (first 10% of the curve skipped, slope over a third of a
-decade), capped at a third of the LR of the minimum loss.
+LR of the steepest descent of the smoothed loss, capped at a third of the LR of its minimum (first 10%
+of the curve skipped; slope and minimum read over a third of a decade).
 """
 
 from __future__ import annotations
@@ -44,18 +44,22 @@ class LRFindResult:
 def suggest_lr(lrs: list[float], losses: list[float]) -> float:
     """Steepest-descent LR of the smoothed curve, no larger than (LR at min loss) / 3.
 
-    Like fastai, the first 10% of the curve is ignored (the smoothing's warm-up: its noise once made the
-    very first LRs look steepest), and the slope is taken over a window of about a third of a decade on
-    each side, so that step-to-step noise cannot pick an isolated point.
+    Like fastai, the first 10% of the curve is ignored (the smoothing's warm-up: its noise made the very
+    first LRs look steepest). Both the slope and the minimum are read over a window of about a third of a
+    decade on each side, so that the noise of single steps picks neither the steepest point nor a
+    spurious late minimum.
     """
     n = len(lrs)
     if n < 3:
         return lrs[0] if lrs else 1e-3
     start = n // 10
-    i_min = min(range(start, n), key=losses.__getitem__)
     logs = [math.log10(x) for x in lrs]
-    per_decade = (n - 1) / max(logs[-1] - logs[0], 1e-12)
-    half = max(1, round(per_decade / 3))
+    half = max(1, round((n - 1) / max(logs[-1] - logs[0], 1e-12) / 3))  # points in a third of a decade
+    smooth = {}
+    for i in range(start, n):
+        window = [v for v in losses[max(start, i - half):i + half + 1] if math.isfinite(v)]
+        smooth[i] = sum(window) / len(window) if window else math.inf
+    i_min = min(smooth, key=smooth.__getitem__)
     best, i_steep = math.inf, start
     for i in range(start, i_min):
         lo, hi = max(start, i - half), min(n - 1, i + half)
