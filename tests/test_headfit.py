@@ -359,3 +359,29 @@ def test_default_run_records_the_converged_fit(probe_runs: SimpleNamespace) -> N
     assert any(g["C"] == pytest.approx(hf["C"]) for g in hf["grid"])
     assert hf["iterations"] >= 1 and hf["seconds"] > 0
     assert len(run.history) == 1 and run.history[0]["val_acc"] == pytest.approx(run.metrics["val_acc"])
+
+
+def test_low_rank_preconditioner_for_fewer_rows_than_features() -> None:
+    """Few images, wide features (VGG's 4,096): the correlation is kept low rank, never factorised D x D."""
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(50, 20, generator=g) @ torch.randn(20, 200, generator=g)  # 50 rows of rank 20 in 200 dims
+    z = (a - a.mean(0)) / a.std(0)
+    s = headfit._correlation(z, seed=0)
+    assert isinstance(s, headfit._LowRank) and s.q.shape[0] == 200 and s.lam.numel() <= 20
+    dense = (z.double().T @ z.double()) / 50
+    assert torch.allclose(s.q @ torch.diag(s.lam) @ s.q.T, dense, atol=1e-8)  # the same matrix
+    gamma = 1e-2
+    pre = headfit._Precond(s, gamma)
+    u, gw = torch.randn(3, 200, dtype=torch.float64), torch.randn(3, 200, dtype=torch.float64)
+    w = pre.to_w(u)
+    assert torch.allclose(pre.to_u(w), u, atol=1e-8)
+    assert float((gw * w).sum()) == pytest.approx(float((pre.grad_u(gw) * u).sum()), rel=1e-8)
+    # M^-1 (S + gamma I) M^-1 = I: exactly whitening, like the dense Cholesky factor
+    eye = torch.eye(200, dtype=torch.float64)
+    m_inv = pre.to_w(eye)
+    assert torch.allclose(m_inv @ (dense + gamma * eye) @ m_inv, eye, atol=1e-6)
+    x = torch.cat([torch.randn(30, 300) + 2 * torch.randn(1, 300), torch.randn(30, 300) - 2 * torch.randn(1, 300)])
+    y = torch.arange(2).repeat_interleave(30)
+    fit = fit_linear_head(x, y, 2)
+    assert fit.info["preconditioner"].startswith("correlation-low-rank") and fit.converged
+    assert accuracy(fit, x, y) == 1.0

@@ -253,18 +253,37 @@ class _Problem:
 # preconditioner
 
 
-class _Precond:
-    """``W = U L^{-1}`` with ``L L^T = S + gamma I``; identity when ``S`` is None.
+@dataclass
+class _LowRank:
+    """A correlation matrix of fewer rows than features, ``S = Q diag(lam) Q^T`` (``Q`` [D, r] orthonormal)."""
 
-    For a row ``w = u L^{-1}`` the quadratic form ``w S w^T = u L^{-1} S L^{-T} u^T`` is close to
-    ``|u|^2`` where ``S`` dominates ``gamma``: L-BFGS sees a well-conditioned problem in ``U``.
+    q: torch.Tensor  # float64 [D, r]
+    lam: torch.Tensor  # float64 [r], > 0
+
+
+class _Precond:
+    """``W = U M^{-1}`` with ``M M^T = S + gamma I``; identity when ``S`` is None.
+
+    ``M`` is the Cholesky factor ``L`` of a dense ``S``, or for a low-rank ``S`` (:class:`_LowRank`, fewer
+    rows than features) the symmetric square root ``sqrt(gamma) I + Q diag(sqrt(lam + gamma) - sqrt(gamma))
+    Q^T``: O(K D r) to apply and nothing D x D to factorise. For a row ``w = u M^{-1}`` the quadratic form
+    ``w S w^T`` is close to ``|u|^2`` where ``S`` dominates ``gamma``: L-BFGS sees a well-conditioned
+    problem in ``U``.
     """
 
-    def __init__(self, s: torch.Tensor | None, gamma: float):
+    def __init__(self, s: torch.Tensor | _LowRank | None, gamma: float):
         self.lower = None
+        self.low_rank: _LowRank | None = None
         if s is None:
             return
         gamma = max(gamma, 1e-6)
+        if isinstance(s, _LowRank):
+            self.low_rank = s
+            root, lam_root = math.sqrt(gamma), torch.sqrt(s.lam + gamma)
+            self._root = root
+            self._up = lam_root - root  # M = root I + Q diag(up) Q^T
+            self._down = 1.0 / lam_root - 1.0 / root  # M^-1 = I / root + Q diag(down) Q^T
+            return
         eye = torch.eye(s.shape[0], dtype=s.dtype, device=s.device)
         for _ in range(10):
             lower, info = torch.linalg.cholesky_ex(s + gamma * eye)
@@ -274,18 +293,28 @@ class _Precond:
             gamma *= 10
         # never reached for a PSD S; fall back to plain standardised coordinates
 
+    def _low_rank_apply(self, a: torch.Tensor, scale: float, diag: torch.Tensor) -> torch.Tensor:
+        q = self.low_rank.q.to(a.dtype)
+        return a * scale + ((a @ q) * diag.to(a.dtype)) @ q.T
+
     def to_w(self, u: torch.Tensor) -> torch.Tensor:
-        """``W = U L^{-1}``, i.e. ``W^T = L^{-T} U^T``."""
+        """``W = U M^{-1}`` (dense: ``W^T = L^{-T} U^T``)."""
+        if self.low_rank is not None:
+            return self._low_rank_apply(u, 1.0 / self._root, self._down)
         if self.lower is None:
             return u
         return torch.linalg.solve_triangular(self.lower.T, u.T.to(self.lower.dtype), upper=True).T.to(u.dtype)
 
     def to_u(self, w: torch.Tensor) -> torch.Tensor:
-        """``U = W L``."""
+        """``U = W M``."""
+        if self.low_rank is not None:
+            return self._low_rank_apply(w, self._root, self._up)
         return w if self.lower is None else w @ self.lower.to(w.dtype)
 
     def grad_u(self, g_w: torch.Tensor) -> torch.Tensor:
-        """``dF/dU = dF/dW L^{-T}``, i.e. its transpose is ``L^{-1} (dF/dW)^T``."""
+        """``dF/dU = dF/dW M^{-T}`` (dense: its transpose is ``L^{-1} (dF/dW)^T``; low rank: ``M`` is symmetric)."""
+        if self.low_rank is not None:
+            return self.to_w(g_w)
         if self.lower is None:
             return g_w
         return torch.linalg.solve_triangular(self.lower, g_w.T.to(self.lower.dtype), upper=False).T.to(g_w.dtype)
@@ -305,12 +334,24 @@ def _step0(curvature: float) -> float:
     return 1.0 / min(max(curvature, _MIN_CURVATURE), 0.25)
 
 
-def _correlation(z: torch.Tensor, seed: int) -> torch.Tensor:
-    """Correlation matrix (float32 [D, D]) of standardised rows ``z``, on a seeded subsample of them."""
+def _correlation(z: torch.Tensor, seed: int) -> torch.Tensor | _LowRank:
+    """Correlation matrix of standardised rows ``z``, on a seeded subsample of them.
+
+    Dense (float32 [D, D]) when the subsample has at least as many rows as features; otherwise its
+    eigendecomposition from the small [m, m] Gram matrix (:class:`_LowRank`), so that few images with
+    wide features (a few hundred VGG rows of 4,096) never pay for a D x D factorisation.
+    """
     n, d = z.shape
     m = min(n, _PRECOND_ROWS)
     gen = torch.Generator().manual_seed(seed + 7919)
     idx = torch.randperm(n, generator=gen)[:m].to(z.device)
+    if m < d:
+        zs = z.index_select(0, idx).to(torch.float64)
+        lam, p = torch.linalg.eigh(zs @ zs.T / m)
+        keep = lam > lam.max().clamp_min(1e-300) * 1e-10
+        lam, p = lam[keep], p[:, keep]
+        q = (zs.T @ p) / torch.sqrt(lam * m)  # unit columns: |zs^T p_i|^2 = m lam_i
+        return _LowRank(q=q, lam=lam)
     zs = z.index_select(0, idx).to(torch.float32)
     s = zs.T @ zs
     s /= m
@@ -649,9 +690,9 @@ def fit_linear_head(x: torch.Tensor, y: torch.Tensor, num_classes: int, *, l2: f
     iterations, converged, val_acc, selection = 0, True, None, "given"
     use_pre = d <= _PRECOND_MAX_DIM
     info["preconditioner"] = "correlation-cholesky" if use_pre else f"none (D > {_PRECOND_MAX_DIM})"
-    s_mat: torch.Tensor | None = None
+    s_mat: torch.Tensor | _LowRank | None = None
 
-    def sample_correlation() -> torch.Tensor | None:
+    def sample_correlation() -> torch.Tensor | _LowRank | None:
         if not use_pre:
             return None
         gen = torch.Generator().manual_seed(seed + 104729)
@@ -683,6 +724,8 @@ def fit_linear_head(x: torch.Tensor, y: torch.Tensor, num_classes: int, *, l2: f
         sol = _fit_one(prob, _Precond(s_mat, _gamma(chosen, curv)), chosen, ws, b, max_iter, _RTOL, tol,
                        _step0(curv))
         ws, b, iterations, converged = sol.ws, sol.b, sol.iterations, sol.converged
+        if isinstance(s_mat, _LowRank):
+            info["preconditioner"] = f"correlation-low-rank (rank {s_mat.lam.numel()})"
         info["refit"] = {"evaluations": sol.evaluations, "stop": sol.stop, "optimality": float(f"{sol.optimality:.3g}")}
         bar.update(1)
         bar.close()
@@ -726,7 +769,7 @@ def _grid_search(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, k: in
                  mean: torch.Tensor, inv_std: torch.Tensor, tr: torch.Tensor, va: torch.Tensor, mass_full: float, *,
                  c_grid: Sequence[float] | None, l2_grid: Sequence[float] | None, seed: int, max_train: int,
                  use_pre: bool, grid: list[dict], info: dict[str, Any], progress: bool
-                 ) -> tuple[float, float, torch.Tensor, torch.Tensor, torch.Tensor | None, float]:
+                 ) -> tuple[float, float, torch.Tensor, torch.Tensor, torch.Tensor | _LowRank | None, float]:
     """Search C on standardised in-memory copies of the inner split (subsampled when large).
 
     Small problems fit every grid value; large ones go coarse to fine (whole decades until neither the
