@@ -3,19 +3,26 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+RTSTAMP := $(VENV)/.installed-runtime-stamp
 PKGS   := -e . -e plugins/resnet -e plugins/vgg -e plugins/timm
+PYPROJECTS := pyproject.toml plugins/resnet/pyproject.toml plugins/vgg/pyproject.toml plugins/timm/pyproject.toml
 
 .PHONY: install demo test lint bench clean
 
 install: $(STAMP)
 
-$(STAMP): requirements-dev.txt pyproject.toml plugins/resnet/pyproject.toml plugins/vgg/pyproject.toml plugins/timm/pyproject.toml
+# the demo needs only the runtime (requirements.txt); tests, lint and benchmarks add requirements-dev.txt
+$(RTSTAMP): requirements.txt $(PYPROJECTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	$(BIN)/python -m pip install -q -r requirements.txt
 	$(BIN)/python -m pip install -q --no-build-isolation --no-deps $(PKGS)
 	touch $@
 
-demo: $(STAMP)
+$(STAMP): $(RTSTAMP) requirements-dev.txt
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	touch $@
+
+demo: $(RTSTAMP)
 	$(BIN)/zoo demo
 
 test: $(STAMP)

@@ -269,7 +269,8 @@ def test_patterns_and_families_expand(data3: Path, tmp_path: Path, toys: None) -
     assert not (tmp_path / "x").exists()
 
 
-def test_strategy_keyword_and_several_strategies(data3: Path, tmp_path: Path, toys: None) -> None:
+def test_strategy_keyword_and_several_strategies(data3: Path, tmp_path: Path, toys: None,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     board = zoo_core.compare("cmp_toy_a", data3, out_dir=tmp_path / "one", strategy="finetune", epochs=1, **FAST)
     assert [e.strategy for e in board.entries] == ["finetune"]
     board = zoo_core.compare("cmp_toy_a", data3, out_dir=tmp_path / "two", strategies=["feature-extraction", "full"],
@@ -280,10 +281,14 @@ def test_strategy_keyword_and_several_strategies(data3: Path, tmp_path: Path, to
     assert Path(curves["full"]["run_dir"]).name == "cmp_toy_a-full"
     # merge: one folder accumulates one leaderboard over several calls
     merged = zoo_core.compare("cmp_toy_b", data3, out_dir=tmp_path / "two", merge=True, epochs=1, **FAST)
+    # cmp_toy_a's entries were trained by this process ("ok"); a later process only lists them ("reused")
     assert sorted((e.backbone, e.strategy, e.status) for e in merged.entries) == [
-        ("cmp_toy_a", "feature-extraction", "reused"), ("cmp_toy_a", "full", "reused"),
+        ("cmp_toy_a", "feature-extraction", "ok"), ("cmp_toy_a", "full", "ok"),
         ("cmp_toy_b", "feature-extraction", "ok")]
     assert len(read_board(tmp_path / "two")["entries"]) == 3
+    monkeypatch.setattr(comparison, "_TRAINED_HERE", set())  # as in a new process
+    listed = zoo_core.compare("cmp_toy_b", data3, out_dir=tmp_path / "two", merge=True, epochs=1, **FAST)
+    assert {e.status for e in listed.entries} == {"reused"}
 
 
 def _decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:

@@ -315,6 +315,9 @@ def compare(backbones: Sequence[str] | str | None, data: Any, *, strategies: Seq
     return board
 
 
+_TRAINED_HERE: set[str] = set()  # entry.json files this process wrote by training (not reusing) the entry
+
+
 def _run_entry(entry: Entry, split: Any, base: TrainConfig, out: Path, device: torch.device,
                fallback_random: bool, rerun: bool, progress: bool, say: Any, unavailable: set[str]) -> None:
     run_name = f"{entry.backbone.replace('/', '_')}-{entry.strategy}"
@@ -328,6 +331,7 @@ def _run_entry(entry: Entry, split: Any, base: TrainConfig, out: Path, device: t
                              "weights": weights})
         sig = _signature(entry.backbone, entry.strategy, split.fingerprint, cfg)
         if not rerun and _reuse(entry, marker, sig):
+            _TRAINED_HERE.discard(str(marker.resolve()))
             say(f"zoo compare: {entry.label}: reusing finished run {run_dir}")
             return
         say(f"zoo compare: {entry.label}: training{' from ' + RANDOM_INIT if weights is None else ''} …")
@@ -346,6 +350,7 @@ def _run_entry(entry: Entry, split: Any, base: TrainConfig, out: Path, device: t
             atomic_write_text(marker, json.dumps({
                 "signature": sig, "backbone": entry.backbone, "strategy": entry.strategy, "weights": entry.weights,
                 "infer_images_per_s": entry.infer_images_per_s, "peak_mem_mb": entry.peak_mem_mb}, indent=2))
+            _TRAINED_HERE.add(str(marker.resolve()))
             return
         except WeightsError as exc:
             if fallback_random and weights is not None and not is_local_path(weights) and attempt == "asked":
@@ -396,7 +401,7 @@ def _reuse(entry: Entry, marker: Path, sig: str) -> bool:
 
 
 def _earlier_entries(out: Path, seen: set[tuple[str, str]]) -> list[Entry]:
-    """Finished entries of earlier compare calls into the same folder."""
+    """Finished entries of earlier compare calls into the same folder ("ok" if this process trained them)."""
     found = []
     for marker in sorted((out / "runs").glob("*/entry.json")):
         try:
@@ -408,6 +413,8 @@ def _earlier_entries(out: Path, seen: set[tuple[str, str]]) -> list[Entry]:
             continue
         e = Entry(key[0], key[1], run_dir=str(marker.parent))
         if _reuse(e, marker, done.get("signature")):
+            if str(marker.resolve()) in _TRAINED_HERE:
+                e.status = "ok"  # e.g. the demo's feature-extraction call, just before its fine-tuning call
             found.append(e)
     return found
 

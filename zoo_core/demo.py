@@ -23,7 +23,7 @@ DEMO_BACKBONES = {  # plugin → backbone it contributes to the demo (small and 
     "timm": "timm/mobilenetv3_small_100.lamb_in1k",
 }
 DEMO_STRATEGIES = ("feature-extraction", "finetune")
-DEMO_SETTINGS = {"image_size": 96, "epochs_finetune": 3, "batch_size": 32}
+DEMO_SETTINGS = {"image_size": 64, "epochs_finetune": 3, "batch_size": 32}
 
 
 def _online(host: str, timeout: float = 2.0) -> bool:
