@@ -441,8 +441,8 @@ def _write_outputs(board: Leaderboard, split: Any) -> None:
     atomic_write_text(out / "leaderboard.json", json.dumps(
         {"data": split.source, "classes": split.classes, "entries": rows}, indent=2, default=str) + "\n")
     ok = [e for e in board.entries if e.status in ("ok", "reused")]
-    points = [{"label": e.label + (" (random init)" if e.weights == RANDOM_INIT else ""),
-               "acc": e.val_acc, "speed": e.infer_images_per_s, "params": e.total_params} for e in ok]
+    points = [{"label": e.label, "tag": i, "hollow": e.weights == RANDOM_INIT, "acc": e.val_acc,
+               "speed": e.infer_images_per_s, "params": e.total_params} for i, e in enumerate(ok, 1)]
     plots.scatter(points, "speed", "acc", out / "accuracy_vs_speed.png", xlabel="inference images/s (log)",
                   ylabel="validation top-1", title="accuracy vs inference speed", logx=True)
     plots.scatter(points, "params", "acc", out / "accuracy_vs_params.png", xlabel="parameters (log)",

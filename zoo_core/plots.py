@@ -37,6 +37,7 @@ def learning_curves(history: Sequence[dict[str, Any]], path: Path, title: str = 
     ax1.set(xlabel="epoch", ylabel="loss", title="loss")
     ax2.set(xlabel="epoch", ylabel="top-1 accuracy", title="accuracy", ylim=(0, 1.02))
     for ax in (ax1, ax2):
+        ax.xaxis.get_major_locator().set_params(integer=True)  # whole epochs
         ax.grid(alpha=0.3)
         ax.legend()
     if title:
@@ -70,18 +71,29 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], pa
 
 def scatter(points: Sequence[dict[str, Any]], x: str, y: str, path: Path, *, xlabel: str, ylabel: str,
             title: str, logx: bool = False) -> None:
-    """One labelled point per entry (``label`` key), e.g. accuracy vs speed."""
+    """One point per entry, e.g. accuracy vs speed.
+
+    Each point is tagged on the chart with its ``tag`` (e.g. the leaderboard rank) and named in a legend
+    beside it (``label``), so that long names never overlap; ``hollow`` points (e.g. random init) are drawn
+    as open circles.
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for p in points:
-        if p.get(x) is None or p.get(y) is None:
-            continue
-        ax.scatter(p[x], p[y], s=40)
-        ax.annotate(p["label"], (p[x], p[y]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    drawn = [p for p in points if p.get(x) is not None and p.get(y) is not None]
+    for i, p in enumerate(drawn):
+        tag = str(p.get("tag", i + 1))
+        colour = f"C{i % 10}"
+        ax.scatter(p[x], p[y], s=50, facecolors="none" if p.get("hollow") else colour, edgecolors=colour,
+                   linewidths=1.5, label=f"{tag}. {p['label']}")
+        ax.annotate(tag, (p[x], p[y]), textcoords="offset points", xytext=(6, 4), fontsize=9, weight="bold")
     if logx:
         ax.set_xscale("log")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False,
+                  title="open circle: random init" if any(p.get("hollow") for p in drawn) else None,
+                  title_fontsize=8)
     _save(fig, path)
 
 
@@ -94,7 +106,8 @@ def curves_overlay(series: dict[str, Sequence[dict[str, Any]]], path: Path, key:
         if hist:
             ax.plot([r["epoch"] for r in hist], [r.get(key) for r in hist], marker="o", label=label)
     ax.set(xlabel="epoch", ylabel=ylabel, title=f"{ylabel} per epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)  # whole epochs
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:  # no finished entries: an empty plot, without a warning
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     _save(fig, path)
