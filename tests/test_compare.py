@@ -256,6 +256,11 @@ def test_patterns_and_families_expand(data3: Path, tmp_path: Path, toys: None) -
         comparison.expand_backbones(None, family="nofamily")
     with pytest.raises(ZooError, match="no backbones to compare"):
         comparison.expand_backbones([])
+    # a bare family as big as timm's is refused before any work, naming the limit and how to lift it
+    with pytest.raises(ZooError, match=r"backbones × 2 strategies.*max_entries=64.*--max-entries"):
+        zoo_core.compare(None, data3, family="timm", strategies=["feature-extraction", "finetune"],
+                         out_dir=tmp_path / "huge")
+    assert not (tmp_path / "huge").exists()
     # a family runs every member; options that compare sets itself are refused before any work
     board = zoo_core.compare("cmp_toy_*", data3, family="cmptoy", out_dir=tmp_path / "fam", **FAST)
     assert sorted(e.backbone for e in board.entries) == ["cmp_toy_a", "cmp_toy_b"]

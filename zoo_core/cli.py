@@ -282,6 +282,8 @@ def _add_compare(sub: Subparsers) -> None:
                    help="run an entry from random init (clearly marked) when its pretrained weights are missing")
     p.add_argument("--rerun", action="store_true", help="run finished entries again instead of reusing them")
     p.add_argument("--json", action="store_true", help="print the leaderboard as JSON")
+    p.add_argument("--max-entries", type=int, default=64, metavar="N",
+                   help="refuse to run more than N backbone x strategy entries (default 64; 0: no limit)")
     _add_train_options(p, skip=("strategy", "out_dir", "run_name"))
     p.set_defaults(func=_cmd_compare)
 
@@ -291,6 +293,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     board = compare(args.backbones, args.data, strategies=args.strategies, family=args.family, out_dir=args.out,
                     fallback_random=args.fallback_random, rerun=args.rerun, progress=not args.json,
+                    max_entries=args.max_entries or None,
                     **_train_overrides(args, skip=("strategy", "out_dir", "run_name")))
     if args.json:
         _print_json(board.rows())

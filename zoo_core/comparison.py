@@ -265,7 +265,7 @@ def _from_summary(entry: Entry, run_dir: Path) -> None:
 
 def compare(backbones: Sequence[str] | str | None, data: Any, *, strategies: Sequence[str] | str | None = None,
             family: str | None = None, out_dir: str | os.PathLike = "zoo-compare", fallback_random: bool = False,
-            rerun: bool = False, merge: bool = False, progress: bool = True,
+            rerun: bool = False, merge: bool = False, progress: bool = True, max_entries: int | None = 64,
             **train_overrides: Any) -> Leaderboard:
     """Run every backbone × strategy on the same data and write the leaderboard into ``out_dir``.
 
@@ -276,6 +276,8 @@ def compare(backbones: Sequence[str] | str | None, data: Any, *, strategies: Seq
     :param rerun: ignore finished entries and run everything again.
     :param merge: also list finished entries already in ``out_dir`` from earlier calls (other backbones,
         strategies or budgets), so one folder accumulates one leaderboard.
+    :param max_entries: refuse (before touching any data) to run more backbone × strategy entries than
+        this — a bare ``family="timm"`` is over a thousand backbones; None lifts the limit.
     :param train_overrides: any :class:`zoo_core.TrainConfig` field (epochs, image_size, lr, …).
         ``share_decoding`` defaults to True here: images are decoded once per distinct input size.
     """
@@ -288,6 +290,12 @@ def compare(backbones: Sequence[str] | str | None, data: Any, *, strategies: Seq
                        "out_dir as compare's own arguments")
     strategies = _strategy_names(strategies, train_overrides.pop("strategy", None))
     names = expand_backbones(backbones, family)
+    n_entries = len(names) * len(strategies)
+    if max_entries is not None and n_entries > max_entries:
+        what = ", ".join(names[:5]) + (", …" if len(names) > 5 else "")
+        raise ZooError(f"compare would run {n_entries:,} entries ({len(names):,} backbones × {len(strategies)} "
+                       f"strategies: {what}), more than max_entries={max_entries}; narrow it with a pattern "
+                       "(e.g. 'timm/resnet*') or raise the limit (--max-entries N, or 0 for no limit)")
     base = TrainConfig(**{"share_decoding": True, **train_overrides})
     base.data = os.fspath(data) if isinstance(data, (str, os.PathLike)) else ""
     out = Path(out_dir)
