@@ -381,16 +381,14 @@ def _decode_once(cfg: TrainConfig, split: Any, progress: bool) -> None:
     its input size), so that no entry's training time or peak memory includes the one-off decoding."""
     if not cfg.share_decoding:
         return
-    from .features import PixelCache
     from .strategies import get_strategy
-    from .trainer import _data_config
+    from .trainer import _data_config, _shared_pixels
 
     adapter, _ = registry.get_adapter(cfg.backbone)
     data_cfg = _data_config(adapter, cfg)
     augment = get_strategy(cfg.strategy).default_augment if cfg.augment is None else cfg.augment
     for name in ("val",) if augment else ("train", "val"):  # augmented training images are decoded per epoch
-        PixelCache.build(getattr(split, name), data_cfg, fingerprint=split.fingerprint, split=name,
-                         num_workers=cfg.num_workers, progress=progress)
+        _shared_pixels(cfg, split, name, data_cfg, None, quiet=not progress)
 
 
 def _reuse(entry: Entry, marker: Path, sig: str) -> bool:

@@ -847,8 +847,8 @@ def _grid_search(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, k: in
         b_p = sols[j0][1] + t * (sols[j1][1] - sols[j0][1])
         lam = 1.0 / (c * p_tr.mass)
 
-        def objective(ws_: torch.Tensor, b_: torch.Tensor) -> float:
-            return p_tr.loss_grad(ws_, b_)[0] + 0.5 * lam * float(ws_.square().sum())
+        def objective(ws_: torch.Tensor, b_: torch.Tensor) -> float:  # a loss-only pass: no gradient needed
+            return p_tr.evaluate(ws_, b_)["loss"] + 0.5 * lam * float(ws_.square().sum())
 
         return (ws_p, b_p) if objective(ws_p, b_p) < objective(ws0, b0) else (ws0, b0)
 
