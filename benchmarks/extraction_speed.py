@@ -34,6 +34,7 @@ from torchvision.datasets import FakeData
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from zoo_core import features as fx  # noqa: E402
+from zoo_core import runtime  # noqa: E402
 from zoo_core.adapter import BackboneAdapter, DataConfig  # noqa: E402
 
 
@@ -74,8 +75,8 @@ def main() -> None:
     y_all = torch.randint(0, 10, (n,))
     batches = list(x_all.split(bs))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {fx.cpu_has_native_bf16()}, "
-          f"auto precision → {fx.resolve_precision('auto', device)}")
+          f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {runtime.cpu_has_native_bf16()}, "
+          f"auto precision → {runtime.resolve_precision('auto', device)}")
     print(f"resnet18 (random init), {n} images at {args.size}px, batch {bs}\n")
 
     def extractor(net: nn.Module, channels_last: bool, precision: str):
@@ -153,7 +154,7 @@ def main() -> None:
     print(f"\nbf16 vs fp32 features on {len(xs)} images ({f32.shape[1]}-d):")
     print(f"  max abs diff        {diff.max().item():.4g}  (max |fp32| {f32.abs().max().item():.4g})")
     print(f"  max abs / max |f32| {diff.max().item() / f32.abs().max().item():.4g}")
-    print(f"  relative L2 error   {fx.relative_error(f16, f32):.4g}  (auto accepts ≤ {fx._AUTO_BF16_TOLERANCE})")
+    print(f"  relative L2 error   {runtime.relative_error(f16, f32):.4g}  (auto accepts ≤ {fx._AUTO_BF16_TOLERANCE})")
     print(f"  min cosine          {cos.min().item():.6f}")
     with torch.no_grad():
         agree = (head(f16.clone()).argmax(1) == head(f32.clone()).argmax(1)).float().mean().item()

@@ -54,7 +54,7 @@ def backbone_features(backbone: str, data: str, weights: str | None, image_size:
     """(train x, train y, val x, val y) of ``backbone`` on the image folder ``data``, through the cache."""
     import zoo_core
     from zoo_core import data as zdata
-    from zoo_core import features
+    from zoo_core import features, runtime
 
     split = zdata.load_data(data, progress=True)
     adapter, _ = zoo_core.get_adapter(backbone)
@@ -65,7 +65,7 @@ def backbone_features(backbone: str, data: str, weights: str | None, image_size:
     out = []
     for name in ("train", "val"):
         key = features.feature_key(backbone=backbone, weights=weights, data_config=dc, fingerprint=split.fingerprint,
-                                   split=name, precision=features.resolve_precision("auto", "cpu"))
+                                   split=name, precision=runtime.resolve_precision("auto", "cpu"))
         fs = features.extract_features(model, adapter, getattr(split, name), dc, key=key, batch_size=batch_size,
                                        progress=True)
         out += [fs.features.numpy(), fs.labels.numpy()]

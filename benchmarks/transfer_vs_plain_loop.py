@@ -239,7 +239,7 @@ def run_passes(cfg: dict) -> dict:
     from torch.utils.data import Dataset
 
     from zoo_core import data as zdata
-    from zoo_core import features, registry
+    from zoo_core import features, registry, runtime
     from zoo_core.adapter import DataConfig
 
     split, _, _ = _split_and_workers(cfg)
@@ -293,8 +293,8 @@ def run_passes(cfg: dict) -> dict:
             best[name] = min(best[name], time.perf_counter() - t)
     return {"images": n, "batch_plain": bs, "batch_ours": max(bs, 64), "repeats": cfg["repeats"],
             "plain_img_s": n / best["plain"], "ours_img_s": n / best["ours"],
-            "precision": features.resolve_precision("auto", "cpu"), "threads": torch.get_num_threads(),
-            "native_bf16": features.cpu_has_native_bf16(),
+            "precision": runtime.resolve_precision("auto", "cpu"), "threads": torch.get_num_threads(),
+            "native_bf16": runtime.cpu_has_native_bf16(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import FakeData
 
 import zoo_core
-from zoo_core import data
+from zoo_core import data, runtime
 from zoo_core import features as fx
 from zoo_core.adapter import DataConfig
 
@@ -292,16 +292,16 @@ def test_cache_root_default(monkeypatch, tmp_path):
 
 
 def test_resolve_precision(monkeypatch):
-    assert fx.resolve_precision("fp32", "cpu") == "fp32"
-    assert fx.resolve_precision("bfloat16", "cpu") == "bf16"
-    assert fx.resolve_precision("fp16", "cuda") == "fp16"
+    assert runtime.resolve_precision("fp32", "cpu") == "fp32"
+    assert runtime.resolve_precision("bfloat16", "cpu") == "bf16"
+    assert runtime.resolve_precision("fp16", "cuda") == "fp16"
     with pytest.raises(zoo_core.ZooError, match="precision"):
-        fx.resolve_precision("int8", "cpu")
-    monkeypatch.setattr(fx, "cpu_has_native_bf16", lambda: False)
-    assert fx.resolve_precision("auto", "cpu") == "fp32"
-    monkeypatch.setattr(fx, "cpu_has_native_bf16", lambda: True)
-    assert fx.resolve_precision("auto", "cpu") == "bf16"
-    assert fx.resolve_precision("auto", "meta") == "fp32"
+        runtime.resolve_precision("int8", "cpu")
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    assert runtime.resolve_precision("auto", "cpu") == "fp32"
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert runtime.resolve_precision("auto", "cpu") == "bf16"
+    assert runtime.resolve_precision("auto", "meta") == "fp32"
 
 
 def test_bf16_features_close_to_fp32_and_auto_falls_back(ds, monkeypatch, caplog):
@@ -309,7 +309,7 @@ def test_bf16_features_close_to_fp32_and_auto_falls_back(ds, monkeypatch, caplog
     fp32 = extract(model, adapter, ds, precision="fp32").features
     bf16 = extract(model, adapter, ds, precision="bf16").features
     assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)
-    assert fx.relative_error(bf16, fp32) < 0.05
+    assert runtime.relative_error(bf16, fp32) < 0.05
     monkeypatch.setattr(fx, "resolve_precision", lambda p, d: "bf16")  # as on a CPU with native bf16
     monkeypatch.setattr(fx, "_AUTO_BF16_TOLERANCE", 0.0)  # and bf16 judged too inaccurate
     with caplog.at_level(logging.WARNING, logger="zoo_core.features"):

@@ -309,7 +309,7 @@ def probe_runs(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 
         # the very features the runs trained on: the trainer's cache entries, under the trainer's keys
         from zoo_core import data as zdata
-        from zoo_core import features
+        from zoo_core import features, runtime
 
         split = zdata.load_data(str(data), progress=False)
         adapter, _ = zoo_core.get_adapter("resnet18")
@@ -319,7 +319,7 @@ def probe_runs(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
         for name in ("train", "val"):
             key = features.feature_key(backbone="resnet18", weights=str(ckpt), data_config=dc,
                                        fingerprint=split.fingerprint, split=name,
-                                       precision=features.resolve_precision("auto", "cpu"))
+                                       precision=runtime.resolve_precision("auto", "cpu"))
             fx[name] = features.extract_features(model, adapter, getattr(split, name), dc, key=key, progress=False)
             assert fx[name].from_cache, "the probe must use the trainer's cached features"
         xtr, ytr = fx["train"].features.numpy(), fx["train"].labels.numpy()

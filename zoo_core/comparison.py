@@ -31,8 +31,9 @@ import torch
 from . import data as zdata
 from . import plots, registry
 from .errors import WeightsError, ZooError
-from .rundir import atomic_write_text
-from .trainer import TrainConfig, pick_device, train
+from .runtime import pick_device
+from .trainer import TrainConfig, train
+from .util import atomic_write_text
 from .weights import is_local_path
 
 COLUMNS = [  # leaderboard column → header

@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import math
 import os
 import random
@@ -83,6 +82,7 @@ from torchvision.transforms import InterpolationMode, v2
 
 from .adapter import DataConfig
 from .errors import DataError
+from .util import digest
 
 #: file extensions (lower case) that count as images in a class folder
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -301,12 +301,8 @@ def _stratified_split(labels: Sequence[int], keys: Sequence[str], val_fraction: 
     return sorted(train), sorted(val)
 
 
-def _digest(header: dict[str, Any], rows: Iterable[str | bytes] = ()) -> str:
-    h = hashlib.sha256(json.dumps({"v": 1, **header}, sort_keys=True, default=str).encode())
-    for row in rows:
-        h.update(row if isinstance(row, bytes) else row.encode("utf-8", "surrogateescape"))
-        h.update(b"\n")
-    return h.hexdigest()[:16]
+def _fingerprint(header: dict[str, Any], rows: Iterable[str | bytes] = ()) -> str:
+    return digest({"v": 1, **header}, rows, 16)
 
 
 def _check_fraction(val_fraction: float) -> None:
@@ -492,7 +488,7 @@ def _from_folder(root: Path, val_fraction: float, seed: int, progress: bool) -> 
         skipped += vscan.skipped
         val_rows = [(rel, size, mt, label[c]) for c in classes for rel, size, mt in vscan.files.get(c, [])]
         params = {}
-    fingerprint = _digest(
+    fingerprint = _fingerprint(
         {"kind": "folder", "layout": layout, "classes": classes, **params},
         (f"{s}\0{rel}\0{size}\0{mt}\0{y}" for s, rows in (("train", train_rows), ("val", val_rows))
          for rel, size, mt, y in rows),
@@ -588,7 +584,7 @@ def _from_dataset(ds: Dataset, val_fraction: float, seed: int, progress: bool) -
         raise DataError(f"Need at least 2 classes, but every item of {name} has label {labels[0]}.")
     tr, va = _stratified_split(labels, classes, val_fraction, seed)
     picks = sorted({int(round(j * (n - 1) / max(1, _FINGERPRINT_SAMPLES - 1))) for j in range(_FINGERPRINT_SAMPLES)})
-    fingerprint = _digest({"kind": "dataset", "class": f"{type(ds).__module__}.{type(ds).__qualname__}", "len": n,
+    fingerprint = _fingerprint({"kind": "dataset", "class": f"{type(ds).__module__}.{type(ds).__qualname__}", "len": n,
                            "classes": classes, "val_fraction": val_fraction, "seed": seed},
                           (_item_bytes(ds[i]) for i in picks))
     return DataSplit(_Items(ds, tr, classes, [labels[i] for i in tr]),
@@ -658,7 +654,7 @@ def _from_builtin(name: str, root: Path, download: bool, progress: bool) -> Data
     if train_labels is None:
         train_labels = _read_labels(train_ds, len(train_ds), progress)
     classes = _dataset_classes(train_ds, train_labels, name)
-    fingerprint = _digest({"kind": "builtin", "name": name, "train": len(train_ds), "val": len(val_ds),
+    fingerprint = _fingerprint({"kind": "builtin", "name": name, "train": len(train_ds), "val": len(val_ds),
                            "root": os.fspath(root.resolve())})
     return DataSplit(_Items(train_ds, None, classes, train_labels), _Items(val_ds, None, classes, val_labels),
                      classes, name, fingerprint, [])

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from .errors import DataError
+from .util import atomic_write_bytes
 
 DEMO_CLASSES: list[str] = ["circle", "cross", "crescent", "square", "star", "triangle"]
 """The demo's class names: one shape category each (colour and texture never predict the class)."""
@@ -300,20 +301,6 @@ def _clear_for_regeneration(root: Path) -> None:
                         f"(e.g. {str(foreign[0])!r}): pass an empty or new folder as the demo root")
 
 
-def _write_atomic(path: Path, data: bytes, *, sync: bool = False) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if sync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def make_demo_dataset(root: str | os.PathLike, *, per_class: int = 60, size: int = 96, seed: int = 0,
                       progress: bool = True) -> Path:
     """Write the demo image folder ``root/<class>/<i>.png`` (idempotent; partial datasets regenerated)."""
@@ -343,9 +330,9 @@ def make_demo_dataset(root: str | os.PathLike, *, per_class: int = 60, size: int
                 buf = io.BytesIO()
                 render_demo_image(cls, i, size=size, seed=seed).save(buf, **_PNG_OPTIONS)
                 rel = f"{cls}/{_file_name(i, per_class)}"
-                _write_atomic(root / rel, buf.getvalue())
+                atomic_write_bytes(root / rel, buf.getvalue(), sync=False)
                 files[rel] = buf.tell()
                 bar.update()
     manifest = {"params": params, "files": files}
-    _write_atomic(root / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True).encode(), sync=True)
+    atomic_write_bytes(root / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True).encode())
     return root

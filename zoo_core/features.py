@@ -43,7 +43,6 @@ import logging
 import os
 import secrets
 import shutil
-import sys
 import time
 import zlib
 from dataclasses import dataclass
@@ -58,6 +57,8 @@ from torch.utils.data import Dataset
 from .adapter import BackboneAdapter, DataConfig
 from .distributed import DistContext, all_gather_rows, shard_range
 from .errors import DataError, ZooError
+from .runtime import autocast, relative_error, resolve_precision
+from .util import digest
 
 log = logging.getLogger("zoo_core.features")
 
@@ -66,9 +67,6 @@ KINDS = ("features", "pixels")  # sub-directories of cache_root(), one per kind 
 _CHUNK = 8 << 20  # bytes covered by one CRC32 in meta.json
 _FULL_VERIFY_BYTES = 1 << 30  # files up to this size have every chunk verified on read
 _SAMPLED_CHUNKS = 64  # chunks verified (plus first and last) for larger files
-_PRECISIONS = {"auto": "auto", "fp32": "fp32", "float32": "fp32", "32": "fp32", "bf16": "bf16",
-               "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16", "half": "fp16", "16": "fp16"}
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _AUTO_BF16_TOLERANCE = 0.05  # max relative L2 error of bf16 vs fp32 features accepted by "auto"
 _file_hashes: dict[tuple[str, int, int, int], str] = {}  # (path, size, mtime_ns, inode) → sha256
 
@@ -109,11 +107,6 @@ class FeatureKey(str):
 
 
 # ---- keys -----------------------------------------------------------------------------------------
-def _digest(parts: dict[str, Any]) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:32]
-
-
 def _file_sha256(path: Path) -> str:
     st = path.stat()
     memo = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
@@ -171,7 +164,7 @@ def feature_key(*, backbone: str, weights: str | os.PathLike | None, data_config
         "fingerprint": str(fingerprint), "split": str(split), "precision": str(precision),
         "torch": torch.__version__.split("+")[0], "torchvision": torchvision.__version__.split("+")[0],
     }
-    return FeatureKey(_digest(parts), parts)
+    return FeatureKey(digest(parts), parts)
 
 
 def pixel_key(*, fingerprint: str, split: str, data_config: DataConfig) -> FeatureKey:
@@ -185,7 +178,7 @@ def pixel_key(*, fingerprint: str, split: str, data_config: DataConfig) -> Featu
         "channels": data_config.input_size[0], "interpolation": data_config.interpolation,
         "torchvision": torchvision.__version__.split("+")[0], "pillow": PIL.__version__,
     }
-    return FeatureKey(_digest(parts), parts)
+    return FeatureKey(digest(parts), parts)
 
 
 def model_fingerprint(model: nn.Module, adapter: BackboneAdapter | None = None) -> str:
@@ -205,67 +198,6 @@ def model_fingerprint(model: nn.Module, adapter: BackboneAdapter | None = None) 
             continue
         h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:32]
-
-
-# ---- precision --------------------------------------------------------------------------------------
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX) and oneDNN can use it.
-
-    CPUs without it (AVX2, plain AVX-512) emulate bf16 and run a CNN 5–40× slower than fp32.
-    """
-    try:
-        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            return False
-    except (AttributeError, RuntimeError):
-        return False
-    if sys.platform == "darwin":
-        return False  # Apple CPUs: oneDNN bf16 paths are not the fast ones
-    flags = _cpu_flags()
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
-def resolve_precision(precision: str, device: str | torch.device) -> str:
-    """Turn ``"auto" | "fp32" | "bf16" | "fp16"`` into the precision used on ``device``.
-
-    ``auto`` picks ``bf16`` only where it is supported *and* faster: CUDA GPUs with native bf16, CPUs
-    with AVX512-BF16/AMX; everything else (including this kind of AVX2 CPU, where emulated bf16 is
-    many times slower) gets ``fp32``. Explicit values are returned as given.
-    """
-    p = _PRECISIONS.get(str(precision).strip().lower())
-    if p is None:
-        raise ZooError(f"unknown precision {precision!r}; use one of auto, fp32, bf16, fp16 (--precision)")
-    if p != "auto":
-        return p
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
-        return "bf16" if ok else "fp32"
-    if dev.type == "cpu":
-        return "bf16" if cpu_has_native_bf16() else "fp32"
-    return "fp32"
-
-
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision in _DTYPES:
-        return torch.autocast(device.type, dtype=_DTYPES[precision])
-    return contextlib.nullcontext()
-
-
-def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
-    """``‖approx − exact‖ / ‖exact‖`` (Frobenius), the measure ``auto`` precision is checked with."""
-    exact = exact.float()
-    return float((approx.float() - exact).norm() / exact.norm().clamp_min(1e-12))
 
 
 # ---- on-disk entries -------------------------------------------------------------------------------
@@ -571,7 +503,7 @@ def _check_auto_bf16(model: nn.Module, adapter: BackboneAdapter, x: torch.Tensor
     """For ``auto``: keep bf16 only if it matches fp32 on this first batch within tolerance."""
     with torch.inference_mode():
         exact = adapter.features(model, x).float()
-        with _autocast(device, precision):
+        with autocast(device, precision):
             low = adapter.features(model, x).float()
     err = relative_error(low, exact)
     if not torch.isfinite(low).all() or err > _AUTO_BF16_TOLERANCE:
@@ -648,7 +580,7 @@ def extract_features(model: nn.Module, adapter: BackboneAdapter, dataset: Datase
                 x = x.contiguous(memory_format=torch.channels_last)
                 if i == 0 and requested == "auto" and prec != "fp32":
                     prec = _check_auto_bf16(model, adapter, x, dev, prec)
-                with torch.inference_mode(), _autocast(dev, prec):
+                with torch.inference_mode(), autocast(dev, prec):
                     f = adapter.features(model, x).float()
                 f_np = f.cpu().numpy()
                 if feats is None:
@@ -759,7 +691,7 @@ def _extract_sharded(model: nn.Module, adapter: BackboneAdapter, dataset: Datase
             prec = prec if ctx.all_true(ok) else "fp32"
         i = 0
         for x, y in _chain([first] if first is not None else [], batches):
-            with torch.inference_mode(), _autocast(dev, prec):
+            with torch.inference_mode(), autocast(dev, prec):
                 f = adapter.features(model, prepare(x)).float()
             parts.append(f.cpu().numpy())
             b = len(parts[-1])

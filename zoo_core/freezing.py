@@ -13,6 +13,8 @@ from typing import Iterable, Sequence
 
 from torch import nn
 
+from .util import under
+
 Stages = list[tuple[str, list[str]]]
 """Ordered input→output list of ``(stage name, names)``; names are parameter, buffer and leaf
 module names (dotted, as in ``named_parameters``) that belong to that stage."""
@@ -63,10 +65,6 @@ def replace_linear_head(model: nn.Module, head_name: str, num_classes: int) -> n
     return model
 
 
-def _under(name: str, prefix: str) -> bool:
-    return name == prefix or name.startswith(prefix + ".")
-
-
 def _member_names(model: nn.Module) -> list[str]:
     names = [n for n, _ in model.named_parameters()]
     names += [n for n, _ in model.named_buffers()]
@@ -89,7 +87,7 @@ def stages_from_patterns(
     stateful = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
     stateful |= {n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))}
     for name in _member_names(model):
-        if _under(name, head):
+        if under(name, head):
             continue
         for stage, rx in compiled:
             if rx.match(name):
@@ -152,10 +150,10 @@ def freeze_stages(
     for _, names in stages[: n - k]:
         frozen.update(names)
     for name, p in model.named_parameters():
-        p.requires_grad_(name not in frozen or _under(name, head))
+        p.requires_grad_(name not in frozen or under(name, head))
     whole = _fully_frozen_modules(model, frozen)
     for name, m in model.named_modules():
-        if (name in frozen or name in whole) and not _under(name, head):
+        if (name in frozen or name in whole) and not under(name, head):
             lock_eval(m)
         else:
             unlock_eval(m)

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from . import data as zdata
 from . import registry, strategies
 from .models import create
-from .rundir import atomic_write_text
+from .runtime import pick_device, seed_everything
+from .util import atomic_write_text
 
 
 @dataclass
@@ -77,7 +78,7 @@ def lr_find(backbone: str, data: Any, *, strategy: str = "full", start_lr: float
     ``overrides`` are :class:`zoo_core.TrainConfig` fields (batch_size, image_size, weights, seed, …).
     ``out`` is a directory for ``lr_find.png`` and ``lr_find.json``.
     """
-    from .trainer import TrainConfig, _data_config, pick_device, seed_everything
+    from .trainer import TrainConfig, _data_config
 
     cfg = dataclasses.replace(TrainConfig(), backbone=backbone, strategy=strategy, **overrides)
     strat = strategies.get_strategy(cfg.strategy)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import io
-from typing import Any, Sequence
+from typing import Any
 
 import pluggy
 import torch
@@ -27,18 +27,9 @@ from torch.nn.modules.batchnorm import _NormBase
 from . import hookspecs
 from .adapter import BackboneAdapter, DataConfig
 from .registry import get_adapter
+from .util import few, under
 
 __all__ = ["adapter_names_for_tests", "check_adapter", "check_plugin"]
-
-
-def _few(items: Sequence[str], n: int = 6) -> str:
-    items = sorted(items)
-    more = f" … (+{len(items) - n} more)" if len(items) > n else ""
-    return ", ".join(items[:n]) + more
-
-
-def _under(name: str, prefix: str) -> bool:
-    return name == prefix or name.startswith(prefix + ".")
 
 
 class _Check:
@@ -82,7 +73,7 @@ class _Check:
             head = model.get_submodule(head_name)
         except AttributeError as exc:
             raise self.fail("head_name(model)", f"{head_name!r} is not a submodule of the model") from exc
-        params = {n for n, _ in model.named_parameters() if _under(n, head_name)}
+        params = {n for n, _ in model.named_parameters() if under(n, head_name)}
         if not params:
             raise self.fail("head_name(model)", f"head {head_name!r} has no parameters")
         return head_name, head, params
@@ -94,9 +85,9 @@ class _Check:
         got = self.trainable(model)
         extra, missing = got - expected, expected - got
         if extra:
-            raise self.fail(step, f"left {len(extra)} parameter(s) trainable that should be frozen: {_few(extra)}")
+            raise self.fail(step, f"left {len(extra)} parameter(s) trainable that should be frozen: {few(extra, 6, sort=True)}")
         if missing:
-            raise self.fail(step, f"froze {len(missing)} parameter(s) that should train: {_few(missing)}")
+            raise self.fail(step, f"froze {len(missing)} parameter(s) that should train: {few(missing, 6, sort=True)}")
 
 
 def _input_for(check: _Check, step: str, model: nn.Module, image_size: int, num_classes: int) -> torch.Tensor:
@@ -141,18 +132,18 @@ def _check_stages(check: _Check, model: nn.Module, head_name: str) -> list[tuple
             raise check.fail(step, f"stage {stage!r} is empty")
         unknown = [m for m in members if m not in known]
         if unknown:
-            raise check.fail(step, f"stage {stage!r} names things the model does not have: {_few(unknown)}")
-        in_head = [m for m in members if _under(m, head_name)]
+            raise check.fail(step, f"stage {stage!r} names things the model does not have: {few(unknown, 6, sort=True)}")
+        in_head = [m for m in members if under(m, head_name)]
         if in_head:
-            raise check.fail(step, f"stage {stage!r} contains head members {_few(in_head)} (head is {head_name!r})")
+            raise check.fail(step, f"stage {stage!r} contains head members {few(in_head, 6, sort=True)} (head is {head_name!r})")
         for m in members:
             if m in seen:
                 raise check.fail(step, f"{m!r} is in both stage {seen[m]!r} and stage {stage!r}")
             seen[m] = stage
         out.append((stage, members))
-    orphans = [n for n, _ in model.named_parameters() if n not in seen and not _under(n, head_name)]
+    orphans = [n for n, _ in model.named_parameters() if n not in seen and not under(n, head_name)]
     if orphans:
-        raise check.fail(step, f"{len(orphans)} non-head parameter(s) belong to no stage: {_few(orphans)}")
+        raise check.fail(step, f"{len(orphans)} non-head parameter(s) belong to no stage: {few(orphans, 6, sort=True)}")
     return out
 
 
@@ -192,7 +183,7 @@ def _check_frozen_step(
     frozen_params = {n for n, p in model.named_parameters() if not p.requires_grad}
     moved = changed & frozen_params
     if moved:
-        raise check.fail(step, f"changed frozen parameter(s) {_few(moved)}")
+        raise check.fail(step, f"changed frozen parameter(s) {few(moved, 6, sort=True)}")
 
     frozen_buffers = {n for n, _ in model.named_buffers() if n in frozen_members}
     for mname, mod in model.named_modules():
@@ -207,14 +198,14 @@ def _check_frozen_step(
         modules = sorted({n.rpartition(".")[0] for n in moved})
         training = [m for m in modules if model.get_submodule(m).training]
         why = (
-            f"; {_few(training)} stayed in training mode under model.train() — lock frozen "
+            f"; {few(training, 6, sort=True)} stayed in training mode under model.train() — lock frozen "
             "BatchNorm layers with zoo_core.freezing.lock_eval (freeze_stages does this)"
             if training else ""
         )
-        raise check.fail(step, f"changed buffer(s) of frozen layers: {_few(moved)}{why}")
+        raise check.fail(step, f"changed buffer(s) of frozen layers: {few(moved, 6, sort=True)}{why}")
 
     if not changed & head_params:
-        raise check.fail(step, f"no head parameter changed ({_few(head_params)}); is the head trainable?")
+        raise check.fail(step, f"no head parameter changed ({few(head_params, 6, sort=True)}); is the head trainable?")
 
 
 def check_adapter(
@@ -260,11 +251,11 @@ def check_adapter(
         raise AssertionError(f"check_adapter({type(adapter).__name__}): names() must be non-empty strings, got {names[:5]!r}")
     if len(set(names)) != len(names):
         dupes = {n for n in names if names.count(n) > 1}
-        raise AssertionError(f"check_adapter({type(adapter).__name__}): names() lists {_few(dupes)} more than once")
+        raise AssertionError(f"check_adapter({type(adapter).__name__}): names() lists {few(dupes, 6, sort=True)} more than once")
     name = name or names[0]
     check = _Check(adapter, name, batch_size)
     if name not in names:
-        raise check.fail("names()", f"{name!r} is not among the adapter's names ({_few(names)})")
+        raise check.fail("names()", f"{name!r} is not among the adapter's names ({few(names, 6, sort=True)})")
     if not isinstance(adapter.family, str) or not adapter.family:
         raise check.fail("family", f"must be a non-empty string, got {adapter.family!r}")
     weights = check.call("available_weights(name)", adapter.available_weights, name)

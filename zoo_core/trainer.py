@@ -14,14 +14,12 @@ import dataclasses
 import json
 import logging
 import math
-import random
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
@@ -35,6 +33,7 @@ from .errors import TrainingError, ZooError
 from .freezing import count_parameters
 from .models import create
 from .rundir import RunDir, load_checkpoint
+from .runtime import autocast_for, pick_device, resolve_precision, seed_everything, training_precision
 
 log = logging.getLogger("zoo_core")
 
@@ -116,43 +115,6 @@ class TrainResult:
 
 
 # ---- small named pieces around the loop -----------------------------------------------------------
-
-
-def pick_device(requested: str) -> torch.device:
-    """``auto`` → cuda, then mps, then cpu."""
-    if requested != "auto":
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def autocast_for(device: torch.device, precision: str) -> tuple[Any, torch.amp.GradScaler | None]:
-    """(autocast context factory, grad scaler or None) for the resolved precision."""
-    if precision == "bf16":
-        return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)), None
-    if precision == "fp16":
-        scaler = torch.amp.GradScaler(device.type) if device.type == "cuda" else None
-        return (lambda: torch.autocast(device.type, dtype=torch.float16)), scaler
-    return contextlib.nullcontext, None
-
-
-def training_precision(requested: str, device: torch.device) -> str:
-    """``auto`` → bf16 on GPUs/CPUs with fast bf16, fp16 (+ scaler) on older CUDA GPUs, else fp32."""
-    from .features import resolve_precision
-
-    if requested == "auto" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return "fp16"
-    return resolve_precision(requested, device)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch; deterministic algorithms where cheap."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 class EpochSampler(Sampler[int]):
@@ -682,7 +644,7 @@ def _extract_both(cfg, split, model, adapter, data_cfg, device, quiet, ctx: Dist
     for name, ds in (("train", split.train), ("val", split.val)):
         key = features.feature_key(backbone=cfg.backbone, weights=str(cfg.weights), data_config=data_cfg,
                                    fingerprint=split.fingerprint, split=name,
-                                   precision=features.resolve_precision(cfg.precision, device))
+                                   precision=resolve_precision(cfg.precision, device))
         cached = (features.cache_root() / "features" / key).is_dir()  # then no pixels are needed
         pixels = None if cached else _shared_pixels(cfg, split, name, data_cfg, ctx, quiet)
         out[name] = features.extract_features(model, adapter, ds, data_cfg, key=key, batch_size=cfg.batch_size,

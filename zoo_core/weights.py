@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .errors import WeightsError
+from .util import few
 
 LOCAL_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
 
@@ -80,20 +81,15 @@ def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], *, head: str,
     unexpected = [k for k in state if k not in own]
     problems = []
     if missing_body:
-        problems.append(f"missing keys: {_few(missing_body)}")
+        problems.append(f"missing keys: {few(missing_body)}")
     if unexpected:
-        problems.append(f"unexpected keys: {_few(unexpected)}")
+        problems.append(f"unexpected keys: {few(unexpected)}")
     if mismatched:
-        problems.append(f"mis-shaped keys: {_few(mismatched)}")
+        problems.append(f"mis-shaped keys: {few(mismatched)}")
     if problems:
         raise WeightsError(f"weights {source!r} do not fit this model — " + "; ".join(problems))
     model.load_state_dict(usable, strict=False)
     return [s.split(" ")[0] for s in skipped]
-
-
-def _few(items: list[str], n: int = 8) -> str:
-    more = f" … (+{len(items) - n} more)" if len(items) > n else ""
-    return ", ".join(items[:n]) + more
 
 
 def torch_hub_checkpoint(url: str) -> Path:

@@ -1,0 +1,113 @@
+"""Device, precision and seeding policy: the one place that decides where and in what precision work runs.
+
+``pick_device("auto")`` prefers CUDA, then MPS, then the CPU. ``resolve_precision`` turns ``auto`` into
+bf16 only where bf16 is native and fast (CUDA GPUs with bf16, CPUs with AVX512-BF16/AMX), else fp32;
+``training_precision`` adds fp16 with a grad scaler for older CUDA GPUs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import ZooError
+
+_PRECISIONS = {"auto": "auto", "fp32": "fp32", "float32": "fp32", "32": "fp32", "bf16": "bf16",
+               "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16", "half": "fp16", "16": "fp16"}
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def pick_device(requested: str) -> torch.device:
+    """``auto`` → cuda, then mps, then cpu; anything else is taken as a torch device string."""
+    if requested != "auto":
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX) and oneDNN can use it.
+
+    CPUs without it (AVX2, plain AVX-512) emulate bf16 and run a CNN 5–40× slower than fp32.
+    """
+    try:
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+    except (AttributeError, RuntimeError):
+        return False
+    if sys.platform == "darwin":
+        return False  # Apple CPUs: oneDNN bf16 paths are not the fast ones
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """Turn ``"auto" | "fp32" | "bf16" | "fp16"`` into the precision used on ``device``.
+
+    ``auto`` picks ``bf16`` only where it is supported *and* faster: CUDA GPUs with native bf16, CPUs
+    with AVX512-BF16/AMX; everything else (including AVX2 CPUs, where emulated bf16 is many times
+    slower) gets ``fp32``. Explicit values are returned as given.
+    """
+    p = _PRECISIONS.get(str(precision).strip().lower())
+    if p is None:
+        raise ZooError(f"unknown precision {precision!r}; use one of auto, fp32, bf16, fp16 (--precision)")
+    if p != "auto":
+        return p
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+        return "bf16" if ok else "fp32"
+    if dev.type == "cpu":
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    return "fp32"
+
+
+def training_precision(requested: str, device: torch.device) -> str:
+    """``auto`` → bf16 on GPUs/CPUs with fast bf16, fp16 (+ scaler) on older CUDA GPUs, else fp32."""
+    if requested == "auto" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return "fp16"
+    return resolve_precision(requested, device)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """An autocast context for a resolved ``precision`` (a no-op for fp32)."""
+    if precision in _DTYPES:
+        return torch.autocast(device.type, dtype=_DTYPES[precision])
+    return contextlib.nullcontext()
+
+
+def autocast_for(device: torch.device, precision: str) -> tuple[Any, torch.amp.GradScaler | None]:
+    """(autocast context factory, grad scaler or None) for training in the resolved precision."""
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" and device.type == "cuda" else None
+    return (lambda: autocast(device, precision)), scaler
+
+
+def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
+    """``‖approx − exact‖ / ‖exact‖`` (Frobenius), the measure ``auto`` precision is checked with."""
+    exact = exact.float()
+    return float((approx.float() - exact).norm() / exact.norm().clamp_min(1e-12))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
