@@ -18,9 +18,11 @@ import torch
 from PIL import Image
 
 import zoo_core
-from zoo_core import headfit
 from zoo_core.errors import DataError
 from zoo_core.headfit import DEFAULT_C_GRID, HeadFit, fit_linear_head, stratified_split
+from zoo_core.headfit import grid as headfit_grid
+from zoo_core.headfit.precond import LowRank, Precond, correlation
+from zoo_core.headfit.split import stratified_subsample
 
 
 def blobs(n: int = 600, d: int = 16, k: int = 3, spread: float = 4.0, seed: int = 0,
@@ -165,7 +167,7 @@ def test_coarse_to_fine_search_on_a_subsample(monkeypatch: pytest.MonkeyPatch) -
     """The large-problem path (subsampled inner split, decades then half-decades) picks what a full grid does."""
     x, y = blobs(n=3000, d=32, k=5, spread=0.35, seed=6, correlated=True)
     full = fit_linear_head(x, y, 5)
-    monkeypatch.setattr(headfit, "_FULL_GRID_WORK", 0)
+    monkeypatch.setattr(headfit_grid, "FULL_GRID_WORK", 0)  # the documented seam
     fast = fit_linear_head(x, y, 5, grid_max_train=1500)
     assert fast.info["grid_search"] == "coarse-to-fine" and full.info["grid_search"] == "full"
     assert 1490 <= fast.info["inner_split"]["grid_train"] <= 1500 and fast.info["inner_split"]["train"] == 2400
@@ -176,11 +178,25 @@ def test_coarse_to_fine_search_on_a_subsample(monkeypatch: pytest.MonkeyPatch) -
     assert fast.converged and fast.info["refit"]["stop"] in ("gradient", "loss change", "resolution")
 
 
+def test_stratified_split_and_subsample_keep_class_proportions() -> None:
+    y = torch.tensor([0] * 10 + [1] * 5 + [2] * 1)[torch.randperm(16, generator=torch.Generator().manual_seed(0))]
+    tr, va = stratified_split(y, 4, 0.2, seed=0)  # class 3 has no samples
+    assert torch.equal(torch.sort(torch.cat([tr, va])).values, torch.arange(16))  # a partition …
+    assert torch.equal(tr, tr.sort().values) and torch.equal(va, va.sort().values)  # … of sorted indices
+    assert torch.bincount(y[va], minlength=4).tolist() == [2, 1, 0, 0]  # round(n_c / 5), a train row kept
+    again, other = stratified_split(y, 4, 0.2, seed=0), stratified_split(y, 4, 0.2, seed=3)
+    assert torch.equal(again[1], va) and not torch.equal(other[1], va)  # seeded
+    sub = stratified_subsample(tr, y, 6, seed=1)  # 8 + 4 + 1 rows -> round(n_c * 6 / 13), at least one
+    assert torch.bincount(y[sub], minlength=4).tolist() == [4, 2, 1, 0]
+    assert torch.equal(sub, sub.sort().values) and bool(torch.isin(sub, tr).all())
+    assert torch.equal(stratified_subsample(tr, y, 13, seed=1), tr)  # under the cap: all of it
+
+
 def test_preconditioner_is_an_exact_reparameterisation() -> None:
     g = torch.Generator().manual_seed(0)
     a = torch.randn(300, 40, generator=g) @ torch.randn(40, 40, generator=g)
-    s = headfit._correlation((a - a.mean(0)) / a.std(0), seed=0)
-    pre = headfit._Precond(s, 1e-3)
+    s = correlation((a - a.mean(0)) / a.std(0), seed=0)
+    pre = Precond(s, 1e-3)
     u, gw = torch.randn(3, 40, dtype=torch.float64), torch.randn(3, 40, dtype=torch.float64)
     w = pre.to_w(u)
     assert torch.allclose(pre.to_u(w), u, atol=1e-4)
@@ -366,12 +382,12 @@ def test_low_rank_preconditioner_for_fewer_rows_than_features() -> None:
     g = torch.Generator().manual_seed(1)
     a = torch.randn(50, 20, generator=g) @ torch.randn(20, 200, generator=g)  # 50 rows of rank 20 in 200 dims
     z = (a - a.mean(0)) / a.std(0)
-    s = headfit._correlation(z, seed=0)
-    assert isinstance(s, headfit._LowRank) and s.q.shape[0] == 200 and s.lam.numel() <= 20
+    s = correlation(z, seed=0)
+    assert isinstance(s, LowRank) and s.q.shape[0] == 200 and s.lam.numel() <= 20
     dense = (z.double().T @ z.double()) / 50
     assert torch.allclose(s.q @ torch.diag(s.lam) @ s.q.T, dense, atol=1e-8)  # the same matrix
     gamma = 1e-2
-    pre = headfit._Precond(s, gamma)
+    pre = Precond(s, gamma)
     u, gw = torch.randn(3, 200, dtype=torch.float64), torch.randn(3, 200, dtype=torch.float64)
     w = pre.to_w(u)
     assert torch.allclose(pre.to_u(w), u, atol=1e-8)
