@@ -33,7 +33,7 @@ def _add_plugins(sub: Subparsers) -> None:
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
-    from .plugins import ENV_VAR
+    from .plugins import selection_note
     from .registry import plugins_report
 
     rows = [r.to_dict() for r in plugins_report()]
@@ -41,8 +41,9 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         _print_json(rows)
     else:
         print(format_table(rows, ["name", "distribution", "version", "hooks", "backbones", "error"]))
-    if os.environ.get(ENV_VAR) is not None:
-        print(f"note: {ENV_VAR}={os.environ[ENV_VAR]!r} limits which plugins load", file=sys.stderr)
+    note = selection_note()
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 
@@ -56,25 +57,39 @@ def _add_list(sub: Subparsers) -> None:
     p.set_defaults(func=_cmd_list)
 
 
+def _list_row(name: str) -> dict[str, Any]:
+    """One ``zoo list`` row; a name several plugins register shows every owner and an ``error``."""
+    from .registry import conflict_message, owners
+
+    claims = owners(name)
+    row: dict[str, Any] = {"name": name, "family": ", ".join(dict.fromkeys(a.family for a, _ in claims)),
+                           "plugin": ", ".join(dict.fromkeys(p for _, p in claims)),
+                           "pretrained": any(a.has_pretrained(name) for a, _ in claims)}
+    conflict = conflict_message(name)
+    if conflict:
+        row["error"] = conflict
+    return row
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .registry import families, get_adapter, list_backbones, plugins_report
+    from .registry import families, list_backbones, plugins_report
 
     if args.family and args.family not in families() + [r.name for r in plugins_report()]:
         raise ZooError(f"unknown family {args.family!r}; choose one of: {', '.join(families())}")
-    names = list_backbones(args.pattern, pretrained=args.pretrained, family=args.family)
-    rows = []
-    for name in names:
-        adapter, plugin = get_adapter(name)
-        rows.append({"name": name, "family": adapter.family, "plugin": plugin,
-                     "pretrained": adapter.has_pretrained(name)})
+    rows = [_list_row(n) for n in list_backbones(args.pattern, pretrained=args.pretrained, family=args.family)]
     if args.json:
         _print_json(rows)
         return 0
     if not rows:
         print("no backbones match; try `zoo list` without filters", file=sys.stderr)
         return 0
+    conflicts = [r for r in rows if "error" in r]
+    for r in conflicts:
+        r["family"] += " (!)"  # explained below the table
     print(format_table(rows, ["name", "family", "pretrained"]))
     print(f"{len(rows)} backbone(s)", file=sys.stderr)
+    for r in conflicts:
+        print(f"zoo: warning: {r['error']}", file=sys.stderr)
     return 0
 
 
