@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import random
 import shutil
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from helpers_images import cut_scan_jpeg
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
@@ -172,27 +172,9 @@ def test_bad_files_are_counted_skips_never_crashes(tmp_path: Path) -> None:
     assert sum(len(y) for _, y in loader) == 7  # every kept file decodes inside a worker
 
 
-def _cut_scan_jpeg(good: bytes) -> bytes:
-    """A progressive JPEG with its scan data cut and the end-of-image marker put back, cut where Pillow's
-    full decode fails (so a training worker would abort on it)."""
-    sos = good.find(b"\xff\xda")
-    for frac in np.linspace(0.2, 0.95, 40):
-        cut = good[: sos + int((len(good) - sos) * frac)] + b"\xff\xd9"
-        try:
-            with Image.open(io.BytesIO(cut)) as img:
-                img.load()
-        except OSError:
-            return cut
-    raise AssertionError("no cut position made the JPEG undecodable")
-
-
 def test_cut_scan_jpeg_with_end_marker_is_skipped_at_scan_time(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "d", {"cat": 3, "dog": 3}, ext="jpg")
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(5).integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(
-        buf, "JPEG", quality=90, progressive=True)
-    bad = root / "dog" / "cut.jpg"
-    bad.write_bytes(_cut_scan_jpeg(buf.getvalue()))
+    bad = cut_scan_jpeg(root / "dog" / "cut.jpg")
     assert bad.read_bytes().endswith(b"\xff\xd9")  # the end-of-image check alone would accept it
     with pytest.raises(DataError, match=r"Cannot read image .*cut\.jpg: corrupt image"):
         zdata.load_image(bad)  # what a DataLoader worker would hit mid-epoch

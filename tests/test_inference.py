@@ -3,21 +3,18 @@ decompression bomb, a corrupt or non-image file) as one line; an inconsistent ch
 
 from __future__ import annotations
 
-import io
 import json
 import struct
 import zlib
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import pytest
 import torch
-from helpers_images import make_folder, write_image
-from PIL import Image
+from helpers_cli import one_line_error, run
+from helpers_images import cut_scan_jpeg, make_folder, write_image
 
 import zoo_core
-from zoo_core import cli
 from zoo_core import data as zdata
 from zoo_core.rundir import load_checkpoint, save_checkpoint
 
@@ -34,20 +31,6 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return result.run_dir
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: Any) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("zoo: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
-
-
 def png_bomb(path: Path, side: int = 40_000) -> Path:
     """A 100-byte PNG whose header claims side × side pixels (1.6 billion): Pillow's bomb guard refuses it."""
     def chunk(kind: bytes, body: bytes) -> bytes:
@@ -59,29 +42,11 @@ def png_bomb(path: Path, side: int = 40_000) -> Path:
     return path
 
 
-def cut_jpeg(path: Path) -> Path:
-    """A progressive JPEG with its scan data cut where a full decode fails, end-of-image marker put back."""
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(5).integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(
-        buf, "JPEG", quality=90, progressive=True)
-    good = buf.getvalue()
-    sos = good.find(b"\xff\xda")
-    for frac in np.linspace(0.2, 0.95, 40):
-        cut = good[: sos + int((len(good) - sos) * frac)] + b"\xff\xd9"
-        try:
-            with Image.open(io.BytesIO(cut)) as img:
-                img.load()
-        except OSError:
-            path.write_bytes(cut)
-            return path
-    raise AssertionError("no cut position made the JPEG undecodable")
-
-
 def test_predict_labels_good_files_and_reports_each_bad_one(run_dir: Path, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     good = write_image(tmp_path / "good.png", cls=0, index=50)
     bomb = png_bomb(tmp_path / "bomb.png")
-    cut = cut_jpeg(tmp_path / "cut.jpg")
+    cut = cut_scan_jpeg(tmp_path / "cut.jpg")
     notes = tmp_path / "notes.jpg"
     notes.write_text("not an image")
     missing = tmp_path / "missing.png"

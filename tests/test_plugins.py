@@ -302,6 +302,19 @@ def test_duplicate_backbone_names_fail_loudly_naming_both_plugins(add_plugin) ->
     assert "dup_net" in report["plugin_b"].error and "plugin_a" in report["plugin_b"].error
     assert "resnet18" in report["resnet"].error and "plugin_a" in report["resnet"].error
     assert zoo_core.create("resnet34", weights=None, num_classes=2).fc.out_features == 2  # others fine
+    assert zoo_core.list_backbones("dup_net") == ["dup_net"]  # listed once, not dropped
+
+    class Twice:
+        @hookimpl
+        def register_backbones(self, register):
+            register(_Fixed(["twice_net", "once_net"]))
+            register(_Fixed(["twice_net"]))
+
+    add_plugin(Twice(), name="twice")
+    with pytest.raises(DuplicateBackboneError, match=r"'twice_net' is registered 2 times by plugin 'twice'"):
+        zoo_core.get_adapter("twice_net")
+    assert "registered by 2 of its adapters" in _report()["twice"].error
+    assert zoo_core.get_adapter("once_net")[1] == "twice"
 
 
 def test_register_and_unregister_plugin(add_plugin) -> None:
@@ -321,7 +334,8 @@ def test_check_pending_rejects_a_misspelt_hookimpl() -> None:
             register(_Fixed(["never"]))
 
     plugin = Misspelt()
-    with pytest.raises(pluggy.PluginValidationError, match="unknown hook 'register_backbone'"):
+    with pytest.raises(pluggy.PluginValidationError, match=r"unknown hook 'register_backbone'.*did you mean "
+                       r"'register_backbones'\? .*test_plugins\.py:\d+\)$"):
         zoo_core.register_plugin(plugin, name="misspelt")
     assert not get_plugin_manager().is_registered(plugin)  # not left half-registered
     get_plugin_manager().check_pending()

@@ -85,10 +85,11 @@ def _build() -> None:
     for bname, entries in _claims.items():
         owners = list(dict.fromkeys(e.plugin for e in entries))
         for owner in owners if len(entries) > 1 else []:
-            others = " and ".join(repr(o) for o in owners if o != owner) or "itself"
+            others = " and ".join(repr(o) for o in owners if o != owner)
+            by = f"also registered by {others}" if others else f"registered by {len(entries)} of its adapters"
             rec = _records[owner]
-            rec.error = rec.error or (f"backbone {bname!r} is also registered by {others}: unusable until only "
-                                      f"one registers it (`zoo list {bname}` shows how)")
+            rec.error = rec.error or (f"backbone {bname!r} is {by}: unusable until only one registers it "
+                                      f"(`zoo list {bname}` shows how)")
     for rec in plugins.load_errors():
         _records.setdefault(rec.name, rec)
     _built = True

@@ -26,7 +26,7 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from . import hookspecs
 from .adapter import BackboneAdapter, DataConfig
-from .plugins import short_error, register_checked
+from .plugins import register_checked, short_error
 from .registry import get_adapter
 from .util import few, under
 
