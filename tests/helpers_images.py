@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +59,23 @@ def write_image(path: Path, cls: int, index: int, mode: str = "RGB", size: int =
     else:
         Image.fromarray(rgb).convert(mode).save(path)
     return path
+
+
+def cut_scan_jpeg(path: Path, seed: int = 5) -> Path:
+    """Write a progressive JPEG whose scan data is cut where Pillow's full decode fails, with the
+    end-of-image marker put back (a file a training worker would abort on); returns ``path``."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(
+        buf, "JPEG", quality=90, progressive=True)
+    good = buf.getvalue()
+    sos = good.find(b"\xff\xda")
+    for frac in np.linspace(0.2, 0.95, 40):
+        cut = good[: sos + int((len(good) - sos) * frac)] + b"\xff\xd9"
+        try:
+            with Image.open(io.BytesIO(cut)) as img:
+                img.load()
+        except OSError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(cut)
+            return path
+    raise AssertionError("no cut position made the JPEG undecodable")

@@ -129,6 +129,20 @@ def test_usage_errors_exit_2(capsys) -> None:
     assert code == 0 and all(cmd in out for cmd in ("plugins", "list", "info"))
 
 
+def test_train_help_and_readme_list_every_builtin_dataset(capsys) -> None:
+    from pathlib import Path
+
+    from zoo_core.data import dataset_names
+
+    code, out, _ = run(capsys, "train", "--help")
+    help_text = " ".join(out.split())
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert code == 0
+    for name in dataset_names():
+        assert name in help_text, f"zoo train --help does not list {name}"
+        assert f"`{name}`" in readme, f"README does not list {name}"
+
+
 def test_process_exit_status_and_no_traceback() -> None:
     env = {**os.environ, "BACKBONE_ZOO_PLUGINS": "resnet"}
     proc = subprocess.run([sys.executable, "-m", "zoo_core.cli", "info", "vgg16"],

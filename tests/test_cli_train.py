@@ -7,10 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers_cli import one_line_error, run
 from helpers_images import make_folder, write_image
 from PIL import Image
-
-from zoo_core import cli
 
 TINY = ["--weights", "none", "--image-size", "32"]
 CLASSES = ["class0", "class1", "class2"]
@@ -22,20 +21,6 @@ pytestmark = pytest.mark.usefixtures("skip_run_plots")  # compare's own plots st
 @pytest.fixture(scope="module")
 def data3(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_folder(tmp_path_factory.mktemp("cli-data"), num_classes=3, per_class=10)
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(err: str) -> str:
-    """The single ``zoo: error: …`` line a failed command prints (and nothing else)."""
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("zoo: error: "), err
-    return lines[0]
 
 
 def assert_png(path: Path) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -99,6 +102,41 @@ class HeadNotReplaced(TinyAdapter):
         return model
 
 
+class HeadReplacedOnACopy(TinyAdapter):
+    """Returns a new model with the new head and leaves the one it was given alone (CONTRIBUTING: in place)."""
+
+    def replace_head(self, model: nn.Module, num_classes: int) -> nn.Module:
+        return freezing.replace_linear_head(copy.deepcopy(model), "classifier", num_classes)
+
+
+class TwoLinears(nn.Module):
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.neck = nn.Linear(4, 8)
+        self.out = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.neck(self.body(x))))
+
+
+class WrongHeadName(TinyAdapter):
+    """head_name() names the inner Linear: the default replace_head swaps the wrong layer."""
+
+    def create(self, name: str, *, weights: str | None = None, num_classes: int | None = 1000) -> nn.Module:
+        return TwoLinears(num_classes or 1000)
+
+    def head_name(self, model: nn.Module) -> str:
+        return "neck"
+
+
+class HeadNameOffTarget(WrongHeadName):
+    """replace_head swaps the right layer, but head_name() still points at another one."""
+
+    def replace_head(self, model: nn.Module, num_classes: int) -> nn.Module:
+        return freezing.replace_linear_head(model, "out", num_classes)
+
+
 class WrongFeatures(TinyAdapter):
     def features(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         return model(images)  # the logits, not what the head receives
@@ -141,7 +179,13 @@ class OrphanParameters(TinyAdapter):
         (LeakyFreeze, r"freeze\(model, 0\).*left 4 parameter\(s\) trainable .*stem\.0\.bias, stem\.0\.weight, stem\.1\.bias"),
         (FreezesTooMuch, r"freeze\(model, 1\).*froze 4 parameter\(s\) that should train: body\.0\.bias"),
         (FreezeReturnsNone, r"freeze\(model, 0\): returned NoneType, expected an nn.Module"),
-        (HeadNotReplaced, r"replace_head\(model, 5\): model\(x\) has shape \(2, 3\), expected \(2, 5\)"),
+        (HeadNotReplaced, r"replace_head\(model, 5\): model\(x\) has shape \(2, 3\), expected \(2, 5\) "
+                          r"\(head_name\(model\) is 'classifier'"),
+        (HeadReplacedOnACopy, r"replace_head\(model, 5\): returned a different TinyNet object .* in place"),
+        (WrongHeadName, r"replace_head\(model, 5\): raised RuntimeError: mat1 and mat2 .* \(head_name\(model\) "
+                        r"is 'neck': it must name the final classifier layer"),
+        (HeadNameOffTarget, r"replace_head\(model, 5\): the logits have 5 outputs, but the head module has "
+                            r"out_features=8 \(head_name\(model\) is 'neck'"),
         (WrongFeatures, r"features\(model, x\): has shape \(2, 3\), expected \(2, 8\)"),
         (PoolFeatures, r"head\(features\) differs from model\(x\)"),
         (StateOutsideStateDict, r"state_dict round trip: a fresh model .* gives other outputs"),
@@ -192,8 +236,19 @@ def test_check_plugin() -> None:
         def register_backbone(self, register):
             register(TinyAdapter())
 
-    with pytest.raises(AssertionError, match="unknown hook 'register_backbone'"):
+    with pytest.raises(AssertionError, match=r"unknown hook 'register_backbone'.*did you mean 'register_backbones'\? "
+                       r".*test_conformance\.py:\d+\)"):
         check_plugin(Misspelt())
+
+    class Raises:
+        @hookimpl
+        def register_backbones(self, register):
+            register("not an adapter")
+
+    with pytest.raises(AssertionError, match=r"register_backbones TypeError: register\(\) got 'not an adapter'.* "
+                       r"\(.*test_conformance\.py:\d+\)$") as err:
+        check_plugin(Raises())
+    assert f"zoo_core{os.sep}" not in str(err.value)  # the plugin's own line, not the kit's
 
     class Twice:
         @hookimpl

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from helpers_images import cut_scan_jpeg
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
@@ -171,6 +172,45 @@ def test_bad_files_are_counted_skips_never_crashes(tmp_path: Path) -> None:
     assert sum(len(y) for _, y in loader) == 7  # every kept file decodes inside a worker
 
 
+def test_cut_scan_jpeg_with_end_marker_is_skipped_at_scan_time(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "d", {"cat": 3, "dog": 3}, ext="jpg")
+    bad = cut_scan_jpeg(root / "dog" / "cut.jpg")
+    assert bad.read_bytes().endswith(b"\xff\xd9")  # the end-of-image check alone would accept it
+    with pytest.raises(DataError, match=r"Cannot read image .*cut\.jpg: corrupt image"):
+        zdata.load_image(bad)  # what a DataLoader worker would hit mid-epoch
+    split = zdata.load_data(root, val_fraction=0, progress=False)
+    assert [(Path(p).name, r.split(":")[0]) for p, r in split.skipped] == [("cut.jpg", "corrupt image")]
+    assert len(split.train) == 6 and "(1 skipped)" in split.summary()
+    assert sum(len(y) for _, y in zdata.make_loader(
+        zdata.Transformed(split.train, zdata.eval_transform(DataConfig().with_image_size(32))),
+        batch_size=4, shuffle=False)) == 6
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink") or sys.platform == "win32", reason="needs POSIX symlinks")
+def test_symlinks_never_relabel_other_classes(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "d", {"cat": 4, "dog": 3, "emu": 2})
+    (root / "emu" / "broken.png").write_bytes(b"junk")  # one bad file: must be counted once
+    (root / "dog" / "loop").symlink_to("..")  # the whole root again, as "dog"
+    (root / "dog" / "self").symlink_to(".")
+    (root / "dog" / "cat.png").symlink_to(root / "cat" / "img00.png")  # another class's image
+    (root / "dog" / "same.png").symlink_to(root / "dog" / "img00.png")  # inside its class: fine
+    store = make_folder(tmp_path / "store", {"dogs": 2})  # a folder of links into an image store: fine
+    (root / "dog" / "more").symlink_to(store / "dogs")
+    (root / "dog" / "one.png").symlink_to(store / "dogs" / "img01.png")
+    (root / "puppy").symlink_to("dog")  # a class folder aliasing another class
+    (root / "all").symlink_to(".")
+    (root / "far").symlink_to(store / "dogs")  # a class folder living elsewhere: fine
+    split = zdata.load_data(root, val_fraction=0, progress=False)
+    assert split.classes == ["cat", "dog", "emu", "far"]
+    per_class = Counter(split.classes[y] for _, y in split.train.samples)
+    assert per_class == {"cat": 4, "dog": 3 + 1 + 2 + 1, "emu": 2, "far": 2}
+    reasons = {Path(p).name: r for p, r in split.skipped}
+    assert set(reasons) == {"broken.png", "loop", "self", "cat.png", "puppy", "all"}, reasons
+    assert reasons["loop"].startswith("symlink to") and "folder above it" in reasons["loop"]
+    assert "another class" in reasons["cat.png"] and "second label" in reasons["puppy"]
+    assert [p for p, _ in split.skipped].count(str(root / "emu" / "broken.png")) == 1
+
+
 def test_every_pixel_format_becomes_rgb(tmp_path: Path) -> None:
     d = tmp_path / "fmt"
     d.mkdir()
@@ -272,10 +312,54 @@ def test_fingerprint_stable_across_processes_and_changes_with_data(tmp_path: Pat
     target = root / "a" / "img00.png"
     st = target.stat()
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-    touched = zdata.load_data(root, progress=False).fingerprint
-    assert touched != fp
+    assert zdata.load_data(root, progress=False).fingerprint == fp  # touched, same bytes: same data
     make_image(root / "b" / "new.png")
-    assert zdata.load_data(root, progress=False).fingerprint not in (fp, touched)
+    assert zdata.load_data(root, progress=False).fingerprint != fp
+
+
+def _same_size_other_content(path: Path, seed: int) -> None:
+    """Rewrite ``path`` in place (same inode) with other pixels of the same byte size, and put its
+    mtime back: only the content (and the ctime nobody can set) tells the difference."""
+    st = path.stat()
+    make_image(path, seed=seed, fmt="BMP")  # uncompressed: the size depends on the dimensions alone
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    now = path.stat()
+    assert (now.st_size, now.st_mtime_ns, now.st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def test_fingerprint_follows_content_even_with_size_and_mtime_kept(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    for c in ("a", "b"):
+        for i in range(3):
+            make_image(root / c / f"img{i}.bmp", seed=10 * ord(c) + i, fmt="BMP")
+    fp = zdata.load_data(root, progress=False).fingerprint
+    _same_size_other_content(root / "a" / "img1.bmp", seed=999)
+    changed = zdata.load_data(root, progress=False).fingerprint  # same process: the per-file memo must miss
+    assert changed != fp
+    code = f"from zoo_core import data; print(data.load_data({str(root)!r}, progress=False).fingerprint)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == changed
+
+
+def test_feature_cache_misses_after_same_size_same_mtime_content_change(tmp_path: Path, skip_run_plots: None) -> None:
+    import json
+
+    import zoo_core
+
+    root = tmp_path / "d"
+    for c in ("a", "b"):
+        for i in range(5):
+            make_image(root / c / f"img{i}.bmp", seed=10 * ord(c) + i, fmt="BMP")
+    kw = {"strategy": "feature-extraction", "weights": None, "image_size": 32, "progress": False,
+          "out_dir": tmp_path / "runs"}
+
+    def cache_hit(run_name: str) -> bool:
+        result = zoo_core.train("timm/test_resnet", root, run_name=run_name, **kw)
+        return json.loads((result.run_dir / "config.json").read_text())["feature_cache_hit"]
+
+    assert cache_hit("first") is False and cache_hit("again") is True  # the cache works …
+    _same_size_other_content(root / "b" / "img3.bmp", seed=12345)
+    assert cache_hit("changed") is False  # … and never serves the old image's features
 
 
 # ---------------------------------------------------------------------------------------- datasets

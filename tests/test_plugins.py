@@ -6,6 +6,9 @@ from __future__ import annotations
 import importlib.metadata as md
 import inspect
 import json
+import os
+import subprocess
+import sys
 
 import pluggy
 import pytest
@@ -66,6 +69,13 @@ def register_backbones(register):
 
 def _report() -> dict[str, zoo_core.plugins.PluginRecord]:
     return {r.name: r for r in zoo_core.plugins_report()}
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def _cli_json(capsys: pytest.CaptureFixture[str], *argv: str) -> object:
@@ -162,22 +172,32 @@ def test_broken_plugins_are_reported_and_do_not_break_others(install_dist, capsy
                     "    pass\n",
         "bad_args": "from zoo_core import hookimpl\n\n@hookimpl\ndef register_backbones(reg):\n"
                     "    pass\n",
+        "bad_exit": "import sys\n\nsys.exit(3)\n",
+        "bad_hook_exit": "import sys\nfrom zoo_core import hookimpl\n\n@hookimpl\ndef register_backbones(register):\n"
+                         "    sys.exit('bye')\n",
+        "bad_missing_dep": "import zoo_no_such_dependency  # noqa\n",
     }
     install_dist("broken-plugins", "0.0.1", {n: n for n in broken}, broken)
     install_dist("toy-zoo-plugin", "1.2.3", {"toy": "toy_zoo_plugin"}, {"toy_zoo_plugin": TOY_PLUGIN})
 
     report = _report()
-    expected = {
-        "bad_import": "RuntimeError: boom at import",
-        "bad_hook": "ValueError: boom in hook",
-        "bad_adapter": "is not a zoo_core.BackboneAdapter",
-        "bad_name": "unknown hook 'register_backbone'",
-        "bad_args": "Argument(s) {'reg'} are declared in the hookimpl",
+    expected = {  # the error, and the plugin's own line it points at (never a zoo_core/pluggy/importlib frame)
+        "bad_import": ("RuntimeError: boom at import", "bad_import.py:1"),
+        "bad_hook": ("ValueError: boom in hook", "bad_hook.py:5"),
+        "bad_adapter": ("is not a zoo_core.BackboneAdapter", "bad_adapter.py:5"),
+        "bad_name": ("unknown hook 'register_backbone'", "bad_name.py:3"),  # its @hookimpl line
+        "bad_args": ("Argument(s) {'reg'} are declared in the hookimpl", "bad_args.py:3"),
+        "bad_exit": ("called sys.exit(3)", "bad_exit.py:3"),
+        "bad_hook_exit": ("called sys.exit('bye')", "bad_hook_exit.py:6"),
+        "bad_missing_dep": ("No module named 'zoo_no_such_dependency'", "bad_missing_dep.py:1"),
     }
-    for name, needle in expected.items():
+    for name, (needle, where) in expected.items():
         rec = report[name]
         assert rec.error and needle in rec.error, (name, rec.error)
+        assert rec.error.endswith(f"{name}.py:{where.split(':')[1]})"), (name, rec.error)
+        assert "\n" not in rec.error and f"zoo_core{os.sep}" not in rec.error and f"pluggy{os.sep}" not in rec.error
         assert rec.distribution == "broken-plugins" and not rec.backbones
+    assert "did you mean 'register_backbones'?" in report["bad_name"].error
     for name in (*BUILTINS, "toy"):
         assert report[name].error is None, report[name].error
     assert zoo_core.create("toy_net", weights=None, num_classes=2).fc.out_features == 2
@@ -191,6 +211,82 @@ def test_broken_plugins_are_reported_and_do_not_break_others(install_dist, capsy
     assert "boom in hook" in table and "broken-plugins" in table
 
 
+def test_a_plugin_calling_sys_exit_in_a_real_process_is_reported(install_dist, tmp_path) -> None:
+    site = install_dist("exit-plugin", "0.1", {"quitter": "quitter_mod"}, {"quitter_mod": "import sys\nsys.exit(1)\n"})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site.parent), os.environ.get("PYTHONPATH", "")])}
+    code = ("import json, zoo_core; r = {p.name: p.error for p in zoo_core.plugins_report()}; "
+            "print(json.dumps([r, zoo_core.create('resnet18', weights=None, num_classes=2).fc.out_features]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report, out_features = json.loads(proc.stdout)
+    assert "called sys.exit(1)" in report["quitter"] and report["resnet"] is None and out_features == 2
+
+
+def test_env_var_naming_no_installed_plugin_is_explained(plugins_env, capsys) -> None:
+    plugins_env("nonexistent")
+    with pytest.raises(UnknownBackboneError) as err:
+        zoo_core.create("resnet18", weights=None)
+    msg = str(err.value)
+    assert "BACKBONE_ZOO_PLUGINS='nonexistent' names no installed plugin called 'nonexistent'" in msg
+    assert "installed: " in msg and "resnet" in msg.split("installed: ")[1] and "\n" not in msg
+    capsys.readouterr()
+    assert cli.main(["plugins"]) == 0
+    assert "names no installed plugin called 'nonexistent'" in capsys.readouterr().err
+    plugins_env("zoo-vgg,nope")  # a right and a wrong name: only the wrong one is reported
+    assert zoo_core.list_backbones("vgg11") == ["vgg11"]
+    with pytest.raises(UnknownBackboneError, match=r"called 'nope' \(installed"):
+        zoo_core.get_adapter("resnet18")
+
+
+# A third-party plugin whose adapter also claims a built-in name.
+DUP_PLUGIN = TOY_PLUGIN.replace('return ["toy_net", "toy_net_wide"]', 'return ["resnet18", "dup_net"]').replace(
+    'family = "toy"', 'family = "dupfam"')
+
+
+def test_a_real_plugin_duplicating_a_name_breaks_only_that_name(install_dist, capsys, tmp_path,
+                                                                 skip_run_plots) -> None:
+    site = install_dist("dup-zoo-plugin", "0.3", {"dupz": "dup_zoo_plugin"}, {"dup_zoo_plugin": DUP_PLUGIN})
+
+    # listing keeps working: the name shows once, with both owners and the fix
+    code, out, err = _cli(capsys, "list", "resnet1*")
+    assert code == 0 and [line.split()[0] for line in out.splitlines()[2:]] == ["resnet101", "resnet152", "resnet18"]
+    assert "zoo: warning: backbone 'resnet18' is registered by several plugins" in err
+    assert "BACKBONE_ZOO_PLUGINS=resnet,timm,vgg keeps 'resnet'" in err and "pip uninstall" in err
+    rows = {r["name"]: r for r in _cli_json(capsys, "list", "--json")}
+    assert rows["resnet18"]["plugin"] == "dupz, resnet" and rows["resnet18"]["family"] == "dupfam, resnet"
+    assert "'dupz' (dup-zoo-plugin 0.3)" in rows["resnet18"]["error"] and "error" not in rows["resnet34"]
+    assert "resnet18" in zoo_core.list_backbones(family="resnet")  # not dropped from its own family
+    assert zoo_core.list_backbones(family="dupfam") == ["dup_net", "resnet18"]
+    assert zoo_core.list_backbones("resnet18", pretrained=True) == ["resnet18"]
+    rec = _report()
+    assert "'resnet'" in rec["dupz"].error and "'dupz'" in rec["resnet"].error and rec["timm"].error is None
+
+    # other names keep working; the conflicting one fails as one line naming both owners
+    assert _cli(capsys, "info", "resnet34")[0] == 0
+    code, out, err = _cli(capsys, "info", "resnet18")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "'dupz'" in err and "'resnet'" in err
+    with pytest.raises(DuplicateBackboneError, match="BACKBONE_ZOO_PLUGINS=dupz,timm,vgg keeps 'dupz'"):
+        zoo_core.create("resnet18", weights=None)
+    assert zoo_core.create("dup_net", weights=None, num_classes=2).fc.out_features == 2
+
+    # compare runs the rest and records the conflicting entry as failed
+    from helpers_images import make_folder
+
+    data = make_folder(tmp_path / "data", num_classes=2, per_class=6)
+    code, out, err = _cli(capsys, "compare", "resnet18", "dup_net", "--data", str(data), "--weights", "none",
+                          "--image-size", "32", "--out", str(tmp_path / "cmp"), "--json")
+    assert code == 0, err
+    entries = {r["backbone"]: r for r in json.loads(out)}
+    assert entries["dup_net"]["status"] == "ok" and entries["resnet18"]["status"] == "failed"
+    assert "DuplicateBackboneError" in entries["resnet18"]["error"] and "'dupz'" in entries["resnet18"]["error"]
+
+    # and in a fresh process, through the console entry point
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site.parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "zoo_core.cli", "list"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0 and "resnet18" in proc.stdout and "Traceback" not in proc.stderr
+
+
 # ---- in-process plugins: duplicates, validation ---------------------------------------------------
 def test_duplicate_backbone_names_fail_loudly_naming_both_plugins(add_plugin) -> None:
     add_plugin(_plugin("dup_net", "resnet18"), name="plugin_a")
@@ -198,7 +294,7 @@ def test_duplicate_backbone_names_fail_loudly_naming_both_plugins(add_plugin) ->
     with pytest.raises(DuplicateBackboneError) as err:
         zoo_core.create("dup_net", weights=None)
     assert "'plugin_a'" in str(err.value) and "'plugin_b'" in str(err.value)
-    assert "BACKBONE_ZOO_PLUGINS" in str(err.value)
+    assert "zoo_core.unregister_plugin('plugin_a')" in str(err.value)  # in-process: the env var cannot help
     with pytest.raises(DuplicateBackboneError) as err:
         zoo_core.get_adapter("resnet18")  # a plugin shadowing a built-in is a conflict too
     assert "'resnet'" in str(err.value) and "'plugin_a'" in str(err.value)
@@ -206,6 +302,19 @@ def test_duplicate_backbone_names_fail_loudly_naming_both_plugins(add_plugin) ->
     assert "dup_net" in report["plugin_b"].error and "plugin_a" in report["plugin_b"].error
     assert "resnet18" in report["resnet"].error and "plugin_a" in report["resnet"].error
     assert zoo_core.create("resnet34", weights=None, num_classes=2).fc.out_features == 2  # others fine
+    assert zoo_core.list_backbones("dup_net") == ["dup_net"]  # listed once, not dropped
+
+    class Twice:
+        @hookimpl
+        def register_backbones(self, register):
+            register(_Fixed(["twice_net", "once_net"]))
+            register(_Fixed(["twice_net"]))
+
+    add_plugin(Twice(), name="twice")
+    with pytest.raises(DuplicateBackboneError, match=r"'twice_net' is registered 2 times by plugin 'twice'"):
+        zoo_core.get_adapter("twice_net")
+    assert "registered by 2 of its adapters" in _report()["twice"].error
+    assert zoo_core.get_adapter("once_net")[1] == "twice"
 
 
 def test_register_and_unregister_plugin(add_plugin) -> None:
@@ -225,7 +334,8 @@ def test_check_pending_rejects_a_misspelt_hookimpl() -> None:
             register(_Fixed(["never"]))
 
     plugin = Misspelt()
-    with pytest.raises(pluggy.PluginValidationError, match="unknown hook 'register_backbone'"):
+    with pytest.raises(pluggy.PluginValidationError, match=r"unknown hook 'register_backbone'.*did you mean "
+                       r"'register_backbones'\? .*test_plugins\.py:\d+\)$"):
         zoo_core.register_plugin(plugin, name="misspelt")
     assert not get_plugin_manager().is_registered(plugin)  # not left half-registered
     get_plugin_manager().check_pending()

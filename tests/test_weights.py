@@ -179,8 +179,17 @@ def test_local_checkpoint_of_another_architecture_is_refused(tmp_path) -> None:
 def test_pickled_objects_are_refused(tmp_path, tiny_state) -> None:
     path = tmp_path / "pickled.pth"
     torch.save({"state_dict": tiny_state, "optimizer": NotATensor()}, path)
-    with pytest.raises(WeightsError, match="pickled objects are refused"):
+    with pytest.raises(WeightsError, match=r"pickled\.pth': it holds pickled Python objects "
+                       r"\(test_weights\.NotATensor\), which are never loaded .* \.safetensors$") as err:
         zoo_core.create("timm/test_resnet", weights=path, num_classes=3)
+    assert "weights_only" not in str(err.value) and "\n" not in str(err.value)  # never torch's "turn it off"
+    with pytest.raises(zoo_core.ZooError, match=r"cannot read checkpoint .*pickled\.pth': it holds pickled") as err:
+        zoo_core.load(path)  # a run checkpoint is read the same way
+    assert "weights_only" not in str(err.value)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"garbage" * 10)
+    with pytest.raises(WeightsError, match=r"junk\.pt': it is not a torch checkpoint, or it is damaged .*safetensors$"):
+        read_state_dict(junk)
     plain = tmp_path / "numbers.pth"
     torch.save({"a": 1, "b": [2, 3]}, plain)
     with pytest.raises(WeightsError, match="does not hold a state dict of tensors"):

@@ -33,7 +33,7 @@ def _add_plugins(sub: Subparsers) -> None:
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
-    from .plugins import ENV_VAR
+    from .plugins import selection_note
     from .registry import plugins_report
 
     rows = [r.to_dict() for r in plugins_report()]
@@ -41,8 +41,9 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         _print_json(rows)
     else:
         print(format_table(rows, ["name", "distribution", "version", "hooks", "backbones", "error"]))
-    if os.environ.get(ENV_VAR) is not None:
-        print(f"note: {ENV_VAR}={os.environ[ENV_VAR]!r} limits which plugins load", file=sys.stderr)
+    note = selection_note()
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 
@@ -56,25 +57,39 @@ def _add_list(sub: Subparsers) -> None:
     p.set_defaults(func=_cmd_list)
 
 
+def _list_row(name: str) -> dict[str, Any]:
+    """One ``zoo list`` row; a name several plugins register shows every owner and an ``error``."""
+    from .registry import conflict_message, owners
+
+    claims = owners(name)
+    row: dict[str, Any] = {"name": name, "family": ", ".join(dict.fromkeys(a.family for a, _ in claims)),
+                           "plugin": ", ".join(dict.fromkeys(p for _, p in claims)),
+                           "pretrained": any(a.has_pretrained(name) for a, _ in claims)}
+    conflict = conflict_message(name)
+    if conflict:
+        row["error"] = conflict
+    return row
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .registry import families, get_adapter, list_backbones, plugins_report
+    from .registry import families, list_backbones, plugins_report
 
     if args.family and args.family not in families() + [r.name for r in plugins_report()]:
         raise ZooError(f"unknown family {args.family!r}; choose one of: {', '.join(families())}")
-    names = list_backbones(args.pattern, pretrained=args.pretrained, family=args.family)
-    rows = []
-    for name in names:
-        adapter, plugin = get_adapter(name)
-        rows.append({"name": name, "family": adapter.family, "plugin": plugin,
-                     "pretrained": adapter.has_pretrained(name)})
+    rows = [_list_row(n) for n in list_backbones(args.pattern, pretrained=args.pretrained, family=args.family)]
     if args.json:
         _print_json(rows)
         return 0
     if not rows:
         print("no backbones match; try `zoo list` without filters", file=sys.stderr)
         return 0
+    conflicts = [r for r in rows if "error" in r]
+    for r in conflicts:
+        r["family"] += " (!)"  # explained below the table
     print(format_table(rows, ["name", "family", "pretrained"]))
     print(f"{len(rows)} backbone(s)", file=sys.stderr)
+    for r in conflicts:
+        print(f"zoo: warning: {r['error']}", file=sys.stderr)
     return 0
 
 
@@ -215,11 +230,13 @@ def _weights_given(argv: list[str]) -> bool:
 
 # ---- zoo train -----------------------------------------------------------------------------------
 def _add_train(sub: Subparsers) -> None:
+    from .data import dataset_names
+
     p = sub.add_parser("train", help="train one backbone on a folder of images or a built-in dataset")
     p.add_argument("backbone", metavar="BACKBONE", nargs="?",
                    help="backbone name, e.g. resnet18 or timm/efficientnet_b0 (optional with --resume)")
     p.add_argument("--data", required=False, help="image folder (root/<class>/*.jpg or root/train + root/val) "
-                   "or a built-in dataset name (cifar10, cifar100, stl10, flowers102, oxford-iiit-pet, food101)")
+                   f"or a built-in dataset name ({', '.join(dataset_names())})")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last.pt")
     p.add_argument("--nproc", type=int, default=None, help="launch N processes with torchrun (DDP)")
     p.add_argument("--json", action="store_true", help="print the result summary as JSON")
@@ -250,23 +267,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _add_predict(sub: Subparsers) -> None:
     p = sub.add_parser("predict", help="label images with a trained run's best model")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by zoo train (or a .pt file)")
-    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
+    p.add_argument("images", metavar="IMAGE", nargs="+",
+                   help="image files; an unreadable one is reported on stderr (exit status 2), the rest still print")
     p.add_argument("--topk", "-k", type=int, default=3, help="labels per image (default 3)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_predict)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    """Readable images are labelled and printed; each unreadable one is a ``zoo: error:`` line (exit 2)."""
     from .inference import predict
 
     results = predict(args.run_dir, args.images, topk=args.topk)
+    failed = [r for r in results if "error" in r]
     if args.json:
         _print_json(results)
-        return 0
-    rows = [{"image": r["image"], "rank": i + 1, "label": t["label"], "probability": f"{t['probability']:.4f}"}
-            for r in results for i, t in enumerate(r["top"])]
-    print(format_table(rows, ["image", "rank", "label", "probability"]))
-    return 0
+    elif len(failed) < len(results):
+        rows = [{"image": r["image"], "rank": i + 1, "label": t["label"], "probability": f"{t['probability']:.4f}"}
+                for r in results for i, t in enumerate(r["top"])]
+        print(format_table(rows, ["image", "rank", "label", "probability"]))
+    sys.stdout.flush()
+    for r in failed:
+        print(f"zoo: error: {' '.join(r['error'].split())}", file=sys.stderr)
+    return 2 if failed else 0
 
 
 # ---- zoo compare ---------------------------------------------------------------------------------

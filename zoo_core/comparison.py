@@ -30,7 +30,7 @@ import torch
 
 from . import data as zdata
 from . import plots, registry
-from .errors import WeightsError, ZooError
+from .errors import DuplicateBackboneError, WeightsError, ZooError
 from .runtime import pick_device
 from .trainer import TrainConfig, train
 from .util import atomic_write_text
@@ -223,7 +223,10 @@ def expand_backbones(backbones: Sequence[str] | str | None, family: str | None =
                 raise ZooError(f"pattern {item!r} matches no backbone{f' of family {family!r}' if family else ''}")
             out += found
         else:
-            registry.get_adapter(item)  # unknown names fail here, with close matches
+            try:
+                registry.get_adapter(item)  # unknown names fail here, with close matches
+            except DuplicateBackboneError:
+                pass  # several plugins register it: its entries are recorded as failed, the rest run
             out.append(item)
     if family and not items:
         out = registry.list_backbones(family=family)

@@ -41,19 +41,28 @@ scaled from [0, 1] (else min–max). Multi-frame files (GIF, TIFF) use their fir
 Bad input
 ---------
 * a path that does not exist (and is no built-in name) → :class:`DataError` naming it;
-* a zero-byte file, a corrupt or truncated image, a non-image file (``notes.txt``, ``.DS_Store``,
-  ``._x.jpg``), a hidden folder, a loose file next to the class folders → skipped, listed in
-  :attr:`DataSplit.skipped` as ``(path, reason)``. Every candidate image is checked once at scan time
-  (PNG: ``verify()`` of all chunk CRCs; JPEG: end-of-image marker, else a fast reduced-size decode;
-  other formats: a full decode), so a bad file never reaches a DataLoader worker;
+* a zero-byte file, a corrupt or truncated image, an image too large for Pillow (decompression-bomb
+  guard), a non-image file (``notes.txt``, ``.DS_Store``, ``._x.jpg``), a hidden folder, a loose file
+  next to the class folders → skipped, listed in :attr:`DataSplit.skipped` as ``(path, reason)``. Every
+  candidate image is checked once at scan time (PNG: ``verify()`` of all chunk CRCs; JPEG: a decode at
+  1/8 scale, which entropy-decodes every scan, so cut scan data is caught even behind a re-appended
+  end-of-image marker; other formats: a full decode), so a bad file never reaches a DataLoader worker;
+* symlinks: one inside a class folder may point anywhere inside that class folder or outside the
+  scanned folder altogether (links into an image store); one pointing at its class folder or above it
+  (``dog/loop -> ..``), or into another class of the scanned folder, is skipped and listed, never
+  followed, so no image gets the wrong label or is counted twice. A symlinked class folder pointing at,
+  above or inside the scanned folder is skipped the same way; a broken symlink is skipped;
 * a class folder with no usable image → :class:`DataWarning`, recorded in ``skipped``, not a class;
 * fewer than 2 classes → ``DataError("need at least 2 classes …")``; no images at all → DataError;
 * a validation class with no training images → DataError naming the class and the folder;
 * an image that fails at ``__getitem__`` time (deleted or changed after the scan) → DataError naming
   the file.
 
-Fingerprint: folders hash (relative path, size, mtime_ns) of every kept file, the split parameters and
-the class list (moving the folder keeps it; touching, adding or removing an image changes it);
+Fingerprint: folders hash (relative path, size, SHA-256 of the content) of every kept file, the split
+parameters and the class list (moving the folder or touching a file keeps it; changing any byte of an
+image, adding or removing one changes it — even with its size and mtime restored). Each file's check and
+hash are memoised in the process by (path, size, mtime_ns, ctime_ns, inode); a new process reads every
+file again;
 built-ins hash name, split sizes and root; Datasets hash their class name, length, a few sampled
 items' bytes, the split parameters and the classes. It is a 16-hex-digit SHA-256 prefix, the same in
 every process.
@@ -182,14 +191,40 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV, RGBX, …
 
 
+def why_unreadable(exc: BaseException) -> str:
+    """Why an image could not be opened or decoded, in words: the one mapping from Pillow's exceptions
+    (decompression bomb, unknown format, truncated or corrupt data, missing file) used by the folder scan,
+    the data loaders and ``zoo predict``."""
+    if isinstance(exc, Image.DecompressionBombError):
+        return (f"image too large: {str(exc).rstrip('.')}; downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS "
+                "if you trust the file")
+    if isinstance(exc, UnidentifiedImageError):
+        return "not a readable image (unknown or corrupt format)"
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, IsADirectoryError):
+        return "a folder, not an image file"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return " ".join(f"corrupt image: {type(exc).__name__}: {exc}".split())
+
+
+class UnreadableImage(DataError):
+    """An image file that cannot be opened or decoded; ``path`` and ``reason`` (:func:`why_unreadable`)."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path, self.reason = os.fspath(path), reason
+        super().__init__(f"Cannot read image {self.path}: {reason}")
+
+
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open ``path`` as an RGB PIL image (:func:`to_rgb`); ``DataError`` naming the file if it fails."""
+    """Open ``path`` as an RGB PIL image (:func:`to_rgb`); :class:`UnreadableImage` (a one-line
+    ``DataError`` naming the file and saying why) if it cannot be read."""
     try:
         with Image.open(path) as img:
             return to_rgb(img)
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
-        raise DataError(f"Cannot read image {os.fspath(path)}: {exc}. If it was deleted or changed after "
-                        f"the data was scanned, run again to rescan.") from exc
+    except Exception as exc:  # noqa: BLE001 - decoders raise OSError, ValueError, SyntaxError, struct.error, …
+        raise UnreadableImage(path, why_unreadable(exc)) from exc
 
 
 def _as_rgb(x: Any, where: str) -> Image.Image:
@@ -229,7 +264,11 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         path, label = self.samples[index]
-        return load_image(path), label
+        try:
+            return load_image(path), label
+        except DataError as exc:
+            raise DataError(f"{exc}. It passed the scan: if it was deleted or changed since, run again to "
+                            "rescan.") from exc
 
 
 class _Items(Dataset):
@@ -302,7 +341,7 @@ def _stratified_split(labels: Sequence[int], keys: Sequence[str], val_fraction: 
 
 
 def _fingerprint(header: dict[str, Any], rows: Iterable[str | bytes] = ()) -> str:
-    return digest({"v": 1, **header}, rows, 16)
+    return digest({"v": 2, **header}, rows, 16)  # v2: folders hash file contents, not mtimes
 
 
 def _check_fraction(val_fraction: float) -> None:
@@ -317,7 +356,7 @@ def _check_fraction(val_fraction: float) -> None:
 class _Scanned:
     """Kept files of one folder of class folders, and what was skipped."""
 
-    files: dict[str, list[tuple[str, int, int]]]  # class → sorted (relative posix path, size, mtime_ns)
+    files: dict[str, list[tuple[str, int, str]]]  # class → sorted (relative posix path, size, content hash)
     skipped: list[tuple[str, str]]
 
 
@@ -325,15 +364,13 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".") or name in ("__MACOSX", "Thumbs.db", "desktop.ini")
 
 
-def _jpeg_ends_cleanly(path: str) -> bool:
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - 64))
-        return f.read().rstrip(b"\x00\r\n\t ").endswith(b"\xff\xd9")
-
-
 def check_image(path: str | os.PathLike) -> str | None:
-    """Why ``path`` is not a usable image (``None`` when it is); cheap enough to run on every file."""
+    """Why ``path`` is not a usable image (``None`` when it is); cheap enough to run on every file.
+
+    PNG: ``verify()`` (every chunk's CRC, no decoding); JPEG: a decode at 1/8 scale, which still
+    entropy-decodes every scan, so cut scan data fails here even when the end-of-image marker was put
+    back; other formats: a full decode. Reasons come from :func:`why_unreadable`.
+    """
     path = os.fspath(path)
     try:
         if os.path.getsize(path) == 0:
@@ -341,48 +378,108 @@ def check_image(path: str | os.PathLike) -> str | None:
         with Image.open(path) as img:
             if img.format == "PNG":
                 img.verify()  # walks every chunk and checks its CRC, without decoding pixels
-            elif img.format == "JPEG":
-                if not _jpeg_ends_cleanly(path):  # truncated? decode at 1/8 scale to find out
-                    img.draft(img.mode, (1, 1))
-                    img.load()
             else:
+                if img.format == "JPEG":
+                    img.draft(img.mode, (1, 1))  # DCT scaling: ~1/8 of the work of a full decode
                 img.load()
-    except Image.DecompressionBombError as exc:
-        return f"image too large: {exc}"
-    except UnidentifiedImageError:
-        return "not a readable image (unknown or corrupt format)"
     except Exception as exc:  # noqa: BLE001 — any decoder failure means "skip this file"
-        return f"corrupt image: {type(exc).__name__}: {exc}"
+        return why_unreadable(exc)
     return None
 
 
-def _walk_class(class_dir: Path, rel_base: Path) -> tuple[list[str], list[tuple[str, str]]]:
+_HASH_CHUNK = 1 << 20
+_MAX_FACTS = 1_000_000  # per-process memo of checked files; cleared when it grows past this
+# (path, size, mtime_ns, ctime_ns, inode) → (check_image reason, SHA-256 of the content): a file is read
+# and checked once per process while none of these change. ctime moves on every write and every utime(), so
+# content replaced in place with its size and mtime restored is still re-read.
+_FILE_FACTS: dict[tuple[str, int, int, int, int], tuple[str | None, str]] = {}
+
+
+def content_hash(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of the file's bytes (hardware-accelerated on current x86 and ARM CPUs)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _examine(path: str) -> tuple[str | None, int, str]:
+    """``(reason it is unusable or None, size, content hash)`` of one candidate image, memoised."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return ("broken symlink (its target does not exist)" if os.path.islink(path) else why_unreadable(exc)), 0, ""
+    key = (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    facts = _FILE_FACTS.get(key)
+    if facts is None:
+        reason = check_image(path)
+        try:
+            facts = (reason, content_hash(path) if reason is None else "")
+        except OSError as exc:
+            facts = (f"vanished during the scan: {exc}", "")
+        if len(_FILE_FACTS) >= _MAX_FACTS:
+            _FILE_FACTS.clear()
+        _FILE_FACTS[key] = facts
+    return facts[0], st.st_size, facts[1]
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _link_escapes(link: str, class_real: str, scan_real: str) -> str | None:
+    """Why following symlink ``link`` (inside a class folder) would mislabel images, or ``None``.
+
+    It may point anywhere inside its own class folder, or outside the scanned folder altogether (a
+    folder of links into an image store); it may not point at the class folder or above it (a loop that
+    walks the other classes) nor into another class of the scanned folder.
+    """
+    target = os.path.realpath(link)
+    if _within(target, class_real) and target != class_real:
+        return None
+    if _within(class_real, target):
+        return f"symlink to {target}, the class folder or a folder above it: skipped (it would walk other classes)"
+    if _within(target, scan_real):
+        return f"symlink to {target}, outside its class folder: skipped (it would label another class's images)"
+    return None
+
+
+def _walk_class(class_dir: Path, rel_base: Path, scan_real: str) -> tuple[list[str], list[tuple[str, str]]]:
     """Candidate image paths (relative to ``rel_base``) under ``class_dir``, and skipped entries."""
     found: list[str] = []
     skipped: list[tuple[str, str]] = []
     seen: set[str] = set()
+    class_real = os.path.realpath(class_dir)
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
         real = os.path.realpath(dirpath)
-        if real in seen:  # a symlink loop
+        if real in seen:  # reached twice through links inside the class folder
             dirnames[:] = []
             continue
         seen.add(real)
+        keep = []
         for d in sorted(dirnames):
-            if _is_hidden(d):
-                skipped.append((os.path.join(dirpath, d), "hidden folder ignored"))
-        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+            full = os.path.join(dirpath, d)
+            escape = _link_escapes(full, class_real, scan_real) if os.path.islink(full) else None
+            if _is_hidden(d) or escape:
+                skipped.append((full, escape or "hidden folder ignored"))
+            else:
+                keep.append(d)
+        dirnames[:] = keep
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
             if _is_hidden(name):
                 skipped.append((full, "hidden or system file"))
             elif os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
                 skipped.append((full, f"not an image file (extensions: {' '.join(IMAGE_EXTENSIONS)})"))
+            elif os.path.islink(full) and (escape := _link_escapes(full, class_real, scan_real)):
+                skipped.append((full, escape))
             else:
                 found.append(Path(full).relative_to(rel_base).as_posix())
     return found, skipped
 
 
-def _run_checks(paths: list[str], progress: bool) -> list[str | None]:
+def _run_checks(paths: list[str], progress: bool) -> list[tuple[str | None, int, str]]:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(paths), desc="checking images", unit="img", disable=not progress or len(paths) < _PROGRESS_MIN)
@@ -390,48 +487,58 @@ def _run_checks(paths: list[str], progress: bool) -> list[str | None]:
         if len(paths) < _THREADED_CHECK_MIN:
             out = []
             for p in paths:
-                out.append(check_image(p))
+                out.append(_examine(p))
                 bar.update()
             return out
-        # decoders release the GIL and scans are often I/O-bound: threads help even on few cores
+        # decoders and hashlib release the GIL and scans are often I/O-bound: threads help even on few cores
         workers = min(16, 2 * (os.cpu_count() or 1))
         with ThreadPoolExecutor(workers) as pool:
             out = []
-            for reason in pool.map(check_image, paths, chunksize=16):
-                out.append(reason)
+            for facts in pool.map(_examine, paths, chunksize=16):
+                out.append(facts)
                 bar.update()
             return out
     finally:
         bar.close()
 
 
+def _class_folder_escape(entry: os.DirEntry, scan_real: str) -> str | None:
+    """Why a symlinked class folder would relabel images (it points at or above the scanned folder, or
+    at another folder inside it), or ``None``."""
+    if not entry.is_symlink():
+        return None
+    target = os.path.realpath(entry.path)
+    if _within(scan_real, target) or _within(target, scan_real):
+        return (f"symlinked class folder to {target}, inside or above the data folder: skipped (its images "
+                "would get a second label)")
+    return None
+
+
 def _scan_classes(folder: Path, rel_base: Path, progress: bool) -> _Scanned:
     """Scan ``folder/<class>/…``: every candidate image checked, empty classes warned about."""
     skipped: list[tuple[str, str]] = []
     candidates: dict[str, list[str]] = {}
+    scan_real = os.path.realpath(folder)
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        escape = _class_folder_escape(entry, scan_real) if entry.is_dir() else None
         if _is_hidden(entry.name):
             skipped.append((entry.path, "hidden folder or file ignored"))
+        elif escape:
+            skipped.append((entry.path, escape))
         elif entry.is_dir():
-            found, skip = _walk_class(Path(entry.path), rel_base)
+            found, skip = _walk_class(Path(entry.path), rel_base, scan_real)
             candidates[entry.name] = found
             skipped += skip
         else:
             skipped.append((entry.path, "not inside a class folder"))
     flat = [(cls, rel) for cls, rels in candidates.items() for rel in rels]
-    reasons = _run_checks([os.fspath(rel_base / rel) for _, rel in flat], progress)
-    files: dict[str, list[tuple[str, int, int]]] = {cls: [] for cls in candidates}
-    for (cls, rel), reason in zip(flat, reasons):
-        full = rel_base / rel
+    checked = _run_checks([os.fspath(rel_base / rel) for _, rel in flat], progress)
+    files: dict[str, list[tuple[str, int, str]]] = {cls: [] for cls in candidates}
+    for (cls, rel), (reason, size, content) in zip(flat, checked):
         if reason is None:
-            try:
-                st = full.stat()
-            except OSError as exc:
-                skipped.append((os.fspath(full), f"vanished during the scan: {exc}"))
-                continue
-            files[cls].append((rel, st.st_size, st.st_mtime_ns))
+            files[cls].append((rel, size, content))
         else:
-            skipped.append((os.fspath(full), reason))
+            skipped.append((os.fspath(rel_base / rel), reason))
     for cls in list(files):
         if not files[cls]:
             del files[cls]
@@ -473,7 +580,7 @@ def _from_folder(root: Path, val_fraction: float, seed: int, progress: bool) -> 
     _need_two_classes(classes, train_dir)
     skipped = list(scan.skipped)
     label = {c: i for i, c in enumerate(classes)}
-    train_rows = [(rel, size, mt, label[c]) for c in classes for rel, size, mt in scan.files[c]]
+    train_rows = [(rel, size, h, label[c]) for c in classes for rel, size, h in scan.files[c]]
     if val_dir is None:
         tr, va = _stratified_split([r[3] for r in train_rows], classes, val_fraction, seed)
         val_rows = [train_rows[i] for i in va]
@@ -486,15 +593,15 @@ def _from_folder(root: Path, val_fraction: float, seed: int, progress: bool) -> 
             raise DataError(f"Validation class {unseen[0]!r} (folder {val_dir / unseen[0]}) has no images in "
                             f"the training folder {train_dir}; add training images for it or remove it.")
         skipped += vscan.skipped
-        val_rows = [(rel, size, mt, label[c]) for c in classes for rel, size, mt in vscan.files.get(c, [])]
+        val_rows = [(rel, size, h, label[c]) for c in classes for rel, size, h in vscan.files.get(c, [])]
         params = {}
     fingerprint = _fingerprint(
         {"kind": "folder", "layout": layout, "classes": classes, **params},
-        (f"{s}\0{rel}\0{size}\0{mt}\0{y}" for s, rows in (("train", train_rows), ("val", val_rows))
-         for rel, size, mt, y in rows),
+        (f"{s}\0{rel}\0{size}\0{h}\0{y}" for s, rows in (("train", train_rows), ("val", val_rows))
+         for rel, size, h, y in rows),
     )
 
-    def files(rows: list[tuple[str, int, int, int]]) -> ImageFiles:
+    def files(rows: list[tuple[str, int, str, int]]) -> ImageFiles:
         return ImageFiles([(os.fspath(root / rel), y) for rel, _, _, y in rows], classes, os.fspath(root))
 
     return DataSplit(files(train_rows), files(val_rows), classes, os.fspath(root), fingerprint, skipped)

@@ -65,7 +65,9 @@ def replace_linear_head(model: nn.Module, head_name: str, num_classes: int) -> n
     return model
 
 
-def _member_names(model: nn.Module) -> list[str]:
+def member_names(model: nn.Module) -> list[str]:
+    """Every parameter, buffer and leaf-module name of ``model``, once each, in module order: the names a
+    stage is made of (see :data:`Stages`)."""
     names = [n for n, _ in model.named_parameters()]
     names += [n for n, _ in model.named_buffers()]
     names += [n for n, m in model.named_modules() if n and not any(True for _ in m.children())]
@@ -86,7 +88,7 @@ def stages_from_patterns(
     other: list[str] = []
     stateful = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
     stateful |= {n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))}
-    for name in _member_names(model):
+    for name in member_names(model):
         if under(name, head):
             continue
         for stage, rx in compiled:

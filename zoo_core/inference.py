@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from PIL import Image
 from torch import nn
 
 from . import data as zdata
+from . import registry
+from . import weights as wts
 from .adapter import DataConfig
-from .errors import DataError, ZooError
+from .errors import ZooError
 from .models import create
 from .rundir import load_checkpoint
 
@@ -37,26 +39,16 @@ class ZooClassifier(nn.Module):
         return self.model(x)
 
     def preprocess(self, images: Sequence[str | os.PathLike | Image.Image]) -> torch.Tensor:
-        """Decode, resize, crop and normalise images into one batch."""
-        tensors = []
-        for img in images:
-            if not isinstance(img, Image.Image):
-                path = Path(img)
-                try:
-                    with Image.open(path) as opened:
-                        img = zdata.to_rgb(opened)
-                except (OSError, ValueError) as exc:
-                    raise DataError(f"cannot read image {str(path)!r}: {exc}") from exc
-            else:
-                img = zdata.to_rgb(img)
-            tensors.append(self._transform(img))
+        """Decode (:func:`zoo_core.data.load_image`), resize, crop and normalise images into one batch."""
+        pil = [zdata.to_rgb(img) if isinstance(img, Image.Image) else zdata.load_image(img) for img in images]
         device = next(self.model.parameters()).device
-        return zdata.normalize(torch.stack(tensors).to(device), self.data_config)
+        return zdata.normalize(torch.stack([self._transform(img) for img in pil]).to(device), self.data_config)
 
     @torch.no_grad()
     def predict(self, images: Sequence[str | os.PathLike | Image.Image], topk: int = 5,
                 batch_size: int = 32) -> list[list[tuple[str, float]]]:
-        """Top-``k`` ``(label, probability)`` pairs for each image."""
+        """Top-``k`` ``(label, probability)`` pairs for each image (an unreadable file raises
+        :class:`zoo_core.data.UnreadableImage`; :func:`predict` reports it per file instead)."""
         self.eval()
         out: list[list[tuple[str, float]]] = []
         k = min(topk, len(self.classes))
@@ -78,20 +70,101 @@ def _checkpoint_path(run: str | os.PathLike) -> Path:
     return path
 
 
-def load(run: str | os.PathLike, device: str | torch.device = "cpu") -> ZooClassifier:
-    """The trained model of run directory (or checkpoint file) ``run``, ready for inference."""
-    ck: dict[str, Any] = load_checkpoint(_checkpoint_path(run))
+def _inconsistent(path: Path, what: str) -> ZooError:
+    return ZooError(f"checkpoint {str(path)!r} {what}; it was not written by zoo train or has been changed "
+                    "since: use the run's own best.pt, or train again")
+
+
+def _data_config(path: Path, raw: Any) -> DataConfig:
+    """The checkpoint's data config, checked field by field."""
+    try:
+        if not isinstance(raw, Mapping):
+            raise TypeError(f"it is a {type(raw).__name__}, not a dict")
+        dc = DataConfig.from_dict(dict(raw))
+        channels = len(dc.input_size)
+        if channels != 3 or not all(isinstance(v, int) and v > 0 for v in dc.input_size):
+            raise ValueError(f"input_size {list(dc.input_size)} is not [channels, height, width]")
+        if not (len(dc.mean) == len(dc.std) == dc.input_size[0]) or not all(float(s) > 0 for s in dc.std):
+            raise ValueError(f"mean {list(dc.mean)} / std {list(dc.std)} do not fit {dc.input_size[0]} channels")
+        if not 0 < float(dc.crop_pct) <= 1:
+            raise ValueError(f"crop_pct {dc.crop_pct!r} is not in (0, 1]")
+        zdata.eval_transform(dc)  # an unknown interpolation fails here
+    except (TypeError, ValueError, ZooError) as exc:
+        raise _inconsistent(path, f"has a bad data_config ({' '.join(str(exc).split())})") from exc
+    return dc
+
+
+def _check_contents(path: Path, ck: Any) -> tuple[str, list[str], Mapping[str, torch.Tensor]]:
+    """``(backbone, classes, model state)`` of a checkpoint, or a one-line ZooError naming what is wrong."""
+    if not isinstance(ck, Mapping):
+        raise _inconsistent(path, f"holds a {type(ck).__name__}, not a dict")
     for key in ("model", "classes", "backbone", "data_config"):
         if key not in ck:
-            raise ZooError(f"checkpoint of {str(run)!r} lacks {key!r}: not written by zoo train")
-    model = create(ck["backbone"], num_classes=len(ck["classes"]), weights=None)
-    model.load_state_dict(ck["model"])
-    clf = ZooClassifier(model, list(ck["classes"]), DataConfig.from_dict(ck["data_config"]), ck["backbone"])
+            raise _inconsistent(path, f"lacks {key!r}")
+    backbone, classes, state = ck["backbone"], ck["classes"], ck["model"]
+    if not isinstance(backbone, str) or not backbone:
+        raise _inconsistent(path, f"names backbone {backbone!r}, not a backbone name")
+    if not isinstance(classes, (list, tuple)) or not classes or not all(isinstance(c, str) for c in classes):
+        raise _inconsistent(path, f"has classes {str(classes)[:80]!r}, not a non-empty list of names")
+    if len(set(classes)) != len(classes):
+        raise _inconsistent(path, "lists a class name twice")
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise _inconsistent(path, f"has a 'model' of type {type(state).__name__}, not a state dict of tensors")
+    if ck.get("part"):
+        raise ZooError(f"checkpoint {str(path)!r} holds only the head {ck['part']!r} (a feature-extraction "
+                       "run's last.pt, for --resume): load the run's best.pt, or finish the run with --resume")
+    return backbone, list(classes), state
+
+
+def load(run: str | os.PathLike, device: str | torch.device = "cpu") -> ZooClassifier:
+    """The trained model of run directory (or checkpoint file) ``run``, ready for inference.
+
+    Every inconsistency in the checkpoint (class list versus head size, a ``model`` that is not a state
+    dict, a bad data config, an unknown backbone) is a one-line :class:`zoo_core.ZooError` naming the file.
+    """
+    path = _checkpoint_path(run)
+    ck: Any = load_checkpoint(path)
+    backbone, classes, state = _check_contents(path, ck)
+    data_config = _data_config(path, ck["data_config"])
+    try:
+        adapter, _ = registry.get_adapter(backbone)
+    except ZooError as exc:
+        raise ZooError(f"checkpoint {str(path)!r} was trained with backbone {backbone!r}: {exc}") from exc
+    model = create(backbone, num_classes=len(classes), weights=None)
+    head = adapter.head_name(model)
+    head_weight = state.get(f"{head}.weight")
+    if head_weight is not None and head_weight.shape[0] != len(classes):
+        raise _inconsistent(path, f"lists {len(classes)} classes but its head {head!r} has {head_weight.shape[0]} "
+                                  "outputs")
+    try:
+        wts.load_into(model, state, head=None, source=str(path))
+    except ZooError as exc:
+        raise _inconsistent(path, f"does not fit {backbone} ({exc})") from exc
+    clf = ZooClassifier(model, classes, data_config, backbone)
     return clf.to(device).eval()
 
 
-def predict(run: str | os.PathLike, images: Sequence[str | os.PathLike], topk: int = 5) -> list[dict[str, Any]]:
-    """Label image files with the model of run ``run``: one dict per image with its top-k."""
+def predict(run: str | os.PathLike, images: Sequence[str | os.PathLike], topk: int = 5,
+            batch_size: int = 32) -> list[dict[str, Any]]:
+    """Label image files with the model of run ``run``: one dict per image, in order, with its
+    ``"top"`` k ``{"label", "probability"}``. A file that cannot be read gets an empty ``"top"`` and an
+    ``"error"`` line; the other files are still labelled."""
     clf = load(run)
-    return [{"image": str(img), "top": [{"label": lbl, "probability": round(p, 6)} for lbl, p in preds]}
-            for img, preds in zip(images, clf.predict(images, topk=topk))]
+    results: list[dict[str, Any]] = [{"image": str(img), "top": []} for img in images]
+    pending: list[tuple[dict[str, Any], Image.Image]] = []
+
+    def flush() -> None:
+        for (row, _), preds in zip(pending, clf.predict([img for _, img in pending], topk=topk,
+                                                        batch_size=batch_size)):
+            row["top"] = [{"label": lbl, "probability": round(p, 6)} for lbl, p in preds]
+        pending.clear()
+
+    for row, img in zip(results, images):
+        try:
+            pending.append((row, zdata.load_image(img)))
+        except zdata.UnreadableImage as exc:
+            row["error"] = f"cannot read image {exc.path}: {exc.reason}"
+        if len(pending) == batch_size:
+            flush()
+    flush()
+    return results

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
+import importlib
 import importlib.metadata as md
+import inspect
 import os
+import re
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +45,11 @@ class PluginRecord:
 
 _pm: pluggy.PluginManager | None = None  # the one manager, built on first use
 _load_errors: dict[str, PluginRecord] = {}  # entry points that failed to import, by name
+_unmatched: list[str] = []  # names in BACKBONE_ZOO_PLUGINS that no installed entry point has
+_installed: list[str] = []  # every installed entry-point name, whether or not it was allowed to load
 _listeners: list[Any] = []  # callables run when the set of plugins changes
+# frames in these folders are the machinery, not the plugin: error locations skip them
+_MACHINERY = tuple(os.path.dirname(m.__file__) + os.sep for m in (hookspecs, pluggy, importlib))
 
 
 def allowed_plugins() -> set[str] | None:
@@ -52,20 +60,115 @@ def allowed_plugins() -> set[str] | None:
     return {p.strip() for p in raw.split(",") if p.strip()}
 
 
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def _entry_points() -> list[md.EntryPoint]:
-    eps = md.entry_points(group=ENTRY_POINT_GROUP)
+    """The allowed entry points; records the installed names and the allowed names that match none."""
+    eps = list(md.entry_points(group=ENTRY_POINT_GROUP))
     allowed = allowed_plugins()
-    chosen = [
-        ep for ep in eps
-        if allowed is None or ep.name in allowed or (ep.dist and ep.dist.name in allowed)
-    ]
+    wanted = None if allowed is None else {_canonical(a): a for a in allowed}
+    _installed[:] = sorted({ep.name for ep in eps})
+    chosen, matched = [], set()
+    for ep in eps:
+        keys = {_canonical(ep.name)} | ({_canonical(ep.dist.name)} if ep.dist else set())
+        if wanted is None or keys & set(wanted):
+            chosen.append(ep)
+            matched |= keys
+    _unmatched[:] = [] if wanted is None else sorted(v for k, v in wanted.items() if k not in matched)
     return sorted(chosen, key=lambda ep: ep.name)
 
 
-def _short_error(exc: BaseException) -> str:
-    last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
-    where = f" ({last[0].filename}:{last[0].lineno})" if last else ""
-    return f"{type(exc).__name__}: {exc}{where}"
+def unmatched_plugins() -> list[str]:
+    """Names in ``BACKBONE_ZOO_PLUGINS`` that match no installed entry point or distribution."""
+    get_plugin_manager()
+    return list(_unmatched)
+
+
+def installed_plugins() -> list[str]:
+    """Every installed ``backbone_zoo`` entry-point name (allowed to load or not)."""
+    get_plugin_manager()
+    return list(_installed)
+
+
+def selection_note() -> str | None:
+    """One sentence on what ``BACKBONE_ZOO_PLUGINS`` does right now (``None`` when it is unset)."""
+    raw = os.environ.get(ENV_VAR)
+    if raw is None:
+        return None
+    missing = unmatched_plugins()
+    installed = ", ".join(installed_plugins()) or "none"
+    if missing:
+        return (f"{ENV_VAR}={raw!r} names no installed plugin called {', '.join(map(repr, missing))} "
+                f"(installed: {installed}); fix the name, or unset {ENV_VAR} to load every plugin")
+    return f"{ENV_VAR}={raw!r} limits which plugins load (installed: {installed})"
+
+
+def error_location(exc: BaseException) -> str | None:
+    """``file:line`` of the innermost traceback frame outside zoo_core, pluggy and importlib: the
+    plugin's own line that raised (or called what raised). ``None`` when there is no such frame."""
+    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
+    own = [f for f in frames if not f.filename.startswith(("<frozen", *_MACHINERY))]
+    return f"{own[-1].filename}:{own[-1].lineno}" if own else None
+
+
+def short_error(exc: BaseException) -> str:
+    """One line: the exception, and where in the plugin it came from."""
+    if isinstance(exc, SystemExit):
+        text = f"called sys.exit({exc.code!r})"
+    else:
+        text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    where = error_location(exc)
+    return f"{text} ({where})" if where else text
+
+
+def _hookimpl_location(plugin: object, hook: str) -> str | None:
+    fn = getattr(plugin, hook, None)
+    try:
+        fn = inspect.unwrap(fn)  # type: ignore[arg-type]
+        return f"{inspect.getsourcefile(fn)}:{inspect.getsourcelines(fn)[1]}"
+    except (TypeError, OSError):
+        return None
+
+
+def _explain_validation(exc: pluggy.PluginValidationError) -> pluggy.PluginValidationError:
+    """``exc`` as one line, with a close hook name for a misspelt hook and the hookimpl's file:line."""
+    msg = " ".join(str(exc).split())
+    match = re.search(r"(?:unknown hook|for hook) '(\w+)'", msg)
+    if match:
+        hook = match.group(1)
+        specs = [n for n in vars(hookspecs) if hasattr(getattr(hookspecs, n), f"{hookspecs.PROJECT_NAME}_spec")]
+        close = difflib.get_close_matches(hook, specs, n=1, cutoff=0.6) if hook not in specs else []
+        if close:
+            msg += f"; did you mean {close[0]!r}? (hooks: {', '.join(specs)})"
+        where = _hookimpl_location(exc.plugin, hook)
+        if where:
+            msg += f" ({where})"
+    return pluggy.PluginValidationError(exc.plugin, msg)
+
+
+def check_pending(pm: pluggy.PluginManager) -> None:
+    """``pm.check_pending()``; a misspelt hook's error names the closest hook and the hookimpl's line."""
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise _explain_validation(exc) from None
+
+
+def register_checked(pm: pluggy.PluginManager, plugin: object, name: str | None = None) -> str | None:
+    """``pm.register`` + :func:`check_pending`, with explained validation errors; nothing is left
+    registered when either fails."""
+    try:
+        registered = pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as exc:
+        raise _explain_validation(exc) from None
+    try:
+        check_pending(pm)
+    except BaseException:
+        pm.unregister(plugin=plugin)  # do not leave a half-valid plugin behind
+        raise
+    return registered
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -82,9 +185,9 @@ def get_plugin_manager() -> pluggy.PluginManager:
     _load_errors.clear()
     for ep in _entry_points():
         try:
-            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=ep.name)
-            pm.check_pending()  # a misspelt hookimpl fails here, blamed on this entry point alone
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the others
+            _load_entry_point(pm, ep.name)
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken plugin (even one calling
+            # sys.exit() at import) must not break the others
             if pm.get_plugin(ep.name) is not None:
                 pm.unregister(name=ep.name)
             dist = ep.dist
@@ -92,11 +195,19 @@ def get_plugin_manager() -> pluggy.PluginManager:
                 name=ep.name,
                 distribution=dist.name if dist else None,
                 version=dist.version if dist else None,
-                error=f"failed to load {ep.value!r}: {_short_error(exc)}",
+                error=f"failed to load {ep.value!r}: {short_error(exc)}",
             )
-    pm.check_pending()
+    check_pending(pm)
     _pm = pm
     return pm
+
+
+def _load_entry_point(pm: pluggy.PluginManager, name: str) -> None:
+    try:
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
+    except pluggy.PluginValidationError as exc:  # hookimpl arguments that do not match the spec
+        raise _explain_validation(exc) from None
+    check_pending(pm)  # a misspelt hookimpl fails here, blamed on this entry point alone
 
 
 def distribution_of(pm: pluggy.PluginManager, plugin: object) -> tuple[str | None, str | None]:
@@ -126,12 +237,7 @@ def _changed() -> None:
 def register_plugin(plugin: object, name: str | None = None) -> str:
     """Register an in-process plugin object (a module or class with hookimpls); return its name."""
     pm = get_plugin_manager()
-    registered = pm.register(plugin, name=name)
-    try:
-        pm.check_pending()
-    except Exception:
-        pm.unregister(plugin=plugin)  # do not leave a half-valid plugin behind
-        raise
+    registered = register_checked(pm, plugin, name=name)
     _changed()
     return registered or (name or pm.get_name(plugin) or "")
 
@@ -151,4 +257,5 @@ def reload_plugins() -> None:
     global _pm
     _pm = None
     _load_errors.clear()
+    _unmatched.clear()
     _changed()

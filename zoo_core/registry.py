@@ -1,4 +1,9 @@
-"""The backbone registry: names → adapters, built from every plugin's ``register_backbones``."""
+"""The backbone registry: names → adapters, built from every plugin's ``register_backbones``.
+
+A name claimed by two plugins (or twice by one) is a *conflict*: it is still listed — once, with every
+owner — but :func:`get_adapter` of it raises :class:`DuplicateBackboneError` naming the owners and the
+fix, so creating, training or comparing *that* name fails while every other backbone keeps working.
+"""
 
 from __future__ import annotations
 
@@ -12,22 +17,20 @@ from .errors import DuplicateBackboneError, UnknownBackboneError
 from .plugins import PluginRecord
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Entry:
     adapter: BackboneAdapter
     plugin: str
 
 
-_backbones: dict[str, _Entry] = {}  # backbone name → adapter and the plugin that registered it
-_conflicts: dict[str, list[str]] = {}  # backbone name → every plugin claiming it (≥ 2)
+_claims: dict[str, list[_Entry]] = {}  # backbone name → every (adapter, plugin) registering it; ≥ 2: conflict
 _records: dict[str, PluginRecord] = {}  # plugin name → what it registered, or its error
 _built = False
 
 
 def _reset() -> None:
     global _built
-    _backbones.clear()
-    _conflicts.clear()
+    _claims.clear()
     _records.clear()
     _built = False
 
@@ -35,8 +38,8 @@ def _reset() -> None:
 plugins.on_change(_reset)
 
 
-def _collect(pm, name: str, plugin: object) -> tuple[list[BackboneAdapter], str | None]:
-    """Call one plugin's ``register_backbones``; return its adapters or the error it raised."""
+def _collect(pm, name: str, plugin: object) -> tuple[list[tuple[BackboneAdapter, list[str]]], str | None]:
+    """Call one plugin's ``register_backbones``; return ``(adapter, its names)`` pairs or the error."""
     adapters: list[BackboneAdapter] = []
 
     def register(adapter: BackboneAdapter) -> None:
@@ -49,11 +52,17 @@ def _collect(pm, name: str, plugin: object) -> tuple[list[BackboneAdapter], str 
     others = [p for p in pm.get_plugins() if p is not plugin]
     try:
         pm.subset_hook_caller("register_backbones", remove_plugins=others)(register=register)
+        out = []
         for adapter in adapters:
-            adapter._zoo_names = list(adapter.names())  # type: ignore[attr-defined]
-    except Exception as exc:  # noqa: BLE001 - one broken plugin must not break the others
-        return [], plugins._short_error(exc)
-    return adapters, None
+            names = list(adapter.names())
+            bad = [n for n in names if not isinstance(n, str) or not n]
+            if bad:
+                raise TypeError(f"{type(adapter).__name__}.names() returned {bad[0]!r}; names must be "
+                                "non-empty strings")
+            out.append((adapter, list(dict.fromkeys(names))))
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - one broken plugin must not break the others
+        return [], plugins.short_error(exc)
+    return out, None
 
 
 def _build() -> None:
@@ -68,25 +77,59 @@ def _build() -> None:
         _records[name] = record
         if "register_backbones" not in hooks:
             continue
-        adapters, error = _collect(pm, name, plugin)
-        record.error = error
-        for adapter in adapters:
-            for bname in adapter._zoo_names:  # type: ignore[attr-defined]
+        adapters, record.error = _collect(pm, name, plugin)
+        for adapter, names in adapters:
+            for bname in names:
                 record.backbones.append(bname)
-                if bname in _backbones and _backbones[bname].plugin != name:
-                    _conflicts.setdefault(bname, [_backbones[bname].plugin]).append(name)
-                else:
-                    _backbones[bname] = _Entry(adapter, name)
-    for bname, owners in _conflicts.items():
-        for owner in owners:
-            msg = f"backbone {bname!r} is also registered by plugin(s) " + ", ".join(
-                repr(o) for o in owners if o != owner
-            )
+                _claims.setdefault(bname, []).append(_Entry(adapter, name))
+    for bname, entries in _claims.items():
+        owners = list(dict.fromkeys(e.plugin for e in entries))
+        for owner in owners if len(entries) > 1 else []:
+            others = " and ".join(repr(o) for o in owners if o != owner)
+            by = f"also registered by {others}" if others else f"registered by {len(entries)} of its adapters"
             rec = _records[owner]
-            rec.error = msg if rec.error is None else rec.error
+            rec.error = rec.error or (f"backbone {bname!r} is {by}: unusable until only one registers it "
+                                      f"(`zoo list {bname}` shows how)")
     for rec in plugins.load_errors():
         _records.setdefault(rec.name, rec)
     _built = True
+
+
+def _owners(entries: list[_Entry]) -> str:
+    """``"'aaa' (dupz 0.1) and 'resnet' (zoo-resnet 0.1.0)"``: the plugins claiming one name."""
+    parts = []
+    for plugin in dict.fromkeys(e.plugin for e in entries):
+        rec = _records.get(plugin)
+        times = sum(e.plugin == plugin for e in entries)
+        dist = f"{rec.distribution} {rec.version}" if rec and rec.distribution else "registered in-process"
+        parts.append(f"{plugin!r} ({dist}{f', {times} adapters' if times > 1 else ''})")
+    return " and ".join(parts)
+
+
+def conflict_message(name: str) -> str | None:
+    """Why ``name`` cannot be used because several plugins register it, with the fix; ``None`` if it can."""
+    _build()
+    entries = _claims.get(name, [])
+    if len(entries) < 2:
+        return None
+    owners = list(dict.fromkeys(e.plugin for e in entries))
+    if len(owners) == 1:
+        return (f"backbone {name!r} is registered {len(entries)} times by plugin {_owners(entries)}; each "
+                "name must come from one adapter: fix the names() of that plugin's adapters")
+    from_dist = [o for o in owners if _records[o].distribution]
+    in_process = [o for o in owners if o not in from_dist]
+    fixes = []
+    if not in_process:  # the env var selects entry points only
+        loaded = [r.name for r in _records.values() if r.distribution and r.hooks]
+        for keep in owners:
+            value = ",".join(p for p in loaded if p not in owners or p == keep)
+            fixes.append(f"{plugins.ENV_VAR}={value} keeps {keep!r}")
+    if from_dist:
+        dists = " or ".join(str(_records[o].distribution) for o in from_dist)
+        fixes.append(f"`pip uninstall` the distribution you do not want ({dists})")
+    fixes += [f"zoo_core.unregister_plugin({o!r})" for o in in_process]
+    return (f"backbone {name!r} is registered by several plugins: {_owners(entries)}; load only one of "
+            f"them: {', or '.join(fixes)}")
 
 
 def plugins_report() -> list[PluginRecord]:
@@ -96,31 +139,37 @@ def plugins_report() -> list[PluginRecord]:
 
 
 def get_adapter(name: str) -> tuple[BackboneAdapter, str]:
-    """Return ``(adapter, plugin name)`` for backbone ``name``; raise with close matches if unknown."""
+    """Return ``(adapter, plugin name)`` for backbone ``name``; raise with close matches if unknown,
+    and :class:`DuplicateBackboneError` naming every owner if several plugins register it."""
     _build()
-    if name in _conflicts:
-        owners = ", ".join(repr(o) for o in _conflicts[name])
-        raise DuplicateBackboneError(
-            f"backbone {name!r} is registered by several plugins ({owners}); keep only one with "
-            f"{plugins.ENV_VAR}=<plugin>[,<plugin>...] or uninstall the other distribution"
-        )
-    entry = _backbones.get(name)
-    if entry is None:
+    conflict = conflict_message(name)
+    if conflict:
+        raise DuplicateBackboneError(conflict)
+    entries = _claims.get(name)
+    if not entries:
         raise UnknownBackboneError(unknown_message(name))
-    return entry.adapter, entry.plugin
+    return entries[0].adapter, entries[0].plugin
+
+
+def owners(name: str) -> list[tuple[BackboneAdapter, str]]:
+    """Every ``(adapter, plugin name)`` registering ``name`` (more than one: a conflict; none: unknown)."""
+    _build()
+    return [(e.adapter, e.plugin) for e in _claims.get(name, [])]
 
 
 def unknown_message(name: str) -> str:
     """The error text for an unknown backbone, with the closest registered names."""
-    names = list(_backbones)
+    _build()
+    names = list(_claims)
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
     if not close:
         low = name.lower()
         close = [n for n in names if low in n.lower()][:5]
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    note = plugins.selection_note()
     return (
         f"Unknown backbone {name!r}.{hint} Run `zoo list` to see the {len(names)} available "
-        "backbones (timm ones are prefixed 'timm/')."
+        "backbones (timm ones are prefixed 'timm/')." + (f" Note: {note}." if note else "")
     )
 
 
@@ -129,23 +178,27 @@ def list_backbones(
 ) -> list[str]:
     """Sorted backbone names matching the glob ``pattern`` (case-insensitive).
 
+    A name several plugins register is listed once (see :func:`conflict_message`) and matches a
+    ``family`` filter or ``pretrained`` if any of its owners does.
+
     :param pretrained: only names whose ``weights="DEFAULT"`` is pretrained.
     :param family: only this family (``resnet``, ``vgg``, ``timm``, …) or plugin name.
     """
     _build()
     out = []
-    for name, entry in _backbones.items():
+    for name, entries in _claims.items():
         if pattern and not fnmatch.fnmatch(name.lower(), pattern.lower()):
             continue
-        if family and family not in (entry.adapter.family, entry.plugin):
-            continue
-        if pretrained and not entry.adapter.has_pretrained(name):
-            continue
-        out.append(name)
+        if family:
+            entries = [e for e in entries if family in (e.adapter.family, e.plugin)]
+        if pretrained:
+            entries = [e for e in entries if e.adapter.has_pretrained(name)]
+        if entries:
+            out.append(name)
     return sorted(out)
 
 
 def families() -> list[str]:
     """Every family name in the registry."""
     _build()
-    return sorted({e.adapter.family for e in _backbones.values()})
+    return sorted({e.adapter.family for entries in _claims.values() for e in entries})

@@ -24,6 +24,7 @@ import torch
 
 from .errors import ZooError
 from .util import atomic_write, atomic_write_text
+from .weights import load_refusal
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -40,7 +41,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise ZooError(f"cannot read checkpoint {str(path)!r}: {type(exc).__name__}: {exc}") from exc
+        raise ZooError(f"cannot read checkpoint {str(path)!r}: {load_refusal(exc)}") from exc
 
 
 class RunDir:

@@ -26,6 +26,7 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from . import hookspecs
 from .adapter import BackboneAdapter, DataConfig
+from .plugins import register_checked, short_error
 from .registry import get_adapter
 from .util import few, under
 
@@ -111,6 +112,40 @@ def _input_for(check: _Check, step: str, model: nn.Module, image_size: int, num_
                 ) from exc2
         check.logits(step, model, x, num_classes)
     return x
+
+
+def _check_replace_head(check: _Check, model: nn.Module, x: torch.Tensor, n: int) -> nn.Module:
+    """``replace_head(model, n)`` works in place, gives ``n`` logits, and swaps the module ``head_name`` names."""
+    step = f"replace_head(model, {n})"
+    head_name = check.call("head_name(model)", check.adapter.head_name, model)
+    hint = (f" (head_name(model) is {head_name!r}: it must name the final classifier layer, the one whose "
+            "outputs are the logits — override head_name() if the default guess is wrong)")
+    try:
+        returned = check.call(step, check.adapter.replace_head, model, n)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}{hint}") from exc.__cause__
+    if check.module(step, returned, "return the model") is not model:
+        raise check.fail(step, f"returned a different {type(returned).__name__} object instead of the model it "
+                         "was given: replace_head must change the model in place and return it")
+    model.eval()
+    with torch.no_grad():
+        try:
+            check.logits(step, model, x, n)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}{hint}") from exc.__cause__
+    head_now = check.call("head_name(model)", check.adapter.head_name, model)
+    out = getattr(_submodule(model, head_now), "out_features", n)
+    if out != n:
+        raise check.fail(step, f"the logits have {n} outputs, but the head module has out_features={out}"
+                         + hint.replace(repr(head_name), repr(head_now)))
+    return model
+
+
+def _submodule(model: nn.Module, name: object) -> nn.Module | None:
+    try:
+        return model.get_submodule(name) if isinstance(name, str) else None
+    except AttributeError:
+        return None
 
 
 def _check_stages(check: _Check, model: nn.Module, head_name: str) -> list[tuple[str, list[str]]]:
@@ -274,13 +309,8 @@ def _run(check: _Check, num_classes: int, image_size: int, steps: int) -> None:
                          "return the model")
     x = _input_for(check, step, model, image_size, num_classes)
 
-    other = num_classes + 2
-    for n in (other, num_classes):
-        step = f"replace_head(model, {n})"
-        model = check.module(step, check.call(step, adapter.replace_head, model, n), "return the model")
-        model.eval()
-        with torch.no_grad():
-            check.logits(step, model, x, n)
+    for n in (num_classes + 2, num_classes):
+        model = _check_replace_head(check, model, x, n)
 
     head_name, head, head_params = check.head(model)
     stages = _check_stages(check, model, head_name)
@@ -352,18 +382,20 @@ def check_plugin(plugin: object) -> list[BackboneAdapter]:
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
     try:
-        pm.register(plugin, name="plugin-under-test")
-        pm.check_pending()
+        register_checked(pm, plugin, name="plugin-under-test")
     except pluggy.PluginValidationError as exc:
         raise AssertionError(f"check_plugin({plugin!r}): {exc}") from exc
     adapters: list[BackboneAdapter] = []
 
     def register(adapter: BackboneAdapter) -> None:
         if not isinstance(adapter, BackboneAdapter):
-            raise AssertionError(f"check_plugin: register() got {adapter!r}, not a zoo_core.BackboneAdapter")
+            raise TypeError(f"register() got {adapter!r}, not a zoo_core.BackboneAdapter")
         adapters.append(adapter)
 
-    pm.hook.register_backbones(register=register)
+    try:
+        pm.hook.register_backbones(register=register)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - reported with the plugin's own line
+        raise AssertionError(f"check_plugin({plugin!r}): register_backbones {short_error(exc)}") from exc
     if not adapters:
         raise AssertionError(f"check_plugin({plugin!r}): register_backbones registered no adapter")
     seen: dict[str, str] = {}

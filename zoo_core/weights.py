@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlparse
@@ -25,6 +26,23 @@ def is_local_path(weights: object) -> bool:
     return weights.lower().endswith(LOCAL_SUFFIXES) or os.sep in weights or os.path.exists(weights)
 
 
+def load_refusal(exc: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` (or safetensors) could not read a file, in one line —
+    without torch's advice to switch the safety off."""
+    text = str(exc)
+    if "Weights only load failed" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found:
+            return (f"it holds pickled Python objects ({found.group(1)}), which are never loaded because "
+                    "unpickling can run arbitrary code; re-save only the tensors — torch.save(model.state_dict(), "
+                    "path) — or as .safetensors")
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.S)
+        detail = f" ({' '.join(found.group(1).split())})" if found else ""
+        return f"it is not a torch checkpoint, or it is damaged{detail}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a ``.safetensors`` or torch checkpoint (``weights_only=True``) as a flat state dict.
 
@@ -42,10 +60,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - reported with the file name
-        raise WeightsError(
-            f"cannot read weights file {str(p)!r}: {type(exc).__name__}: {exc}. It must be a "
-            "state dict saved with torch.save or safetensors (pickled objects are refused)."
-        ) from exc
+        reason = load_refusal(exc)
+        need = "" if "pickled" in reason else ". It must be a state dict saved with torch.save or safetensors"
+        raise WeightsError(f"cannot read weights file {str(p)!r}: {reason}{need}") from exc
     for key in ("model", "state_dict", "model_state_dict", "module"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]
@@ -61,18 +78,19 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], *, head: str, source: str) -> list[str]:
+def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], *, head: str | None, source: str) -> list[str]:
     """Copy ``state`` into ``model``; a head of another shape is skipped (the fresh head stays).
 
-    Any other missing, unexpected or mis-shaped key raises :class:`WeightsError` listing them.
-    Returns the keys that were skipped because they belong to a differently-shaped head.
+    Any other missing, unexpected or mis-shaped key raises :class:`WeightsError` listing them
+    (``head=None``: every key must fit, the head's included). Returns the keys that were skipped because
+    they belong to a differently-shaped head.
     """
     own = model.state_dict()
-    head_prefix = head + "."
+    head_prefix = head + "." if head else None
     skipped, mismatched = [], []
     for k, v in state.items():
         if k in own and own[k].shape != v.shape:
-            (skipped if k.startswith(head_prefix) else mismatched).append(
+            (skipped if head_prefix and k.startswith(head_prefix) else mismatched).append(
                 f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
             )
     usable = {k: v for k, v in state.items() if not any(s.startswith(k + " ") for s in skipped)}

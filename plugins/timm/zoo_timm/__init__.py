@@ -13,7 +13,8 @@ from timm.models._manipulate import group_with_matcher
 from torch import nn
 
 from zoo_core import BackboneAdapter, DataConfig, WeightsError, hookimpl
-from zoo_core.freezing import Stages, find_head
+from zoo_core.freezing import Stages, find_head, member_names
+from zoo_core.util import under
 from zoo_core.weights import offline_hint
 
 PREFIX = "timm/"
@@ -101,9 +102,7 @@ class TimmAdapter(BackboneAdapter):
         """One stage per group of ``model.group_matcher(coarse=True)``; unmatched non-head layers
         (e.g. a pre-logits norm) form a last stage ``neck``."""
         head = self.head_name(model)
-        names = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
-        names += [n for n, m in model.named_modules() if n and not any(True for _ in m.children())]
-        names = [n for n in dict.fromkeys(names) if not (n == head or n.startswith(head + "."))]
+        names = [n for n in member_names(model) if not under(n, head)]
         stateful = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
         try:
             groups = group_with_matcher(((n, None) for n in names), model.group_matcher(coarse=True))

@@ -1,0 +1,127 @@
+"""Inference from a run: ``zoo predict`` labels the readable images and reports each unreadable one (a
+decompression bomb, a corrupt or non-image file) as one line; an inconsistent checkpoint is one line too."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+from helpers_cli import one_line_error, run
+from helpers_images import cut_scan_jpeg, make_folder, write_image
+
+import zoo_core
+from zoo_core import data as zdata
+from zoo_core.rundir import load_checkpoint, save_checkpoint
+
+pytestmark = pytest.mark.usefixtures("skip_run_plots")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished two-class feature-extraction run of timm/test_resnet at 32 px."""
+    root = tmp_path_factory.mktemp("inf")
+    data = make_folder(root / "data", num_classes=2, per_class=6)
+    result = zoo_core.train("timm/test_resnet", data, weights=None, image_size=32, progress=False,
+                            out_dir=root / "runs", run_name="r")
+    return result.run_dir
+
+
+def png_bomb(path: Path, side: int = 40_000) -> Path:
+    """A 100-byte PNG whose header claims side × side pixels (1.6 billion): Pillow's bomb guard refuses it."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1-bit gray
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_predict_labels_good_files_and_reports_each_bad_one(run_dir: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    good = write_image(tmp_path / "good.png", cls=0, index=50)
+    bomb = png_bomb(tmp_path / "bomb.png")
+    cut = cut_scan_jpeg(tmp_path / "cut.jpg")
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not an image")
+    missing = tmp_path / "missing.png"
+    good2 = write_image(tmp_path / "good2.png", cls=1, index=51)
+
+    code, out, err = run(capsys, "predict", run_dir, good, bomb, cut, notes, missing, good2, "-k", "1")
+    assert code == 2
+    assert [line.split()[0] for line in out.splitlines()[2:]] == [str(good), str(good2)]  # good files still print
+    errors = err.splitlines()
+    assert len(errors) == 4 and all(e.startswith("zoo: error: cannot read image ") for e in errors)
+    assert f"{bomb}: image too large" in errors[0] and "decompression bomb" in errors[0]
+    assert f"{cut}: corrupt image" in errors[1]
+    assert f"{notes}: not a readable image" in errors[2] and f"{missing}: file not found" in errors[3]
+    assert "Traceback" not in err
+
+    code, out, _ = run(capsys, "predict", run_dir, good, bomb, "--json")
+    rows = json.loads(out)
+    assert code == 2 and [r["image"] for r in rows] == [str(good), str(bomb)]
+    assert len(rows[0]["top"]) == 2 and "error" not in rows[0]
+    assert rows[1]["top"] == [] and "image too large" in rows[1]["error"]
+
+    code, out, err = run(capsys, "predict", run_dir, bomb)
+    assert code == 2 and out == "" and "image too large" in one_line_error(err)
+
+    clf = zoo_core.load(run_dir)
+    with pytest.raises(zdata.UnreadableImage, match=r"bomb\.png: image too large") as exc:
+        clf.predict([good, bomb])
+    assert isinstance(exc.value, zoo_core.DataError) and "\n" not in str(exc.value)
+
+
+def _edit(key: str, value: Any) -> Callable[[dict[str, Any]], Any]:
+    def edit(ck: dict[str, Any]) -> dict[str, Any]:
+        ck = dict(ck)
+        if value is KeyError:
+            del ck[key]
+        else:
+            ck[key] = value(ck) if callable(value) else value
+        return ck
+    return edit
+
+
+@pytest.mark.parametrize(("edit", "needle"), [
+    (_edit("classes", lambda ck: [*ck["classes"], "extra"]), "lists 3 classes but its head 'fc' has 2 outputs"),
+    (_edit("classes", "class0"), "has classes 'class0', not a non-empty list of names"),
+    (_edit("classes", ["a", "a"]), "lists a class name twice"),
+    (_edit("model", [1, 2, 3]), "has a 'model' of type list, not a state dict of tensors"),
+    (_edit("model", lambda ck: dict(list(ck["model"].items())[1:])),  # the first key dropped
+     "does not fit timm/test_resnet (weights"),
+    (_edit("model", lambda ck: {**ck["model"], "extra.weight": torch.zeros(1)}), "unexpected keys: extra.weight"),
+    (_edit("data_config", "bilinear"), "has a bad data_config (it is a str, not a dict)"),
+    (_edit("data_config", lambda ck: {**ck["data_config"], "input_size": [3, 32]}), "input_size [3, 32] is not"),
+    (_edit("data_config", lambda ck: {**ck["data_config"], "interpolation": "sideways"}),
+     "bad data_config (Unknown interpolation 'sideways'"),
+    (_edit("data_config", lambda ck: {**ck["data_config"], "std": [0.2, 0.0, 0.2]}), "do not fit 3 channels"),
+    (_edit("backbone", "resnet19"), "was trained with backbone 'resnet19': Unknown backbone 'resnet19'."),
+    (_edit("backbone", 7), "names backbone 7, not a backbone name"),
+    (_edit("data_config", KeyError), "lacks 'data_config'"),
+    (lambda ck: torch.zeros(3), "holds a Tensor, not a dict"),
+])
+def test_inconsistent_checkpoint_is_one_line_naming_file_and_fault(
+        run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], edit: Callable[[Any], Any],
+        needle: str) -> None:
+    bad = tmp_path / "best.pt"
+    save_checkpoint(bad, edit(load_checkpoint(run_dir / "best.pt")))
+    image = write_image(tmp_path / "x.png", cls=0, index=1)
+    code, out, err = run(capsys, "predict", bad, image)
+    line = one_line_error(err)
+    assert code == 2 and out == "" and f"checkpoint '{bad}'" in line and needle in line, line
+
+
+def test_head_only_last_checkpoint_says_to_use_best(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = make_folder(tmp_path / "data", num_classes=2, per_class=6)
+    r = zoo_core.train("timm/test_resnet", data, weights=None, image_size=32, epochs=1, progress=False,
+                       out_dir=tmp_path / "runs", run_name="r")  # head-only epochs: last.pt holds the head
+    image = write_image(tmp_path / "x.png", cls=0, index=1)
+    code, _, err = run(capsys, "predict", r.run_dir / "last.pt", image)
+    assert code == 2 and "holds only the head 'fc'" in one_line_error(err) and "best.pt" in err
+    assert run(capsys, "predict", r.run_dir, image)[0] == 0  # the run directory itself uses best.pt
