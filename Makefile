@@ -4,8 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 RTSTAMP := $(VENV)/.installed-runtime-stamp
-PKGS   := -e . -e plugins/resnet -e plugins/vgg -e plugins/timm
-PYPROJECTS := pyproject.toml plugins/resnet/pyproject.toml plugins/vgg/pyproject.toml plugins/timm/pyproject.toml
+PKGS   := -e . -e plugins/resnet -e plugins/vgg -e plugins/timm -e plugins/effnet_lite
+PYPROJECTS := pyproject.toml plugins/resnet/pyproject.toml plugins/vgg/pyproject.toml plugins/timm/pyproject.toml \
+              plugins/effnet_lite/pyproject.toml
 
 .PHONY: install demo test lint bench clean
 

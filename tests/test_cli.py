@@ -82,7 +82,7 @@ def test_list_without_match_and_with_unknown_family(capsys) -> None:
     assert (code, out) == (0, "") and "no backbones match" in err
     code, out, err = run(capsys, "list", "--family", "alexnet")
     assert code == 2 and out == ""
-    assert err.strip() == "zoo: error: unknown family 'alexnet'; choose one of: resnet, timm, vgg"
+    assert err.strip() == "zoo: error: unknown family 'alexnet'; choose one of: efficientnet_lite, resnet, timm, vgg"
 
 
 def test_info_text(capsys) -> None:

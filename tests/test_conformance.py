@@ -13,7 +13,7 @@ import zoo_core
 from zoo_core import freezing
 from zoo_core.testing import adapter_names_for_tests, check_adapter, check_plugin
 
-BACKBONES = ["resnet18", "vgg11_bn", "timm/test_resnet", "timm/test_vit", "timm/test_efficientnet"]
+BACKBONES = ["resnet18", "vgg11_bn", "timm/test_resnet", "timm/test_vit", "timm/test_efficientnet", "efficientnet_lite0"]
 
 
 @pytest.mark.parametrize("name", BACKBONES)
