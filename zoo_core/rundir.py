@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise ZooError(f"checkpoint {str(path)!r} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's text is many lines on how to load it unsafely
+        raise ZooError(f"cannot read checkpoint {str(path)!r}: it holds objects other than tensors and plain "
+                       "values, which weights-only loading refuses; save a state dict instead") from exc
     except Exception as exc:  # noqa: BLE001
-        raise ZooError(f"cannot read checkpoint {str(path)!r}: {type(exc).__name__}: {exc}") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ZooError(f"cannot read checkpoint {str(path)!r}: {type(exc).__name__}: {first}") from exc
 
 
 class RunDir:
