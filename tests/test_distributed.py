@@ -36,7 +36,7 @@ from zoo_core.distributed import (
     torchrun_command,
 )
 from zoo_core.errors import ZooError
-from zoo_core.trainer import EpochSampler
+from zoo_core.training import EpochSampler
 
 ENTRY = Path(__file__).with_name("ddp_entry.py")
 TOL_FINETUNE = 1e-4  # |single − DDP| for losses / accuracies of the LayerNorm fine-tune

@@ -1,4 +1,4 @@
-"""The LR range test (zoo_core.lrfind): its outputs, its suggestion rule, and whether the suggestion is worth
+"""The LR range test (zoo_core.training.lrfind): its outputs, its suggestion rule, and whether the suggestion is worth
 using (issue 7: a short fine-tune at the suggested LR beats the same run at 100x and at 1/100 of it).
 
 Tiny LayerNorm ViT (``timm/test_vit``, random init) at 32 px on generated folders; no BatchNorm, so the
@@ -18,7 +18,7 @@ from PIL import Image
 import zoo_core
 from zoo_core import plots
 from zoo_core.errors import TrainingError
-from zoo_core.lrfind import lr_find, suggest_lr
+from zoo_core.training.lrfind import lr_find, suggest_lr
 
 KW = dict(weights=None, image_size=32, num_workers=0, batch_size=16, precision="fp32", device="cpu")
 

@@ -20,9 +20,10 @@ from PIL import Image
 from torch import nn
 
 import zoo_core
-from zoo_core import DataError, TrainingError, ZooError, plots, strategies, trainer
+from zoo_core import DataError, TrainingError, ZooError, plots, strategies
 from zoo_core import data as zdata
 from zoo_core.rundir import load_checkpoint
+from zoo_core.training import report, steps
 
 FAST: dict[str, Any] = dict(weights=None, image_size=32, num_workers=0, progress=False, batch_size=8,
                             precision="fp32", device="cpu")
@@ -91,7 +92,7 @@ def interrupt_at(monkeypatch: pytest.MonkeyPatch, call: int,
                  before: Callable[[nn.Module], None] | None = None) -> Callable[[], None]:
     """Make the ``call``-th epoch raise KeyboardInterrupt (or, with ``before``, run ``before(module)`` and
     go on). Returns a function that puts the real ``train_one_epoch`` back."""
-    real = trainer.train_one_epoch
+    real = steps.train_one_epoch
     calls = {"n": 0}
 
     def patched(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -102,8 +103,8 @@ def interrupt_at(monkeypatch: pytest.MonkeyPatch, call: int,
             before(module)
         return real(module, *args, **kwargs)
 
-    monkeypatch.setattr(trainer, "train_one_epoch", patched)
-    return lambda: monkeypatch.setattr(trainer, "train_one_epoch", real)
+    monkeypatch.setattr(steps, "train_one_epoch", patched)
+    return lambda: monkeypatch.setattr(steps, "train_one_epoch", real)
 
 
 def one_line(exc: BaseException) -> str:
@@ -350,7 +351,7 @@ def test_nan_loss_raises_training_error_and_keeps_the_best_checkpoint(
 
 def test_non_finite_validation_loss_stops_the_run(tmp_path: Path, easy2: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    real = trainer.evaluate
+    real = steps.evaluate
     calls = {"n": 0}
 
     def evaluate(*args: Any, **kwargs: Any) -> dict:
@@ -358,7 +359,7 @@ def test_non_finite_validation_loss_stops_the_run(tmp_path: Path, easy2: Path,
         calls["n"] += 1
         return {**out, "val_loss": math.inf} if calls["n"] == 2 else out
 
-    monkeypatch.setattr(trainer, "evaluate", evaluate)
+    monkeypatch.setattr(steps, "evaluate", evaluate)
     with pytest.raises(TrainingError) as info:
         train(tmp_path, "inf", easy2, strategy="feature-extraction", epochs=3)
     msg = one_line(info.value)
@@ -496,7 +497,7 @@ def test_load_predicts_what_validation_measured(tmp_path: Path, easy3: Path) -> 
     assert loss == pytest.approx(r.metrics["val_loss"], abs=2e-6)
     assert float((logits.argmax(1) == labels).float().mean()) == pytest.approx(r.metrics["val_acc"], abs=1e-6)
     matrix = json.loads((r.run_dir / "summary.json").read_text())["confusion_matrix"]
-    assert matrix == trainer.confusion(logits.argmax(1), labels, 3)
+    assert matrix == report.confusion(logits.argmax(1), labels, 3)
 
     preds = zoo_core.predict(r.run_dir, paths, topk=2)
     probs = logits.softmax(1)

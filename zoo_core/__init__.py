@@ -25,14 +25,14 @@ from .registry import get_adapter, list_backbones, plugins_report
 __version__ = "0.1.0"
 
 _LAZY = {  # heavy modules load on first use so `import zoo_core` stays fast
-    "train": ("trainer", "train"),
-    "TrainConfig": ("trainer", "TrainConfig"),
-    "TrainResult": ("trainer", "TrainResult"),
+    "train": ("training", "train"),
+    "TrainConfig": ("training", "TrainConfig"),
+    "TrainResult": ("training", "TrainResult"),
     "load": ("inference", "load"),
     "predict": ("inference", "predict"),
     "compare": ("comparison", "compare"),
     "Leaderboard": ("comparison", "Leaderboard"),
-    "lr_find": ("lrfind", "lr_find"),
+    "lr_find": ("training", "lr_find"),
 }
 
 

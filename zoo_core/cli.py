@@ -186,7 +186,7 @@ def _add_train_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -
     """One ``--option`` per TrainConfig field (defaults stay the config's: None means 'not given')."""
     import dataclasses
 
-    from .trainer import TrainConfig
+    from .training import TrainConfig
 
     for f in dataclasses.fields(TrainConfig):
         if f.name in _NOT_OPTIONS or f.name in skip:
@@ -210,7 +210,7 @@ def _add_train_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -
 def _train_overrides(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     import dataclasses
 
-    from .trainer import TrainConfig
+    from .training import TrainConfig
 
     out = {}
     for f in dataclasses.fields(TrainConfig):
@@ -245,7 +245,7 @@ def _add_train(sub: Subparsers) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .trainer import train
+    from .training import train
 
     if args.nproc and args.nproc > 1:
         from .distributed import launch_torchrun
@@ -341,7 +341,7 @@ def _add_lr_find(sub: Subparsers) -> None:
 
 
 def _cmd_lr_find(args: argparse.Namespace) -> int:
-    from .lrfind import lr_find
+    from .training import lr_find
 
     overrides = _train_overrides(args, skip=("epochs", "lr", "out_dir", "run_name", "early_stopping",
                                              "cache_features", "max_steps", "warmup_epochs", "label_smoothing",

@@ -32,7 +32,7 @@ from . import data as zdata
 from . import plots, registry
 from .errors import DuplicateBackboneError, WeightsError, ZooError
 from .runtime import pick_device
-from .trainer import TrainConfig, train
+from .training import TrainConfig, data_config_for, shared_pixels, train
 from .util import atomic_write_text
 from .weights import is_local_path
 
@@ -386,13 +386,12 @@ def _decode_once(cfg: TrainConfig, split: Any, progress: bool) -> None:
     if not cfg.share_decoding:
         return
     from .strategies import get_strategy
-    from .trainer import _data_config, _shared_pixels
 
     adapter, _ = registry.get_adapter(cfg.backbone)
-    data_cfg = _data_config(adapter, cfg)
+    data_cfg = data_config_for(adapter, cfg)
     augment = get_strategy(cfg.strategy).default_augment if cfg.augment is None else cfg.augment
     for name in ("val",) if augment else ("train", "val"):  # augmented training images are decoded per epoch
-        _shared_pixels(cfg, split, name, data_cfg, None, quiet=not progress)
+        shared_pixels(cfg, split, name, data_cfg, None, quiet=not progress)
 
 
 def _reuse(entry: Entry, marker: Path, sig: str) -> bool:

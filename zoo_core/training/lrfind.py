@@ -4,6 +4,10 @@ The LR grows exponentially from ``start_lr`` to ``end_lr`` over ``num_steps`` mi
 smoothed training loss is recorded; the run stops early once the loss diverges. The suggestion is the
 LR of the steepest descent of the smoothed loss, capped at a third of the LR of its minimum (first 10%
 of the curve skipped; slope and minimum read over a third of a decade).
+
+The model and the data come from :func:`~zoo_core.training.setup.build_run`, as in a training run;
+``--lr auto`` runs the test through :func:`with_auto_lr`. Seams: the optimizer comes from
+``strategies.param_groups`` / ``strategies.make_optimizer``, called through the module.
 """
 
 from __future__ import annotations
@@ -20,11 +24,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import data as zdata
-from . import registry, strategies
-from .models import create
-from .runtime import pick_device, seed_everything
-from .util import atomic_write_text
+from .. import data as zdata
+from .. import strategies
+from ..plots import _pyplot, _save
+from ..util import atomic_write_text
+from .config import TrainConfig
+from .setup import RunState, build_run
+
+_FROM_RUN = ("batch_size", "image_size", "weights", "seed", "optimizer", "momentum", "weight_decay",
+             "backbone_lr_mult", "layer_decay", "trainable_stages", "augment", "device", "num_workers")
+"""The config fields a ``--lr auto`` run hands to its range test."""
 
 
 @dataclass
@@ -78,44 +87,61 @@ def lr_find(backbone: str, data: Any, *, strategy: str = "full", start_lr: float
     ``overrides`` are :class:`zoo_core.TrainConfig` fields (batch_size, image_size, weights, seed, …).
     ``out`` is a directory for ``lr_find.png`` and ``lr_find.json``.
     """
-    from .trainer import TrainConfig, _data_config
-
     cfg = dataclasses.replace(TrainConfig(), backbone=backbone, strategy=strategy, **overrides)
-    strat = strategies.get_strategy(cfg.strategy)
-    seed_everything(cfg.seed)
-    split = zdata.load_data(data, val_fraction=cfg.val_fraction, seed=cfg.seed, download=cfg.download,
-                            data_root=cfg.data_root, progress=progress)
-    adapter, _ = registry.get_adapter(backbone)
-    model = create(backbone, num_classes=len(split.classes), weights=cfg.weights)
-    data_cfg = _data_config(adapter, cfg)
-    device = pick_device(cfg.device)
-    stages = adapter.stages(model)
-    k = strat.trainable_stages(10**6, len(stages), cfg.trainable_stages, cfg.head_epochs)  # the final phase
-    strategies.apply_stages(model, adapter, k, len(stages))
-    groups = strategies.param_groups(model, stages, adapter.head_name(model), lr=1.0,
-                                     weight_decay=cfg.weight_decay, backbone_lr_mult=cfg.backbone_lr_mult,
-                                     layer_decay=cfg.layer_decay)
-    opt = strategies.make_optimizer(groups, cfg.optimizer, cfg.momentum)
-    augment = strat.default_augment if cfg.augment is None else cfg.augment
-    ds = zdata.Transformed(split.train, zdata.train_transform(data_cfg, augment=augment))
-    loader = zdata.make_loader(ds, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
-                               num_workers=cfg.num_workers, device=device)
-    model.to(device).train()
-    lrs, losses = _range_test(model, loader, opt, data_cfg, device, start_lr, end_lr, num_steps, progress)
+    state = build_run(dataclasses.replace(cfg, lr=None, progress=progress), data)
+    model, opt, loader = _range_test_setup(state)
+    lrs, losses = _range_test(model, loader, opt, state, start_lr, end_lr, num_steps, progress)
     result = LRFindResult(lrs, losses, suggest_lr(lrs, losses))
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         result.plot = out / "lr_find.png"
-        _plot(result, result.plot, f"{backbone} [{strat.name}]")
+        _plot(result, result.plot, f"{backbone} [{state.strategy.name}]")
         atomic_write_text(out / "lr_find.json", json.dumps(result.to_dict(), indent=2))
     if progress:
         print(f"zoo lr-find: suggested learning rate {result.suggestion:.2e}", file=sys.stderr)
     return result
 
 
-def _range_test(model: nn.Module, loader: Any, opt: torch.optim.Optimizer, data_cfg: Any, device: torch.device,
-                start_lr: float, end_lr: float, num_steps: int, progress: bool) -> tuple[list[float], list[float]]:
+def with_auto_lr(state: RunState) -> RunState:
+    """``state`` with ``--lr auto`` replaced by the range test's suggestion (rank 0 decides for all ranks).
+
+    The converged head fit has no learning rate: there ``auto`` becomes None without a test."""
+    cfg = state.cfg
+    if cfg.lr != "auto":
+        return state
+    if state.head_fit:
+        return dataclasses.replace(state, cfg=dataclasses.replace(cfg, lr=None))
+    found = None
+    if state.ctx.is_main:
+        out = state.run.path if state.run is not None else None
+        res = lr_find(cfg.backbone, state.split, strategy=cfg.strategy, out=out, progress=not state.quiet,
+                      num_steps=min(100, 10 * max(1, len(state.split.train) // cfg.batch_size)),
+                      **{k: getattr(cfg, k) for k in _FROM_RUN})
+        found = {"suggestion": res.suggestion, "plot": str(res.plot)}
+    found = state.ctx.broadcast_object(found)
+    lr = float(found["suggestion"])
+    return dataclasses.replace(state, cfg=dataclasses.replace(cfg, lr=lr), lr_found=found)
+
+
+def _range_test_setup(state: RunState) -> tuple[nn.Module, torch.optim.Optimizer, Any]:
+    """The model with the strategy's final phase trainable, its optimizer (LR 1 per group) and a loader."""
+    cfg, model = state.cfg, state.model
+    n = len(state.stages)
+    k = state.strategy.trainable_stages(10**6, n, cfg.trainable_stages, cfg.head_epochs)  # the final phase
+    strategies.apply_stages(model, state.adapter, k, n)
+    groups = strategies.param_groups(model, state.stages, state.head, lr=1.0, weight_decay=cfg.weight_decay,
+                                     backbone_lr_mult=cfg.backbone_lr_mult, layer_decay=cfg.layer_decay)
+    opt = strategies.make_optimizer(groups, cfg.optimizer, cfg.momentum)
+    ds = zdata.Transformed(state.split.train, zdata.train_transform(state.data_cfg, augment=state.augment))
+    loader = zdata.make_loader(ds, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
+                               num_workers=cfg.num_workers, device=state.device)
+    model.to(state.device).train()
+    return model, opt, loader
+
+
+def _range_test(model: nn.Module, loader: Any, opt: torch.optim.Optimizer, state: RunState, start_lr: float,
+                end_lr: float, num_steps: int, progress: bool) -> tuple[list[float], list[float]]:
     lrs: list[float] = []
     losses: list[float] = []
     gamma = (end_lr / start_lr) ** (1 / max(1, num_steps - 1))
@@ -125,8 +151,8 @@ def _range_test(model: nn.Module, loader: Any, opt: torch.optim.Optimizer, data_
         for x, y in loader:
             lr = start_lr * gamma**step
             strategies.set_lr(opt, lr)
-            x = zdata.normalize(x.to(device), data_cfg)
-            loss = nn.functional.cross_entropy(model(x).float(), y.to(device))
+            x = zdata.normalize(x.to(state.device), state.data_cfg)
+            loss = nn.functional.cross_entropy(model(x).float(), y.to(state.device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -145,8 +171,6 @@ def _range_test(model: nn.Module, loader: Any, opt: torch.optim.Optimizer, data_
 
 
 def _plot(result: LRFindResult, path: Path, title: str) -> None:
-    from .plots import _pyplot, _save
-
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ax.plot(result.lrs, result.losses)

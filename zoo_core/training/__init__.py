@@ -1,0 +1,26 @@
+"""The shared trainer: any registered backbone on a target dataset, with any strategy.
+
+``train(backbone, data, strategy=..., epochs=...)`` runs ``cfg → build_run → RunState → (end-to-end
+path | cached-feature path) → report → TrainResult``; ``docs/ARCHITECTURE.md`` (Training) maps the rooms:
+
+- :mod:`.config` — :class:`TrainConfig`, :class:`TrainResult`, option checks, run names;
+- :mod:`.setup` — :class:`RunState` and :func:`build_run` (data, model, device, precision, choices);
+- :mod:`.inputs` — data config, shared pixels, evaluation datasets, :class:`EpochSampler`;
+- :mod:`.lrfind` — the LR range test (:func:`lr_find`, ``--lr auto``);
+- :mod:`.loop` — the epoch loop and its policy; :mod:`.steps` — one epoch, one evaluation;
+- :mod:`.endtoend` / :mod:`.cached` — the two paths; :mod:`.checkpoint` — best.pt, last.pt, resume;
+- :mod:`.report` — log lines, final evaluation files, plots; :mod:`.fit` — :func:`train` itself.
+
+Policy lives in :mod:`zoo_core.strategies`; files in :mod:`zoo_core.rundir`.
+"""
+
+from __future__ import annotations
+
+from .config import TrainConfig, TrainResult
+from .fit import train
+from .inputs import EpochSampler, data_config_for, shared_pixels
+from .lrfind import LRFindResult, lr_find, suggest_lr
+from .setup import RunState, build_run
+
+__all__ = ["EpochSampler", "LRFindResult", "RunState", "TrainConfig", "TrainResult", "build_run",
+           "data_config_for", "lr_find", "shared_pixels", "suggest_lr", "train"]

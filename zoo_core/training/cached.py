@@ -1,0 +1,125 @@
+"""The cached-feature path: a frozen backbone without augmentation runs once over the data
+(:func:`zoo_core.features.extract_features`, kept in the feature cache; sharded under torchrun) and only
+the head trains, on the cached features: the converged L-BFGS fit (:func:`zoo_core.headfit.fit_linear_head`)
+when ``epochs`` is None, else ``epochs`` epochs of the shared loop (:func:`head_phase`).
+
+Seams: ``headfit.fit_linear_head`` is called through its module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from .. import features, headfit, strategies
+from ..distributed import DistContext
+from ..errors import TrainingError
+from ..freezing import count_parameters
+from ..runtime import resolve_precision
+from . import report, steps
+from .checkpoint import checkpoint
+from .inputs import EpochSampler, shared_pixels
+from .loop import Fit, rounded, run_epochs
+from .setup import RunState, Trained
+
+
+def extract(state: RunState, names: tuple[str, ...], ctx: DistContext | None, quiet: bool) -> dict[str, Any]:
+    """The backbone's features of the ``names`` splits (``FeatureSet`` each), from the cache when there."""
+    cfg, data_cfg = state.cfg, state.data_cfg
+    out = {}
+    for name in names:
+        key = features.feature_key(backbone=cfg.backbone, weights=str(cfg.weights), data_config=data_cfg,
+                                   fingerprint=state.split.fingerprint, split=name,
+                                   precision=resolve_precision(cfg.precision, state.device))
+        cached = (features.cache_root() / "features" / key).is_dir()  # then no pixels are needed
+        pixels = None if cached else shared_pixels(cfg, state.split, name, data_cfg, ctx, quiet=quiet)
+        out[name] = features.extract_features(state.model, state.adapter, getattr(state.split, name), data_cfg,
+                                              key=key, batch_size=cfg.batch_size, device=state.device,
+                                              precision=cfg.precision, pixels=pixels, num_workers=cfg.num_workers,
+                                              progress=not quiet, ctx=ctx)
+    return out
+
+
+def fit(state: RunState) -> Trained:
+    """Extract (or read) the features, then fit the head on them."""
+    strategies.apply_stages(state.model, state.adapter, 0, len(state.stages))  # the backbone never trains here
+    fx = extract(state, ("train", "val"), state.ctx, state.quiet)  # sharded under torchrun
+    hit = fx["train"].from_cache and fx["val"].from_cache
+    head = state.model.get_submodule(state.head)
+    trainable = count_parameters(head)[1]
+    report.features_line(state, tuple(fx["train"].features.shape), hit, trainable)
+    head.to(state.device)
+    record = {**state.record, "feature_cache_hit": hit}
+    if state.epochs is None:
+        return _converged_head(state, fx, head, record, trainable)
+    return run_epochs(state, _head_epochs(state, fx, head, record))
+
+
+def _converged_head(state: RunState, fx: dict[str, Any], head: nn.Module, record: dict[str, Any],
+                    trainable: int) -> Trained:
+    """L-BFGS logistic regression to convergence, its L2 picked on an inner split: one "epoch"."""
+    cfg, device = state.cfg, state.device
+    fit = headfit.fit_linear_head(fx["train"].features, fx["train"].labels, state.num_classes, seed=cfg.seed,
+                                  label_smoothing=cfg.label_smoothing)
+    with torch.no_grad():
+        head.weight.copy_(fit.weight)
+        head.bias.copy_(fit.bias)
+    state.ctx.sync_module(head)  # the fit runs identically on every rank; make it bit-identical
+    record = {**record, "head_fit": fit.config()}
+    if not (torch.isfinite(fit.weight).all() and torch.isfinite(fit.bias).all()):
+        raise TrainingError(f"{cfg.backbone}: the converged head fit gave non-finite weights (the features "
+                            "hold NaN/inf); no checkpoint was saved. Use --precision fp32 or other weights.")
+    report.head_fit_line(state, fit)
+    loaders = {s: DataLoader(TensorDataset(fx[s].features, fx[s].labels), batch_size=1024) for s in fx}
+    ev = {s: steps.evaluate(head, loaders[s], lambda x: x.to(device), contextlib.nullcontext,
+                            num_classes=state.num_classes, ctx=DistContext(), device=device) for s in fx}
+    row = {"epoch": 1, "train_loss": ev["train"]["val_loss"], "train_acc": ev["train"]["val_acc"],
+           **ev["val"], "images_per_s": None, "epoch_seconds": round(fit.seconds, 4), "lr": None,
+           "trainable_params": trainable}
+    history = [rounded(row)]
+    state.run.write_json("config.json", record)
+    state.run.save("best.pt", checkpoint(state, state.model.state_dict(), epoch=1, metrics=row))
+    state.run.write_metrics(history)
+    report.val_line(state, row)
+    return Trained(history, {"val_loss": row["val_loss"], "epoch": 1}, record)
+
+
+def head_phase(state: RunState, head: nn.Module) -> Any:
+    """The only phase of head training: one optimizer over the head's parameters, at the head's LR."""
+    cfg = state.cfg
+
+    def setup(epoch: int, optimizer: torch.optim.Optimizer | None) -> tuple[str, torch.optim.Optimizer]:
+        if optimizer is not None:
+            return "head", optimizer
+        groups = strategies.param_groups(head, [], "", lr=state.lr, weight_decay=cfg.weight_decay,
+                                         backbone_lr_mult=0, layer_decay=1)
+        return "head", strategies.make_optimizer(groups, cfg.optimizer, cfg.momentum)
+
+    return setup
+
+
+def _head_epochs(state: RunState, fx: dict[str, Any], head: nn.Module, record: dict[str, Any]) -> Fit:
+    """The loop's view of head training on the cached features (one process: the features are whole)."""
+    cfg, device = state.cfg, state.device
+    train_ds = TensorDataset(fx["train"].features, fx["train"].labels)
+    val_ds = TensorDataset(fx["val"].features, fx["val"].labels)
+    sampler = EpochSampler(len(train_ds), cfg.seed, shuffle=True)
+    return Fit(module=head, model=state.model, train_loader=DataLoader(train_ds, batch_size=cfg.batch_size,
+               sampler=sampler), sampler=sampler, val_loader=DataLoader(val_ds, batch_size=max(cfg.batch_size, 256)),
+               prepare=lambda x: x.to(device), amp=contextlib.nullcontext, scaler=None, ctx=DistContext(),
+               setup_phase=head_phase(state, head), record=record, head=state.head)
+
+
+def final_confusion(state: RunState) -> list[list[int]]:
+    """Confusion matrix of the (best) head on the cached validation features (rank 0's, sent to all)."""
+    matrix = None
+    if state.ctx.is_main:
+        fv = extract(state, ("val",), None, True)["val"]
+        with torch.no_grad():
+            logits = state.model.get_submodule(state.head)(fv.features.to(state.device)).float()
+        matrix = report.confusion(logits.argmax(1).cpu(), fv.labels.cpu(), state.num_classes)
+    return state.ctx.broadcast_object(matrix)

@@ -1,0 +1,52 @@
+"""``train()``: one run, from a config to a :class:`~zoo_core.training.config.TrainResult`.
+
+A run reads top to bottom in :func:`run`: build the run (:func:`~zoo_core.training.setup.build_run`, then
+``--lr auto``), train through one of the two paths (end to end, or the head on cached features), reload
+the best weights, and report.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from . import cached, endtoend, report
+from .checkpoint import restore_best
+from .config import TrainConfig, TrainResult, new_run_config, resumed_config, run_name
+from .lrfind import with_auto_lr
+from .setup import build_run, join_processes
+
+
+def train(backbone: str | None = None, data: Any = None, *, config: TrainConfig | None = None,
+          resume: str | Path | None = None, **overrides: Any) -> TrainResult:
+    """Train ``backbone`` on ``data`` (folder, built-in name, Dataset or DataSplit).
+
+    The seed recipe — pretrained ResNet-18, frozen, new 2-class head — is::
+
+        result = zoo_core.train("resnet18", "path/to/cats_vs_dogs", strategy="feature-extraction")
+
+    Keyword ``overrides`` set any :class:`TrainConfig` field. ``resume=RUN_DIR`` continues an
+    interrupted run from its ``last.pt`` with the saved config.
+    """
+    if resume is not None:
+        cfg = resumed_config(Path(resume), overrides)
+        return run(cfg, data if data is not None else cfg.data, run_path=Path(resume), resume=True)
+    cfg = new_run_config(backbone, data, config, overrides)
+    return run(cfg, data if data is not None else cfg.data, run_path=Path(cfg.out_dir) / run_name(cfg))
+
+
+def run(cfg: TrainConfig, data: Any, *, run_path: Path, resume: bool = False) -> TrainResult:
+    """The run of ``cfg`` on ``data`` in ``run_path`` (continuing its ``last.pt`` when ``resume``)."""
+    ctx = join_processes(cfg)
+    try:
+        state = with_auto_lr(build_run(cfg, data, ctx=ctx, run_path=run_path, resume=resume))
+        report.start(state)
+        path = cached if state.use_cache else endtoend
+        t_start = time.perf_counter()
+        trained = path.fit(state)
+        train_seconds = time.perf_counter() - t_start
+        restore_best(state)
+        return report.finish(state, trained, path.final_confusion(state), train_seconds)
+    finally:
+        ctx.close()
