@@ -14,6 +14,7 @@ features as one process within 1e-5 (measured: bit-identical) and so the same co
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
@@ -194,6 +195,12 @@ def test_torchrun_two_cpu_processes_match_one_process(tmp_path: Path, zoo_home) 
     assert len(metrics_rows) == 3  # the resumed run rewrote its history without duplicates
     summary = json.loads((ft_dir / "summary.json").read_text())
     assert sum(map(sum, summary["confusion_matrix"])) == 9  # sharded evaluation: every val image once
+    # the per-image predictions are gathered back into item order: the same images as one process
+    ddp_rows = list(csv.DictReader((ft_dir / "val_predictions.csv").open()))
+    one_rows = list(csv.DictReader((Path(single["resume:finetune_vit:3"]["run_dir"]) / "val_predictions.csv").open()))
+    assert [r["item"] for r in ddp_rows] == [r["item"] for r in one_rows] and len({r["item"] for r in ddp_rows}) == 9
+    assert [r["target"] for r in ddp_rows] == [r["target"] for r in one_rows]
+    assert sum(int(r["correct"]) for r in ddp_rows) == sum(row[i] for i, row in enumerate(summary["confusion_matrix"]))
 
     # feature extraction: each rank extracted its shard once; rank 0 wrote one entry per split
     entries = [p for p in (tmp_path / "ddp-cache" / "features").iterdir()]

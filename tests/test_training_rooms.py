@@ -11,6 +11,7 @@ import ast
 import csv
 import json
 import math
+import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -368,3 +369,21 @@ def test_zoo_core_module_imports_form_no_cycle() -> None:
 
     for m in sorted(graph):
         visit(m, [])
+
+
+@pytest.mark.parametrize("kw", [{}, {"strategy": "finetune", "epochs": 1}], ids=["cached-head-fit", "end-to-end"])
+def test_every_run_writes_its_per_image_validation_predictions(tmp_path: Path, kw: dict, skip_run_plots) -> None:
+    data = make_folder(tmp_path / "data", num_classes=3, per_class=8)
+    result = zoo_core.train("resnet18", data, out_dir=str(tmp_path / "runs"), weights=None, image_size=32,
+                            batch_size=8, progress=False, **kw)
+    rows = list(csv.DictReader((result.run_dir / "val_predictions.csv").open()))
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert len(rows) == sum(map(sum, summary["confusion_matrix"])) == 6
+    assert all((data / r["item"]).is_file() and r["item"].split(os.sep)[0] == r["target"] for r in rows)
+    assert len({r["item"] for r in rows}) == len(rows)
+    for r in rows:
+        assert 0 < float(r["p_target"]) <= float(r["p_pred"]) + 1e-6 <= 1 + 1e-6
+        assert float(r["loss"]) == pytest.approx(-math.log(float(r["p_target"])), rel=1e-4, abs=1e-5)
+        assert int(r["correct"]) == (r["pred"] == r["target"])
+    assert sum(int(r["correct"]) for r in rows) / len(rows) == pytest.approx(result.metrics["val_acc"], abs=1e-5)
+    assert sum(float(r["loss"]) for r in rows) / len(rows) == pytest.approx(result.metrics["val_loss"], rel=1e-3)

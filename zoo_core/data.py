@@ -290,6 +290,21 @@ class _Items(Dataset):
         return _as_rgb(img, f"item {i} of {type(self.base).__name__}"), int(label)
 
 
+def item_name(dataset: Any, index: int) -> str:
+    """What identifies item ``index`` of a split to a person: the image file (relative to the data folder)
+    for image folders, else ``"<DatasetClass>[i]"`` with the index into the original dataset."""
+    base = dataset
+    while isinstance(base, Transformed):
+        base = base.dataset
+    if isinstance(base, ImageFiles):
+        path = base.samples[index][0]
+        return os.path.relpath(path, base.root) if base.root else path
+    if isinstance(base, _Items):
+        i = index if base.indices is None else base.indices[index]
+        return f"{type(base.base).__name__}[{i}]"
+    return f"{type(base).__name__}[{index}]"
+
+
 class Transformed(Dataset):
     """``dataset`` with ``transform`` applied to each image: items ``(transform(img), label)``."""
 

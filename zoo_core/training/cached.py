@@ -114,12 +114,13 @@ def _head_epochs(state: RunState, fx: dict[str, Any], head: nn.Module, record: d
                setup_phase=head_phase(state, head), record=record, head=state.head)
 
 
-def final_confusion(state: RunState) -> list[list[int]]:
-    """Confusion matrix of the (best) head on the cached validation features (rank 0's, sent to all)."""
-    matrix = None
+def final_predictions(state: RunState) -> report.ValPredictions:
+    """The (best) head's prediction for every validation image from the cached features (rank 0's, sent to
+    all ranks)."""
+    out = None
     if state.ctx.is_main:
         fv = extract(state, ("val",), None, True)["val"]
         with torch.no_grad():
             logits = state.model.get_submodule(state.head)(fv.features.to(state.device)).float()
-        matrix = report.confusion(logits.argmax(1).cpu(), fv.labels.cpu(), state.num_classes)
-    return state.ctx.broadcast_object(matrix)
+        out = report.ValPredictions(probs=logits.softmax(1).cpu(), targets=fv.labels.cpu())
+    return state.ctx.broadcast_object(out)

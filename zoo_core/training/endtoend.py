@@ -96,14 +96,18 @@ def fit(state: RunState) -> Trained:
         setup_phase=phases.setup, record={**state.record, "batch_size_per_rank": batch}))
 
 
-def final_confusion(state: RunState) -> list[list[int]]:
-    """Confusion matrix of the (best) model on the validation set: each rank's shard, summed."""
-    ctx, n, device = state.ctx, state.num_classes, state.device
+def final_predictions(state: RunState) -> report.ValPredictions:
+    """The (best) model's prediction for every validation image, in item order (each rank evaluates its
+    shard, ``range(rank, n, world_size)``; the shards are gathered and interleaved)."""
+    ctx, device = state.ctx, state.device
     loader = _val_loader(state, max(1, state.cfg.batch_size // ctx.world_size), True)
     ev = steps.evaluate(state.model, loader, lambda x: zdata.normalize(x.to(device), state.data_cfg), state.amp,
-                        num_classes=n, ctx=DistContext(), device=device, want_preds=True)
-    matrix = report.confusion(ev["preds"], ev["targets"], n)
+                        num_classes=state.num_classes, ctx=DistContext(), device=device, want_preds=True)
+    probs, targets = ev["probs"], ev["targets"]
     if ctx.enabled:
-        flat = ctx.sum([float(v) for row in matrix for v in row])
-        matrix = [[int(flat[i * n + j]) for j in range(n)] for i in range(n)]
-    return matrix
+        shards = ctx.all_gather_object((probs, targets))
+        probs = torch.empty(len(state.split.val), state.num_classes)
+        targets = torch.empty(len(state.split.val), dtype=torch.long)
+        for rank, (p, t) in enumerate(shards):
+            probs[rank::ctx.world_size], targets[rank::ctx.world_size] = p, t
+    return report.ValPredictions(probs=probs, targets=targets)

@@ -47,6 +47,6 @@ def run(cfg: TrainConfig, data: Any, *, run_path: Path, resume: bool = False) ->
         trained = path.fit(state)
         train_seconds = time.perf_counter() - t_start
         restore_best(state)
-        return report.finish(state, trained, path.final_confusion(state), train_seconds)
+        return report.finish(state, trained, path.final_predictions(state), train_seconds)
     finally:
         ctx.close()

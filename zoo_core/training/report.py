@@ -1,5 +1,6 @@
 """What a run tells and leaves behind: its log lines and progress bars, and at the end the per-class table,
-the confusion matrix, ``summary.json``, the plots and the :class:`~zoo_core.training.config.TrainResult`.
+the per-image validation predictions, the confusion matrix, ``summary.json``, the plots and the
+:class:`~zoo_core.training.config.TrainResult`.
 
 Seams: the plots are drawn through the module (``plots.learning_curves``, ``plots.confusion_matrix``),
 so a test may replace them to skip matplotlib.
@@ -8,11 +9,13 @@ so a test may replace them to skip matplotlib.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from .. import data as zdata
 from .. import plots
 from ..freezing import count_parameters
 from .config import TrainResult
@@ -84,6 +87,30 @@ def early_stop(state: RunState, stale: int, best_epoch: int, *, before: bool = F
 
 
 # ---- the end of a run -------------------------------------------------------------------------------------
+@dataclass
+class ValPredictions:
+    """The final model's output on every validation image, in the item order of ``split.val``."""
+
+    probs: torch.Tensor  # [N, K] float32 softmax probabilities
+    targets: torch.Tensor  # [N] int64 true classes
+
+    @property
+    def preds(self) -> torch.Tensor:
+        """[N] predicted classes (argmax)."""
+        return self.probs.argmax(1) if len(self.probs) else torch.empty(0, dtype=torch.long)
+
+    def rows(self, dataset: Any, classes: list[str]) -> list[dict[str, Any]]:
+        """One row per image for ``val_predictions.csv``: which image, true and predicted class, the
+        probabilities of both and the image's cross-entropy loss."""
+        idx = torch.arange(len(self.targets))
+        p_true = self.probs[idx, self.targets].clamp_min(1e-12) if len(idx) else self.probs.new_empty(0)
+        p_pred = self.probs.max(1).values if len(idx) else self.probs.new_empty(0)
+        return [{"index": i, "item": zdata.item_name(dataset, i), "target": classes[t], "pred": classes[p],
+                 "correct": int(t == p), "p_pred": round(float(pp), 6), "p_target": round(float(pt), 6),
+                 "loss": round(float(-torch.log(pt)), 6)}
+                for i, (t, p, pp, pt) in enumerate(zip(self.targets.tolist(), self.preds.tolist(), p_pred, p_true))]
+
+
 def confusion(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> list[list[int]]:
     """Confusion matrix counts, rows = true class."""
     idx = targets * num_classes + preds
@@ -100,10 +127,11 @@ def per_class_table(matrix: list[list[int]], classes: list[str]) -> list[dict[st
     return rows
 
 
-def finish(state: RunState, trained: Trained, matrix: list[list[int]], train_seconds: float) -> TrainResult:
-    """The result of the run; rank 0 writes per_class.csv, summary.json and the plots."""
+def finish(state: RunState, trained: Trained, val: ValPredictions, train_seconds: float) -> TrainResult:
+    """The result of the run; rank 0 writes per_class.csv, val_predictions.csv, summary.json and the plots."""
     cfg, run, classes = state.cfg, state.run, state.split.classes
     history, best = trained.history, trained.best
+    matrix = confusion(val.preds, val.targets, len(classes))
     table = per_class_table(matrix, classes)
     best_row = next((r for r in history if r["epoch"] == best["epoch"]), history[-1] if history else {})
     metrics = {k: best_row.get(k) for k in _METRICS if best_row.get(k) is not None}
@@ -114,6 +142,7 @@ def finish(state: RunState, trained: Trained, matrix: list[list[int]], train_sec
                          trainable_params=trainable, train_seconds=train_seconds, config=trained.record)
     if state.ctx.is_main:
         run.write_table("per_class.csv", table)
+        run.write_table("val_predictions.csv", val.rows(state.split.val, classes))
         run.write_json("summary.json", {
             "backbone": cfg.backbone, "strategy": cfg.strategy, "best_epoch": best["epoch"], "metrics": metrics,
             "epochs_run": len(history), "total_params": total, "trainable_params": trainable,

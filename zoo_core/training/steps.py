@@ -27,11 +27,12 @@ def topk_correct(logits: torch.Tensor, target: torch.Tensor, k: int) -> int:
 @torch.no_grad()
 def evaluate(module: nn.Module, loader: DataLoader, prepare: Callable[[torch.Tensor], torch.Tensor], amp: Any, *,
              num_classes: int, ctx: DistContext, device: torch.device, want_preds: bool = False) -> dict[str, Any]:
-    """Validation loss, top-1/top-5 (and predictions) of ``module``; restores its train/eval mode."""
+    """Validation loss, top-1/top-5 (and, ``want_preds``, per-item probabilities, predictions and targets)
+    of ``module``; restores its train/eval mode."""
     was_training = module.training
     module.eval()
     loss_sum = correct = correct5 = n = 0.0
-    preds, targets = [], []
+    probs, targets = [], []
     for x, y in loader:
         x, y = prepare(x), y.to(device, non_blocking=True)
         with amp():
@@ -42,15 +43,16 @@ def evaluate(module: nn.Module, loader: DataLoader, prepare: Callable[[torch.Ten
         correct5 += topk_correct(logits, y, 5)
         n += len(y)
         if want_preds:
-            preds.append(logits.argmax(1).cpu())
+            probs.append(logits.softmax(1).cpu())
             targets.append(y.cpu())
     module.train(was_training)
     loss_sum, correct, correct5, n = ctx.sum([loss_sum, correct, correct5, n], device)
     out: dict[str, Any] = {"val_loss": loss_sum / max(n, 1), "val_acc": correct / max(n, 1)}
     if num_classes >= 5:
         out["val_top5"] = correct5 / max(n, 1)
-    if want_preds:
-        out["preds"] = torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+    if want_preds:  # per item of the loader: softmax probabilities, their argmax and the targets
+        out["probs"] = torch.cat(probs) if probs else torch.empty(0, num_classes)
+        out["preds"] = out["probs"].argmax(1)
         out["targets"] = torch.cat(targets) if targets else torch.empty(0, dtype=torch.long)
     return out
 
