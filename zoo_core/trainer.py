@@ -622,7 +622,7 @@ def _shared_pixels(cfg: TrainConfig, split: Any, name: str, data_cfg: DataConfig
     """The ``name`` split's decoded pixels from the shared cache when ``cfg.share_decoding``, else None."""
     if not cfg.share_decoding or (ctx is not None and ctx.enabled):
         return None
-    from .features import PixelCache
+    from .cache import PixelCache
 
     return PixelCache.build(getattr(split, name), data_cfg, fingerprint=split.fingerprint, split=name,
                             num_workers=cfg.num_workers, progress=not quiet)
@@ -638,18 +638,18 @@ def _eval_dataset(cfg: TrainConfig, split: Any, name: str, data_cfg: DataConfig,
 
 
 def _extract_both(cfg, split, model, adapter, data_cfg, device, quiet, ctx: DistContext | None = None) -> dict:
-    from . import features
+    from . import cache
 
     out = {}
     for name, ds in (("train", split.train), ("val", split.val)):
-        key = features.feature_key(backbone=cfg.backbone, weights=str(cfg.weights), data_config=data_cfg,
-                                   fingerprint=split.fingerprint, split=name,
-                                   precision=resolve_precision(cfg.precision, device))
-        cached = (features.cache_root() / "features" / key).is_dir()  # then no pixels are needed
+        key = cache.feature_key(backbone=cfg.backbone, weights=str(cfg.weights), data_config=data_cfg,
+                                fingerprint=split.fingerprint, split=name,
+                                precision=resolve_precision(cfg.precision, device))
+        cached = (cache.cache_root() / "features" / key).is_dir()  # then no pixels are needed
         pixels = None if cached else _shared_pixels(cfg, split, name, data_cfg, ctx, quiet)
-        out[name] = features.extract_features(model, adapter, ds, data_cfg, key=key, batch_size=cfg.batch_size,
-                                              device=device, precision=cfg.precision, pixels=pixels,
-                                              num_workers=cfg.num_workers, progress=not quiet, ctx=ctx)
+        out[name] = cache.extract_features(model, adapter, ds, data_cfg, key=key, batch_size=cfg.batch_size,
+                                           device=device, precision=cfg.precision, pixels=pixels,
+                                           num_workers=cfg.num_workers, progress=not quiet, ctx=ctx)
     return out
 
 
