@@ -240,8 +240,9 @@ def _gather(ctx: DistContext, shard: _Shard, n: int, writer: EntryWriter | None,
     """All ``n`` rows and labels in dataset order (world size 1: the shard already is all of them).
 
     Under ``torchrun`` rank 0 gathers into ``writer``'s memory map; another rank gets a private copy
-    when it ``want``\\ s the rows and cannot see rank 0's entry being written, else ``None``. The shard's
-    ``dim`` and ``seconds`` become the largest and the mean over the ranks.
+    when it wants the rows (``want``: no cache hit of its own) and cannot see the entry rank 0 is
+    writing, else ``None``. The shard's ``dim`` and ``seconds`` become the largest and the mean over
+    the ranks.
     """
     if not ctx.enabled:
         return shard.features, shard.labels
