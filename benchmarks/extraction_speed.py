@@ -4,7 +4,7 @@
 
 Random-init torchvision resnet18 (no download). Rows:
 
-- extraction as :func:`zoo_core.features.extract_features` runs it: eval, ``inference_mode``,
+- extraction as :func:`zoo_core.cache.extract_features` runs it: eval, ``inference_mode``,
   channels-last, fp32 / bf16 autocast; and plain contiguous fp32 for reference;
 - a classic hand-written step: ``model.train()``, every parameter but ``fc`` frozen, fp32
   forward + backward + SGD step — what each epoch costs without the feature cache;
@@ -33,8 +33,7 @@ from torchvision.datasets import FakeData
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from zoo_core import features as fx  # noqa: E402
-from zoo_core import runtime  # noqa: E402
+from zoo_core import cache, runtime  # noqa: E402
 from zoo_core.adapter import BackboneAdapter, DataConfig  # noqa: E402
 
 
@@ -124,8 +123,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["BACKBONE_ZOO_CACHE"] = tmp
         t = time.perf_counter()
-        fs = fx.extract_features(model, adapter, ds, cfg, key=None, batch_size=bs, precision="auto",
-                                 progress=False)
+        fs = cache.extract_features(model, adapter, ds, cfg, key=None, batch_size=bs, precision="auto",
+                                    progress=False)
         rows.append(("extract_features end to end (PIL decode+resize), auto", n / (time.perf_counter() - t)))
 
     head = nn.Linear(fs.dim, 10)
@@ -154,7 +153,7 @@ def main() -> None:
     print(f"\nbf16 vs fp32 features on {len(xs)} images ({f32.shape[1]}-d):")
     print(f"  max abs diff        {diff.max().item():.4g}  (max |fp32| {f32.abs().max().item():.4g})")
     print(f"  max abs / max |f32| {diff.max().item() / f32.abs().max().item():.4g}")
-    print(f"  relative L2 error   {runtime.relative_error(f16, f32):.4g}  (auto accepts ≤ {fx._AUTO_BF16_TOLERANCE})")
+    print(f"  relative L2 error   {runtime.relative_error(f16, f32):.4g}  (auto accepts ≤ {runtime.PASS_TOLERANCE})")
     print(f"  min cosine          {cos.min().item():.6f}")
     with torch.no_grad():
         agree = (head(f16.clone()).argmax(1) == head(f32.clone()).argmax(1)).float().mean().item()

@@ -17,7 +17,7 @@ Both are scored on held-out features; accuracy and wall time are printed side by
 Synthetic features are ReLU'd Gaussian class clusters whose means overlap (``--separation``) in a
 low-rank-plus-noise geometry, like pooled CNN features: strongly correlated columns, accuracy well below
 100 %, so the choice of regularisation matters. With ``--backbone``/``--data`` the features are extracted
-(and cached) by :func:`zoo_core.features.extract_features`, training split vs validation split. The
+(and cached) by :func:`zoo_core.cache.extract_features`, training split vs validation split. The
 machine may be shared: timings are wall clock, best of ``--repeats`` for our fit.
 """
 
@@ -53,8 +53,8 @@ def backbone_features(backbone: str, data: str, weights: str | None, image_size:
                       batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(train x, train y, val x, val y) of ``backbone`` on the image folder ``data``, through the cache."""
     import zoo_core
+    from zoo_core import cache, runtime
     from zoo_core import data as zdata
-    from zoo_core import features, runtime
 
     split = zdata.load_data(data, progress=True)
     adapter, _ = zoo_core.get_adapter(backbone)
@@ -64,10 +64,10 @@ def backbone_features(backbone: str, data: str, weights: str | None, image_size:
     dc = dc.with_image_size(image_size)
     out = []
     for name in ("train", "val"):
-        key = features.feature_key(backbone=backbone, weights=weights, data_config=dc, fingerprint=split.fingerprint,
-                                   split=name, precision=runtime.resolve_precision("auto", "cpu"))
-        fs = features.extract_features(model, adapter, getattr(split, name), dc, key=key, batch_size=batch_size,
-                                       progress=True)
+        key = cache.feature_key(backbone=backbone, weights=weights, data_config=dc, fingerprint=split.fingerprint,
+                                split=name, precision=runtime.resolve_precision("auto", "cpu"))
+        fs = cache.extract_features(model, adapter, getattr(split, name), dc, key=key, batch_size=batch_size,
+                                    progress=True)
         out += [fs.features.numpy(), fs.labels.numpy()]
     return out[0], out[1], out[2], out[3]
 

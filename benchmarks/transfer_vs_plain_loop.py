@@ -20,7 +20,7 @@ own child process (so ``ru_maxrss`` is that variant's own peak and timings do no
   epochs of head training (with per-epoch validation and checkpoints) add on top of an extraction.
 * **passes** — the backbone alone on pre-decoded 224 px images: the plain loop's fp32 train-mode step
   (forward through the frozen backbone + ``fc``, backward, SGD step, batch ``--batch-size``) vs
-  :func:`zoo_core.features.extract_features` over a dataset of the same uint8 images (batch
+  :func:`zoo_core.cache.extract_features` over a dataset of the same uint8 images (batch
   ``max(batch, 64)`` as the trainer uses, precision ``auto``). Variants are interleaved and the best of
   ``--repeats`` passes kept, which keeps the ratio stable under other load on the machine.
 
@@ -127,9 +127,9 @@ def _split_and_workers(cfg: dict) -> tuple[Any, int, int]:
 
 
 def _fingerprint(model: Any) -> str:
-    from zoo_core import features, registry
+    from zoo_core import cache, registry
 
-    return features.model_fingerprint(model, registry.get_adapter("resnet18")[0])
+    return cache.model_fingerprint(model, registry.get_adapter("resnet18")[0])
 
 
 # ---- variants (each runs in a child process) ---------------------------------------------------------
@@ -207,7 +207,7 @@ def run_ours(cfg: dict, epochs: int) -> dict:
     import torch
 
     import zoo_core
-    from zoo_core import features
+    from zoo_core import cache
 
     split, nw_train, nw_val = _split_and_workers(cfg)
     del split
@@ -220,7 +220,7 @@ def run_ours(cfg: dict, epochs: int) -> dict:
                          progress=False)
     wall = time.perf_counter() - t0
     rss = peak_rss_mib()
-    metas = [json.loads(p.read_text()) for p in (features.cache_root() / "features").glob("*/meta.json")]
+    metas = [json.loads(p.read_text()) for p in (cache.cache_root() / "features").glob("*/meta.json")]
     return {"wall_s": wall, "train_seconds": res.train_seconds, "data": res.config.get("data_summary"),
             "history": res.history, "val_acc": res.history[-1]["val_acc"],
             "best_val_acc": max(h["val_acc"] for h in res.history), "best_epoch_val_acc": res.metrics["val_acc"],
@@ -238,8 +238,8 @@ def run_passes(cfg: dict) -> dict:
     from torch import nn
     from torch.utils.data import Dataset
 
+    from zoo_core import cache, registry, runtime
     from zoo_core import data as zdata
-    from zoo_core import features, registry, runtime
     from zoo_core.adapter import DataConfig
 
     split, _, _ = _split_and_workers(cfg)
@@ -279,8 +279,8 @@ def run_passes(cfg: dict) -> dict:
             optimizer.step()
 
     def ours_pass() -> None:
-        features.extract_features(ours_model, adapter, Pixels(), dc, key=None, batch_size=max(bs, 64),
-                                  device="cpu", precision="auto", num_workers=0, progress=False)
+        cache.extract_features(ours_model, adapter, Pixels(), dc, key=None, batch_size=max(bs, 64),
+                               device="cpu", precision="auto", num_workers=0, progress=False)
 
     variants = {"plain": plain_pass, "ours": ours_pass}
     for fn in variants.values():  # warm-up (oneDNN primitive creation, allocator)

@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 import zoo_core
-from zoo_core import BackboneAdapter, comparison, features, hookimpl
+from zoo_core import BackboneAdapter, cache, comparison, hookimpl
 from zoo_core import data as zdata
 from zoo_core.errors import UnknownBackboneError, WeightsError, ZooError
 from zoo_core.freezing import freeze_stages, replace_linear_head
@@ -167,7 +167,7 @@ def test_compare_outputs_agree_with_run_dirs_and_a_rerun_reuses_them(
     assert all(" RANDOM INIT " in line for line in lines[2:4])
     assert "RANDOM INIT: " in table and "without pretrained weights" in table
     # decoded once per distinct preprocessing: resnet18 (crop 0.875) and test_resnet (crop 0.95) differ
-    pixels = [e for e in features.cache_summary() if e["kind"] == "pixels"]
+    pixels = [e for e in cache.cache_summary() if e["kind"] == "pixels"]
     assert sorted(e["split"] for e in pixels) == ["train", "train", "val", "val"]
 
     # a rerun trains nothing and reports the same numbers
@@ -327,7 +327,7 @@ def test_shared_decoding_decodes_once_per_input_size_with_identical_results(
     monkeypatch.setattr(comparison, "train", train)
     shared = zoo_core.compare(["cmp_toy_a", "cmp_toy_b"], data3, out_dir=tmp_path / "shared", **kw)
     shared_decodes = list(seen)
-    features.clear_cache("all")  # nothing cached: the second compare decodes for itself
+    cache.clear_cache("all")  # nothing cached: the second compare decodes for itself
     seen.clear()
     plain = zoo_core.compare(["cmp_toy_a", "cmp_toy_b"], data3, out_dir=tmp_path / "plain", share_decoding=False,
                              **kw)
@@ -341,7 +341,7 @@ def test_shared_decoding_decodes_once_per_input_size_with_identical_results(
         assert len(shared_decodes) == 2 * epochs * n_train + n_val
         assert len(plain_decodes) == 2 * epochs * n_train + 2 * (epochs + 1) * n_val
         assert in_train[:2] == [epochs * n_train] * 2
-    pixels = [e for e in features.cache_summary() if e["kind"] == "pixels"]
+    pixels = [e for e in cache.cache_summary() if e["kind"] == "pixels"]
     assert pixels == []  # share_decoding=False wrote no pixel cache
 
     for a, b in zip(shared.entries, plain.entries):

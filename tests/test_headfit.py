@@ -324,8 +324,8 @@ def probe_runs(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
                                  lr=1e-3, momentum=0.0, batch_size=32, **common)
 
         # the very features the runs trained on: the trainer's cache entries, under the trainer's keys
+        from zoo_core import cache, runtime
         from zoo_core import data as zdata
-        from zoo_core import features, runtime
 
         split = zdata.load_data(str(data), progress=False)
         adapter, _ = zoo_core.get_adapter("resnet18")
@@ -333,10 +333,10 @@ def probe_runs(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
         dc = adapter.data_config("resnet18", "DEFAULT").with_image_size(SIZE)
         fx = {}
         for name in ("train", "val"):
-            key = features.feature_key(backbone="resnet18", weights=str(ckpt), data_config=dc,
-                                       fingerprint=split.fingerprint, split=name,
-                                       precision=runtime.resolve_precision("auto", "cpu"))
-            fx[name] = features.extract_features(model, adapter, getattr(split, name), dc, key=key, progress=False)
+            key = cache.feature_key(backbone="resnet18", weights=str(ckpt), data_config=dc,
+                                    fingerprint=split.fingerprint, split=name,
+                                    precision=runtime.resolve_precision("auto", "cpu"))
+            fx[name] = cache.extract_features(model, adapter, getattr(split, name), dc, key=key, progress=False)
             assert fx[name].from_cache, "the probe must use the trainer's cached features"
         xtr, ytr = fx["train"].features.numpy(), fx["train"].labels.numpy()
         xva, yva = fx["val"].features.numpy(), fx["val"].labels.numpy()

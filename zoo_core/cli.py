@@ -369,7 +369,7 @@ def _add_cache(sub: Subparsers) -> None:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from .features import cache_root, cache_summary, clear_cache
+    from .cache import cache_root, cache_summary, clear_cache
 
     args.kind = args.what or args.kind
     if args.action == "clear":

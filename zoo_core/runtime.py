@@ -3,6 +3,11 @@
 ``pick_device("auto")`` prefers CUDA, then MPS, then the CPU. ``resolve_precision`` turns ``auto`` into
 bf16 only where bf16 is native and fast (CUDA GPUs with bf16, CPUs with AVX512-BF16/AMX), else fp32;
 ``training_precision`` adds fp16 with a grad scaler for older CUDA GPUs.
+
+A faster inference pass is never trusted blindly: ``precision_candidates("auto", device)`` lists what
+``auto`` tries (the resolved low precision first, fp32 as the fallback), and :func:`check_pass` accepts
+a pass only when its output on the first batch is finite and within :data:`PASS_TOLERANCE` of eager
+fp32 (feature extraction, :mod:`zoo_core.cache.passes`, applies it).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import random
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,6 +26,9 @@ from .errors import ZooError
 _PRECISIONS = {"auto": "auto", "fp32": "fp32", "float32": "fp32", "32": "fp32", "bf16": "bf16",
                "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16", "half": "fp16", "16": "fp16"}
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+PASS_TOLERANCE = 0.05
+"""Largest relative L2 error (:func:`relative_error`) against eager fp32 that :func:`check_pass` accepts."""
 
 
 def pick_device(requested: str) -> torch.device:
@@ -104,6 +113,38 @@ def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
     """``‖approx − exact‖ / ‖exact‖`` (Frobenius), the measure ``auto`` precision is checked with."""
     exact = exact.float()
     return float((approx.float() - exact).norm() / exact.norm().clamp_min(1e-12))
+
+
+def precision_candidates(precision: str, device: str | torch.device) -> list[str]:
+    """Precisions to try, preferred first; every one but the last is checked against fp32 first.
+
+    ``auto`` that resolves to a low precision gives ``[that, "fp32"]`` (fp32 is the fallback when the
+    check fails); ``auto`` that resolves to fp32, and any explicit precision, give just that one.
+    """
+    resolved = resolve_precision(precision, device)
+    if _PRECISIONS[str(precision).strip().lower()] == "auto" and resolved != "fp32":
+        return [resolved, "fp32"]
+    return [resolved]
+
+
+@dataclass(frozen=True)
+class PassCheck:
+    """Verdict on a faster pass: ``accepted``, its relative ``error`` vs eager fp32, and a log ``message``."""
+
+    accepted: bool
+    error: float
+    message: str
+
+
+def check_pass(approx: torch.Tensor, exact: torch.Tensor, name: str) -> PassCheck:
+    """Accept pass ``name`` when its output ``approx`` is finite and within :data:`PASS_TOLERANCE` of ``exact``.
+
+    ``exact`` is the eager fp32 output on the same batch.
+    """
+    err = relative_error(approx, exact)
+    if not bool(torch.isfinite(approx).all()) or err > PASS_TOLERANCE:
+        return PassCheck(False, err, f"{name} features differ from fp32 by {err:.3g} (relative)")
+    return PassCheck(True, err, f"{name} features within {err:.3g} of fp32 on the first batch")
 
 
 def seed_everything(seed: int) -> None:

@@ -1,5 +1,5 @@
 """The cached-feature path: a frozen backbone without augmentation runs once over the data
-(:func:`zoo_core.features.extract_features`, kept in the feature cache; sharded under torchrun) and only
+(:func:`zoo_core.cache.extract_features`, kept in the feature cache; sharded under torchrun) and only
 the head trains, on the cached features: the converged L-BFGS fit (:func:`zoo_core.headfit.fit_linear_head`)
 when ``epochs`` is None, else ``epochs`` epochs of the shared loop (:func:`head_phase`).
 
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from .. import features, headfit, strategies
+from .. import cache, headfit, strategies
 from ..distributed import DistContext
 from ..errors import TrainingError
 from ..freezing import count_parameters
@@ -32,15 +32,15 @@ def extract(state: RunState, names: tuple[str, ...], ctx: DistContext | None, qu
     cfg, data_cfg = state.cfg, state.data_cfg
     out = {}
     for name in names:
-        key = features.feature_key(backbone=cfg.backbone, weights=str(cfg.weights), data_config=data_cfg,
-                                   fingerprint=state.split.fingerprint, split=name,
-                                   precision=resolve_precision(cfg.precision, state.device))
-        cached = (features.cache_root() / "features" / key).is_dir()  # then no pixels are needed
+        key = cache.feature_key(backbone=cfg.backbone, weights=str(cfg.weights), data_config=data_cfg,
+                                fingerprint=state.split.fingerprint, split=name,
+                                precision=resolve_precision(cfg.precision, state.device))
+        cached = (cache.cache_root() / "features" / key).is_dir()  # then no pixels are needed
         pixels = None if cached else shared_pixels(cfg, state.split, name, data_cfg, ctx, quiet=quiet)
-        out[name] = features.extract_features(state.model, state.adapter, getattr(state.split, name), data_cfg,
-                                              key=key, batch_size=cfg.batch_size, device=state.device,
-                                              precision=cfg.precision, pixels=pixels, num_workers=cfg.num_workers,
-                                              progress=not quiet, ctx=ctx)
+        out[name] = cache.extract_features(state.model, state.adapter, getattr(state.split, name), data_cfg,
+                                           key=key, batch_size=cfg.batch_size, device=state.device,
+                                           precision=cfg.precision, pixels=pixels, num_workers=cfg.num_workers,
+                                           progress=not quiet, ctx=ctx)
     return out
 
 

@@ -13,8 +13,8 @@ from torch.utils.data import Dataset, Sampler
 
 from .. import data as zdata
 from ..adapter import BackboneAdapter, DataConfig
+from ..cache import PixelCache
 from ..distributed import DistContext, DistributedEpochSampler, ShardSampler, epoch_permutation
-from ..features import PixelCache
 from .config import TrainConfig
 
 

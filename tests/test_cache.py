@@ -1,7 +1,8 @@
-"""Feature cache and shared decoding (zoo_core.features): correctness, hits, misses, corruption."""
+"""Feature cache and shared decoding (zoo_core.cache): correctness, hits, misses, corruption, pass checks."""
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 
@@ -13,9 +14,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import FakeData
 
 import zoo_core
-from zoo_core import data, runtime
-from zoo_core import features as fx
+from zoo_core import cache, data, runtime
 from zoo_core.adapter import DataConfig
+from zoo_core.distributed import DistContext
 
 CFG = DataConfig(input_size=(3, 32, 32))
 
@@ -57,12 +58,12 @@ def key_for(cfg: DataConfig = CFG, **over) -> str:
     parts = dict(backbone="resnet18", weights=None, data_config=cfg, fingerprint="fp-1", split="train",
                  precision="fp32")
     parts.update(over)
-    return fx.feature_key(**parts)
+    return cache.feature_key(**parts)
 
 
 def extract(model, adapter, ds, key=None, cfg=CFG, **kw):
     kw.setdefault("precision", "fp32")
-    return fx.extract_features(model, adapter, ds, cfg, key=key, batch_size=8, num_workers=0, progress=False,
+    return cache.extract_features(model, adapter, ds, cfg, key=key, batch_size=8, num_workers=0, progress=False,
                                **kw)
 
 
@@ -168,14 +169,14 @@ def test_changed_inputs_miss_the_cache(ds, change):
            "weights": key_for(weights="IMAGENET1K_V1")}[change]
     again = extract(model, adapter, ds, key=key, cfg=cfg)
     assert not again.from_cache and ds.reads == 48
-    assert len([r for r in fx.cache_summary() if r["kind"] == "features"]) == 2
+    assert len([r for r in cache.cache_summary() if r["kind"] == "features"]) == 2
 
 
 def test_other_backbone_weights_under_same_key_are_not_served(ds, caplog):
     model, adapter = make_model(seed=0)
     first = extract(model, adapter, ds, key=key_for())
     other, _ = make_model(seed=1)  # same name, weights=None, different random init
-    with caplog.at_level(logging.INFO, logger="zoo_core.features"):
+    with caplog.at_level(logging.INFO, logger="zoo_core.cache"):
         second = extract(other, adapter, ds, key=key_for())
     assert not second.from_cache and "other backbone weights" in caplog.text
     assert not torch.allclose(second.features, first.features)
@@ -206,7 +207,7 @@ def test_corrupt_cache_is_detected_and_rebuilt(ds, caplog, damage):
     first = extract(model, adapter, ds, key=key_for())
     good = first.features.clone()
     hurt(first.path / fname)
-    with caplog.at_level(logging.WARNING, logger="zoo_core.features"):
+    with caplog.at_level(logging.WARNING, logger="zoo_core.cache"):
         rebuilt = extract(model, adapter, ds, key=key_for())
     assert not rebuilt.from_cache and ds.reads == 48
     assert "corrupt" in caplog.text and fname in caplog.text
@@ -231,19 +232,19 @@ def test_failed_extraction_leaves_no_entry(ds, cache_dir):
 
 
 def test_pixel_cache_decodes_once_per_input_size(ds, cache_dir):
-    pix = fx.PixelCache.build(ds, CFG, fingerprint="fp-1", split="train", num_workers=0, progress=False)
+    pix = cache.PixelCache.build(ds, CFG, fingerprint="fp-1", split="train", num_workers=0, progress=False)
     assert ds.reads == 24 and not pix.from_cache and len(pix) == 24 and pix.image_size == (32, 32)
     assert pix.images.dtype == np.uint8 and pix.images.shape == (24, 3, 32, 32)
     a, adapter_a = make_model(seed=0)
     b, adapter_b = make_model(seed=1, name="timm/test_resnet")
     for model, adapter in ((a, adapter_a), (b, adapter_b)):  # two backbones, same input size
-        again = fx.PixelCache.build(ds, CFG, fingerprint="fp-1", split="train", num_workers=0, progress=False)
+        again = cache.PixelCache.build(ds, CFG, fingerprint="fp-1", split="train", num_workers=0, progress=False)
         assert again.from_cache and again.path == pix.path
         via_pixels = extract(model, adapter, None, pixels=again)
         torch.testing.assert_close(via_pixels.features, reference_features(model, adapter, ds),
                                    atol=1e-4, rtol=1e-4)
     assert ds.reads == 24  # decoded once for the cache; the extractions read pixels, not images
-    bigger = fx.PixelCache.build(ds, CFG.with_image_size(40), fingerprint="fp-1", split="train",
+    bigger = cache.PixelCache.build(ds, CFG.with_image_size(40), fingerprint="fp-1", split="train",
                                  num_workers=0, progress=False)
     assert not bigger.from_cache and bigger.path != pix.path and bigger.image_size == (40, 40)
     with pytest.raises(zoo_core.ZooError, match="pixel cache"):
@@ -251,7 +252,7 @@ def test_pixel_cache_decodes_once_per_input_size(ds, cache_dir):
 
 
 def test_pixel_dataset_items_and_loader(ds):
-    pix = fx.PixelCache.build(ds, CFG, fingerprint="fp-1", split="train", num_workers=0, progress=False)
+    pix = cache.PixelCache.build(ds, CFG, fingerprint="fp-1", split="train", num_workers=0, progress=False)
     pds = pickle.loads(pickle.dumps(pix.as_dataset()))  # workers get a picklable, lazily mapped dataset
     x, y = pds[5]
     assert x.dtype == torch.uint8 and x.shape == (3, 32, 32) and y == int(ds.base[5][1])
@@ -261,34 +262,34 @@ def test_pixel_dataset_items_and_loader(ds):
 
 
 def test_corrupt_pixel_cache_is_rebuilt(ds, caplog):
-    pix = fx.PixelCache.build(ds, CFG, fingerprint="fp-1", split="train", num_workers=0, progress=False)
+    pix = cache.PixelCache.build(ds, CFG, fingerprint="fp-1", split="train", num_workers=0, progress=False)
     _truncate(pix.path / "pixels.npy")
-    with caplog.at_level(logging.WARNING, logger="zoo_core.features"):
-        again = fx.PixelCache.build(ds, CFG, fingerprint="fp-1", split="train", num_workers=0, progress=False)
+    with caplog.at_level(logging.WARNING, logger="zoo_core.cache"):
+        again = cache.PixelCache.build(ds, CFG, fingerprint="fp-1", split="train", num_workers=0, progress=False)
     assert not again.from_cache and ds.reads == 48 and "corrupt" in caplog.text
 
 
 def test_clear_cache_and_summary(ds, cache_dir):
     model, adapter = make_model()
     extract(model, adapter, ds, key=key_for())
-    fx.PixelCache.build(ds, CFG, fingerprint="fp-1", split="train", num_workers=0, progress=False)
-    rows = fx.cache_summary()
+    cache.PixelCache.build(ds, CFG, fingerprint="fp-1", split="train", num_workers=0, progress=False)
+    rows = cache.cache_summary()
     assert {r["kind"] for r in rows} == {"features", "pixels"}
     feat = next(r for r in rows if r["kind"] == "features")
     assert feat["backbone"] == "resnet18" and feat["n"] == 24 and feat["dim"] == 512 and feat["size_bytes"] > 24 * 512 * 4
-    freed = fx.clear_cache("pixels")
-    assert freed > 24 * 3 * 32 * 32 and [r["kind"] for r in fx.cache_summary()] == ["features"]
-    assert fx.clear_cache("all") >= 24 * 512 * 4
-    assert fx.cache_summary() == [] and not any(p.is_file() for p in cache_dir.rglob("*"))
-    assert fx.clear_cache() == 0
+    freed = cache.clear_cache("pixels")
+    assert freed > 24 * 3 * 32 * 32 and [r["kind"] for r in cache.cache_summary()] == ["features"]
+    assert cache.clear_cache("all") >= 24 * 512 * 4
+    assert cache.cache_summary() == [] and not any(p.is_file() for p in cache_dir.rglob("*"))
+    assert cache.clear_cache() == 0
     with pytest.raises(zoo_core.ZooError, match="features, pixels or all"):
-        fx.clear_cache("weights")
+        cache.clear_cache("weights")
 
 
 def test_cache_root_default(monkeypatch, tmp_path):
     monkeypatch.delenv("BACKBONE_ZOO_CACHE")
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert fx.cache_root() == tmp_path / ".cache" / "backbone-zoo"
+    assert cache.cache_root() == tmp_path / ".cache" / "backbone-zoo"
 
 
 def test_resolve_precision(monkeypatch):
@@ -310,9 +311,57 @@ def test_bf16_features_close_to_fp32_and_auto_falls_back(ds, monkeypatch, caplog
     bf16 = extract(model, adapter, ds, precision="bf16").features
     assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)
     assert runtime.relative_error(bf16, fp32) < 0.05
-    monkeypatch.setattr(fx, "resolve_precision", lambda p, d: "bf16")  # as on a CPU with native bf16
-    monkeypatch.setattr(fx, "_AUTO_BF16_TOLERANCE", 0.0)  # and bf16 judged too inaccurate
-    with caplog.at_level(logging.WARNING, logger="zoo_core.features"):
+    monkeypatch.setattr(runtime, "resolve_precision", lambda p, d: "bf16")  # as on a CPU with native bf16
+    monkeypatch.setattr(runtime, "PASS_TOLERANCE", 0.0)  # and bf16 judged too inaccurate
+    with caplog.at_level(logging.WARNING, logger="zoo_core.cache"):
         auto = extract(model, adapter, ds, precision="auto").features
     assert "using fp32" in caplog.text
     torch.testing.assert_close(auto, fp32, atol=1e-6, rtol=1e-6)
+
+
+def test_auto_keeps_bf16_when_close_and_reuses_the_checked_batch(ds, monkeypatch, caplog):
+    model, adapter = make_model()
+    bf16 = extract(model, adapter, ds, precision="bf16").features
+    calls = []
+    handle = model.conv1.register_forward_pre_hook(lambda m, a: calls.append(len(a[0])))
+    monkeypatch.setattr(runtime, "resolve_precision", lambda p, d: "bf16")  # as on a CPU with native bf16
+    try:
+        with caplog.at_level(logging.INFO, logger="zoo_core.cache"):
+            auto = extract(model, adapter, ds, key=key_for(precision="bf16"), precision="auto")
+    finally:
+        handle.remove()
+    assert "bf16 features within" in caplog.text and "using fp32" not in caplog.text
+    torch.testing.assert_close(auto.features, bf16, atol=1e-6, rtol=1e-6)
+    assert calls == [8, 8, 8, 8]  # 3 batches + the fp32 reference of the first; the check's bf16 run is kept
+    meta = json.loads((auto.path / "meta.json").read_text())
+    assert meta["precision"] == "bf16" and meta["n"] == 24 and "world_size" not in meta
+
+
+def test_choose_pass_checks_candidates_against_the_last():
+    x = torch.linspace(1, 2, 12).reshape(3, 4)
+    ref = cache.ForwardPass("fp32", "fp32", lambda t: t.clone())
+    near = cache.ForwardPass("near", "bf16", lambda t: t * 1.001)
+    far = cache.ForwardPass("far", "bf16", lambda t: t * 2)
+    nan = cache.ForwardPass("nan", "bf16", lambda t: t * float("nan"))
+    ctx = DistContext()
+    chosen, f = cache.choose_pass([far, nan, near, ref], x, ctx, "auto")
+    assert chosen is near and torch.equal(f, x * 1.001)
+    chosen, f = cache.choose_pass([far, nan, ref], x, ctx, "auto")
+    assert chosen is ref and torch.equal(f, x)
+    assert cache.choose_pass([far], x, ctx, "bf16") == (far, None)  # a single candidate is not checked
+    assert cache.choose_pass([far, ref], None, ctx, "auto") == (far, None)  # no batch on this rank: no veto
+
+
+def test_precision_candidates_and_check_pass(monkeypatch):
+    assert runtime.precision_candidates("fp32", "cpu") == ["fp32"]
+    assert runtime.precision_candidates("bf16", "cpu") == ["bf16"]
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert runtime.precision_candidates("auto", "cpu") == ["bf16", "fp32"]
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    assert runtime.precision_candidates("AUTO", "cpu") == ["fp32"]
+    exact = torch.ones(4, 8)
+    ok = runtime.check_pass(exact * 1.01, exact, "bf16")
+    assert ok.accepted and ok.error == pytest.approx(0.01, rel=1e-3) and "within" in ok.message
+    bad = runtime.check_pass(exact * 1.1, exact, "bf16")
+    assert not bad.accepted and "differ from fp32" in bad.message
+    assert not runtime.check_pass(exact * float("inf"), exact, "bf16").accepted

@@ -1,0 +1,239 @@
+"""The checksummed entry store: atomic entry writes, verified reads, discard of bad entries, housekeeping.
+
+An entry is ``<cache_root>/<kind>/<key>/`` holding ``.npy`` arrays and a ``meta.json`` sidecar with the
+size and a CRC32 per 8 MiB chunk of every file. :class:`EntryWriter` builds it in a hidden sibling
+directory and renames it into place when complete; :func:`open_entry` verifies it on read and deletes
+(and reports) an entry that fails, so the caller rebuilds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..errors import DataError, ZooError
+from .keys import FORMAT_VERSION, cache_root
+
+log = logging.getLogger(__name__)
+
+KINDS = ("features", "pixels")  # sub-directories of cache_root(), one per kind of entry
+_CHUNK = 8 << 20  # bytes covered by one CRC32 in meta.json
+_FULL_VERIFY_BYTES = 1 << 30  # files up to this size have every chunk verified on read
+_SAMPLED_CHUNKS = 64  # chunks verified (plus first and last) for larger files
+
+ArraySpec = tuple[tuple[int, ...], str, bool]  # (shape, dtype, memory-mapped) of one stored array
+
+
+class _BadEntry(Exception):
+    """A cache entry that exists but cannot be trusted."""
+
+
+def entry_dir(kind: str, key: str, root: Path | None = None) -> Path:
+    """Directory of the ``kind`` entry ``key`` (it may not exist)."""
+    return (root or cache_root()) / kind / key
+
+
+def _chunk_crcs(path: Path) -> list[int]:
+    crcs = []
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            crcs.append(zlib.crc32(block))
+    return crcs
+
+
+def _verify_file(path: Path, info: dict[str, Any]) -> None:
+    if not path.is_file():
+        raise _BadEntry(f"{path.name} is missing")
+    size = path.stat().st_size
+    if size != info["size"]:
+        raise _BadEntry(f"{path.name} has {size} bytes, meta.json says {info['size']}")
+    crcs = info["crc32"]
+    if len(crcs) != max(1, -(-size // _CHUNK)) and size:
+        raise _BadEntry(f"{path.name}: checksum list does not match its size")
+    if size <= _FULL_VERIFY_BYTES:
+        chunks = range(len(crcs))
+    else:
+        step = max(1, len(crcs) // _SAMPLED_CHUNKS)
+        chunks = sorted({0, len(crcs) - 1, *range(0, len(crcs), step)})
+    with open(path, "rb") as f:
+        for i in chunks:
+            f.seek(i * _CHUNK)
+            if zlib.crc32(f.read(_CHUNK)) != crcs[i]:
+                raise _BadEntry(f"{path.name}: checksum mismatch in bytes {i * _CHUNK}–{(i + 1) * _CHUNK}")
+
+
+def _read_meta(entry: Path, kind: str, key: str) -> dict[str, Any]:
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise _BadEntry(f"meta.json unreadable ({type(exc).__name__})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION or meta.get("kind") != kind \
+            or meta.get("key") != key or not isinstance(meta.get("files"), dict):
+        raise _BadEntry("meta.json does not describe this entry")
+    for name, info in meta["files"].items():
+        _verify_file(entry / name, info)
+    return meta
+
+
+def _load_array(path: Path, shape: tuple[int, ...], dtype: str, mmap: bool) -> np.ndarray:
+    try:
+        arr = np.load(path, mmap_mode="c" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise _BadEntry(f"{path.name} unreadable ({type(exc).__name__}: {exc})") from exc
+    if tuple(arr.shape) != tuple(shape) or str(arr.dtype) != dtype:
+        raise _BadEntry(f"{path.name} is {arr.dtype}{tuple(arr.shape)}, expected {dtype}{tuple(shape)}")
+    return arr
+
+
+def open_entry(entry: Path, kind: str, key: str, arrays: Callable[[dict[str, Any]], dict[str, ArraySpec]]
+               ) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    """``(meta, {file name: array})`` of a committed, verified entry; ``None`` when there is none.
+
+    ``arrays(meta)`` names the files to load with their expected shape, dtype and whether to memory-map
+    them. An entry that fails any check is logged as a warning, deleted and reported as ``None``.
+    """
+    if not entry.is_dir():
+        return None
+    try:
+        meta = _read_meta(entry, kind, key)
+        return meta, {name: _load_array(entry / name, tuple(shape), dtype, mmap)
+                      for name, (shape, dtype, mmap) in arrays(meta).items()}
+    except (_BadEntry, KeyError, TypeError, ValueError) as exc:
+        log.warning("%s cache entry %s is corrupt (%s); deleting it and rebuilding", kind.removesuffix("s"),
+                    entry, exc)
+        shutil.rmtree(entry, ignore_errors=True)
+        return None
+
+
+class EntryWriter:
+    """Builds one entry in a hidden temp dir; :meth:`commit` renames it into place atomically."""
+
+    def __init__(self, kind: str, key: str, root: Path | None = None) -> None:
+        self.kind, self.key = kind, key
+        self.final = entry_dir(kind, key, root)
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.final.parent / f".tmp-{key}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.tmp.mkdir()
+        self.meta: dict[str, Any] = {}
+        self._open: list[np.memmap] = []
+
+    def open_array(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.memmap:
+        """A writable ``.npy`` memory map ``name`` in the entry; fails early when the disk is too full."""
+        need = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        free = shutil.disk_usage(self.tmp).free
+        if need + (64 << 20) > free:
+            raise DataError(
+                f"not enough free disk space for the {self.kind} cache in {self.tmp.parent} "
+                f"({need / 2**30:.2f} GiB needed, {free / 2**30:.2f} GiB free): free space, point "
+                "BACKBONE_ZOO_CACHE at a larger disk, run `zoo cache clear`, or turn the cache off"
+            )
+        arr = np.lib.format.open_memmap(self.tmp / name, mode="w+", dtype=dtype, shape=shape)
+        self._open.append(arr)
+        return arr
+
+    def commit(self, meta: dict[str, Any], labels: np.ndarray | None = None) -> Path:
+        """Flush the arrays, save ``labels.npy``, write ``meta.json`` (sizes, CRC32s) and move into place."""
+        for arr in self._open:
+            arr.flush()
+        self._open.clear()
+        if labels is not None:
+            np.save(self.tmp / "labels.npy", labels)
+        files = {}
+        for p in sorted(self.tmp.iterdir()):
+            with open(p, "rb+") as f:
+                os.fsync(f.fileno())
+            files[p.name] = {"size": p.stat().st_size, "crc32": _chunk_crcs(p)}
+        meta = {"format": FORMAT_VERSION, "kind": self.kind, "key": self.key, **meta,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": files}
+        text = json.dumps(meta, indent=1)
+        (self.tmp / "meta.json").write_text(text)
+        self.meta = json.loads(text)
+        for _ in range(3):
+            try:
+                os.replace(self.tmp, self.final)
+                return self.final
+            except OSError:  # another process committed the same key first, or a stale entry is there
+                shutil.rmtree(self.final, ignore_errors=True)
+        raise ZooError(f"could not move the {self.kind} cache entry into {self.final}; run `zoo cache clear`")
+
+    def abort(self) -> None:
+        """Delete the unfinished entry."""
+        self._open.clear()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def labels_array(y: Any) -> np.ndarray:
+    """A batch of labels as stored: ``int64 [B]``."""
+    return torch.as_tensor(y).reshape(-1).to(torch.int64).numpy()
+
+
+def progress_bar(total: int, desc: str, enabled: bool) -> Any:
+    """A tqdm bar (in images) for filling an entry; ``enabled=False`` shows nothing."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+# ---- housekeeping -----------------------------------------------------------------------------------
+def _dir_bytes(path: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+    return total
+
+
+def clear_cache(kind: str = "all") -> int:
+    """Delete cached ``"features"``, ``"pixels"`` or ``"all"`` (both); return the bytes freed."""
+    if kind not in (*KINDS, "all"):
+        raise ZooError(f"unknown cache kind {kind!r}; use features, pixels or all (zoo cache clear KIND)")
+    freed = 0
+    for k in KINDS if kind == "all" else (kind,):
+        d = cache_root() / k
+        if d.is_dir():
+            freed += _dir_bytes(d)
+            shutil.rmtree(d, ignore_errors=True)
+    log.info("cleared %s cache under %s: %d bytes", kind, cache_root(), freed)
+    return freed
+
+
+def _summary_row(kind: str, entry: Path) -> dict[str, Any]:
+    row: dict[str, Any] = {"kind": kind, "key": entry.name, "path": str(entry),
+                           "size_bytes": _dir_bytes(entry), "status": "ok"}
+    if entry.name.startswith(".tmp-"):
+        row.update(status="incomplete", key=entry.name.split("-")[1])
+        return row
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+        parts = meta.get("parts", {})
+        row.update(backbone=meta.get("backbone"), split=parts.get("split"),
+                   weights=parts.get("weights"), n=meta.get("n"), created=meta.get("created"))
+        if kind == "features":
+            row.update(dim=meta.get("dim"), precision=meta.get("precision"))
+        else:
+            row.update(image_size=meta.get("shape", [None] * 4)[2:])
+    except (OSError, ValueError, AttributeError):
+        row["status"] = "unreadable"
+    return row
+
+
+def cache_summary() -> list[dict[str, Any]]:
+    """One dict per cache entry: kind, key, backbone, split, n, dim (or image size), bytes, created."""
+    rows = []
+    for kind in KINDS:
+        d = cache_root() / kind
+        if d.is_dir():
+            rows += [_summary_row(kind, entry) for entry in sorted(d.iterdir()) if entry.is_dir()]
+    return rows
