@@ -316,9 +316,13 @@ def test_same_seed_same_metrics_other_seed_differs(tmp_path: Path, easy2: Path) 
 
 
 # ---- 5. early stopping and divergence --------------------------------------------------------------------------
-def test_early_stopping_stops_and_a_resume_does_not_restart_it(tmp_path: Path, easy2: Path) -> None:
-    # lr=0: the head never moves, so the validation loss never improves after epoch 1
-    r = train(tmp_path, "es", easy2, strategy="feature-extraction", epochs=8, lr=0.0, early_stopping=2)
+def test_early_stopping_stops_and_a_resume_does_not_restart_it(tmp_path: Path, easy2: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # every step at LR 0 (--lr 0 itself is refused): the head never moves, so the validation loss never
+    # improves after epoch 1
+    set_lr = strategies.set_lr
+    monkeypatch.setattr(strategies, "set_lr", lambda optimizer, factor: set_lr(optimizer, 0.0))
+    r = train(tmp_path, "es", easy2, strategy="feature-extraction", epochs=8, early_stopping=2)
     assert len(r.history) == 3 and r.best_epoch == 1
     assert json.loads((r.run_dir / "summary.json").read_text())["epochs_run"] == 3
     again = zoo_core.train(resume=r.run_dir)

@@ -3,7 +3,8 @@
 Each command is a pair ``_add_<cmd>(subparsers)`` (declares its arguments and sets ``func``) and
 ``_cmd_<cmd>(args) -> int`` (calls the library and prints). Add a command by writing both and
 listing ``_add_<cmd>`` in :data:`_COMMANDS`. A :class:`zoo_core.ZooError` becomes one line on stderr
-and exit status 2.
+and exit status 2, and so does a usage error (an unknown option, ``--epochs abc``); the library checks the
+option values (:func:`zoo_core.training.config.validate`), so the CLI and Python callers get the same line.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from . import __version__
 from .errors import ZooError
@@ -149,8 +150,8 @@ _TRAIN_HELP = {
     "weight_decay": "weight decay, never on norms and biases (default 0.05)",
     "optimizer": "adamw | sgd", "momentum": "SGD momentum", "warmup_epochs": "linear warm-up length",
     "label_smoothing": "label smoothing (default 0)",
-    "trainable_stages": "stages that train with --strategy finetune (default 1)",
-    "head_epochs": "head-only epochs before unfreezing with --strategy gradual (default 1)",
+    "trainable_stages": "stages that train with --strategy finetune: 0 to the backbone's stage count (default 1)",
+    "head_epochs": "head-only epochs before unfreezing with --strategy gradual, fewer than --epochs (default 1)",
     "augment": "random resized crop + flip (default: on when fine-tuning, off for feature extraction)",
     "weights": "DEFAULT (pretrained), none (random init), a weight tag, or a .pth/.safetensors file",
     "image_size": "override the backbone's input size in pixels (e.g. 64 for a quick look)",
@@ -247,12 +248,14 @@ def _add_train(sub: Subparsers) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from .training import train
 
-    if args.nproc and args.nproc > 1:
-        from .distributed import launch_torchrun
-
-        return launch_torchrun(args._argv, args.nproc)
     if not args.resume and not (args.backbone and args.data):
         raise ZooError("zoo train needs BACKBONE and --data PATH_OR_NAME (or --resume RUN_DIR)")
+    if args.nproc and args.nproc > 1:
+        from .distributed import launch_torchrun
+        from .training.fit import check_train
+
+        check_train(args.backbone, args.data, resume=args.resume, **_train_overrides(args))  # one line, not N
+        return launch_torchrun(args._argv, args.nproc)
     result = train(args.backbone, args.data, resume=args.resume, **_train_overrides(args))
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 alone reports
         return 0
@@ -410,11 +413,17 @@ _COMMANDS: list[Callable[[Subparsers], None]] = [
 """Every subcommand's ``_add_<cmd>``, in ``zoo --help`` order."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are one ``zoo: error:`` line (exit status 2), not the usage
+    text of every option; ``--help`` still shows it all."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"zoo: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``zoo`` argument parser with every command in :data:`_COMMANDS`."""
-    parser = argparse.ArgumentParser(
-        prog="zoo", description="backbone-zoo: pretrained vision backbones for transfer learning"
-    )
+    parser = _Parser(prog="zoo", description="backbone-zoo: pretrained vision backbones for transfer learning")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in _COMMANDS:

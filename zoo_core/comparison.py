@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,6 +33,7 @@ from . import plots, registry
 from .errors import DuplicateBackboneError, WeightsError, ZooError
 from .runtime import pick_device
 from .training import TrainConfig, data_config_for, shared_pixels, train
+from .training.config import resolve_config
 from .util import atomic_write_text
 from .weights import is_local_path
 
@@ -302,12 +303,14 @@ def compare(backbones: Sequence[str] | str | None, data: Any, *, strategies: Seq
                        "(e.g. 'timm/resnet*') or raise the limit (--max-entries N, or 0 for no limit)")
     base = TrainConfig(**{"share_decoding": True, **train_overrides})
     base.data = os.fspath(data) if isinstance(data, (str, os.PathLike)) else ""
+    for strategy in strategies:  # a bad option fails here, once, before any data or model is loaded
+        resolve_config(replace(base, strategy=strategy))
+    device = pick_device(base.device)
     out = Path(out_dir)
     split = zdata.load_data(data, val_fraction=base.val_fraction, seed=base.seed, download=base.download,
                             data_root=base.data_root, progress=progress)
     base.data = base.data or split.source  # recorded in each run's config.json (``zoo train --resume`` reads it)
     out.mkdir(parents=True, exist_ok=True)
-    device = pick_device(base.device)
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
     say(f"zoo compare: {len(names)} backbone(s) × {len(strategies)} strategy(ies) on {split.summary()}")
     entries: list[Entry] = []

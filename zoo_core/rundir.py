@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .errors import ZooError
-from .util import atomic_write, atomic_write_text
+from .util import atomic_write, atomic_write_text, remove_stale_temps
 from .weights import load_refusal
 
 
@@ -34,24 +34,30 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``."""
+def load_checkpoint(path: Path, *, mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` with ``weights_only=True`` (``mmap``: tensors
+    memory-mapped, read only when used)."""
     if not path.is_file():
         raise ZooError(f"checkpoint {str(path)!r} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001
         raise ZooError(f"cannot read checkpoint {str(path)!r}: {load_refusal(exc)}") from exc
 
 
 class RunDir:
-    """Writes one run's files; every write replaces the whole file atomically."""
+    """Writes one run's files; every write replaces the whole file atomically.
+
+    Opening an existing run directory (a resume, or a run started again under the same name) removes the
+    temporary files a killed write left there (:func:`zoo_core.util.remove_stale_temps`)."""
 
     def __init__(self, path: str | os.PathLike, *, enabled: bool = True) -> None:
         self.path = Path(path)
         self.enabled = enabled  # False on non-zero ranks under torch.distributed
+        self.removed: list[Path] = []  # stale temporary files removed on opening
         if enabled:
             self.path.mkdir(parents=True, exist_ok=True)
+            self.removed = remove_stale_temps(self.path)
 
     def file(self, name: str) -> Path:
         """Path of ``name`` inside the run directory."""

@@ -31,15 +31,39 @@ PASS_TOLERANCE = 0.05
 """Largest relative L2 error (:func:`relative_error`) against eager fp32 that :func:`check_pass` accepts."""
 
 
-def pick_device(requested: str) -> torch.device:
-    """``auto`` → cuda, then mps, then cpu; anything else is taken as a torch device string."""
-    if requested != "auto":
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+_DEVICES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def pick_device(requested: str | torch.device) -> torch.device:
+    """``auto`` → cuda, then mps, then cpu; else ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, which must exist here.
+
+    Anything else, or a device this machine lacks, is a one-line :class:`ZooError` (``--device``)."""
+    req = str(requested).strip().lower()
+    if req == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(req)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ZooError(f"--device {requested!r} is not a device zoo can use; use {_DEVICES}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ZooError(f"--device {requested!r}: no CUDA GPU is available here (torch {torch.__version__}, "
+                       f"CUDA build {torch.version.cuda or 'none'}); use --device cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ZooError(f"--device {requested!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                       f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not _mps_available():
+        raise ZooError(f"--device {requested!r}: Apple's MPS backend is not available here; use --device cpu or auto")
+    return dev
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
 def _cpu_flags() -> set[str]:

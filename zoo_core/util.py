@@ -1,10 +1,12 @@
-"""Small helpers shared by every room: atomic file writes, digests and short name lists for messages."""
+"""Small helpers shared by every room: atomic file writes (and the cleanup of a killed write's temporary
+file), digests and short name lists for messages."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Sequence
@@ -19,15 +21,38 @@ def _read_umask() -> int:
 _FILE_MODE = 0o666 & ~_read_umask()  # what open() would give a new file (mkstemp's own is 0o600)
 
 
+_TEMP_PREFIX, _TEMP_SUFFIX = ".{name}.", ".tmp"  # atomic_write's temporary file: .<name>.<random>.tmp
+_TEMP_NAME = re.compile(r"\..+\.[^./\\]+" + re.escape(_TEMP_SUFFIX))
+
+
+def is_temp_file(name: str) -> bool:
+    """True when ``name`` is a temporary file of :func:`atomic_write` (``.<target name>.<random>.tmp``)."""
+    return _TEMP_NAME.fullmatch(name) is not None
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_write` left in ``folder`` when its process was killed
+    mid-write (a partial ``.last.pt.<random>.tmp`` can be as large as the model); the removed paths.
+
+    Call it only where no other process is writing (a run directory its run opens, a resumed run)."""
+    removed = []
+    for p in Path(folder).iterdir() if Path(folder).is_dir() else ():
+        if is_temp_file(p.name) and p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], None], *, sync: bool = True) -> None:
     """Call ``write(f)`` on a temporary file beside ``path``, then ``os.replace`` it into place.
 
     A crash or interruption leaves either the old file or the new one, never half of one; the temporary
-    file is removed on any error. ``sync=False`` skips the fsync (for bulk writes of small files).
+    file (``.<name>.<random>.tmp``) is removed on any error; one left by a killed process is removed by
+    :func:`remove_stale_temps`. ``sync=False`` skips the fsync (for bulk writes of small files).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX.format(name=path.name), suffix=_TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

@@ -23,6 +23,8 @@ from torch import nn
 from ..distributed import DistContext
 from ..errors import ZooError
 from ..rundir import load_checkpoint
+from ..util import few
+from .config import last_checkpoint
 from .setup import RunState
 
 
@@ -54,9 +56,14 @@ class Resume:
         """Load the saved optimizer state when ``phase`` is the saved one.
 
         The saved state belongs to the phase of the last finished epoch; a run that would have started a
-        new phase (gradual: head → all layers) here starts it with a fresh optimizer too."""
+        new phase (gradual: head → all layers) here starts it with a fresh optimizer too. The moments come
+        from the checkpoint, the hyperparameters (``initial_lr``, weight decay, …) from ``optimizer``, which
+        the config built: identical unless the resume changed ``--lr``, and then the new one holds."""
         if self.optimizer is not None and (not self.phase_saved or self.phase == phase):
+            hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
             optimizer.load_state_dict(self.optimizer)
+            for group, own in zip(optimizer.param_groups, hyper):
+                group.update(own)
 
 
 def rng_states(ctx: DistContext) -> dict[str, Any]:
@@ -87,16 +94,24 @@ class Checkpoints:
 
     def resume(self) -> Resume:
         """Load ``last.pt`` into the model and the RNG; the loop's starting point."""
-        path = self.run.file("last.pt")
-        if not path.is_file():
-            raise ZooError(f"cannot resume {str(self.run.path)!r}: it has no last.pt (the run stopped before its "
-                           "first epoch finished); start it again without --resume")
-        ck = load_checkpoint(path)
+        ck = load_checkpoint(last_checkpoint(self.run.path))
+        self._check_data(ck)
         self.part.load_state_dict(ck["model"])
         self.best_part = ck.get("best_part")
         restore_rng(ck, self.ctx)
         return Resume(epoch=ck["epoch"], step=ck["step"], history=ck["history"], best=ck["best"],
                       optimizer=ck.get("optimizer"), phase=ck.get("phase"), phase_saved="phase" in ck)
+
+    def _check_data(self, ck: dict[str, Any]) -> None:
+        """Refuse to continue on other data: other classes, or images added, removed or relabelled."""
+        split, where = self.state.split, str(self.run.path)
+        if list(ck["classes"]) != list(split.classes):
+            raise ZooError(f"cannot resume {where!r} on {split.source!r}: its classes ({few(split.classes)}) are "
+                           f"not the run's ({few(ck['classes'])}); start a new run for this data")
+        saved = self.run.read_json("config.json").get("data_fingerprint")
+        if saved is not None and saved != split.fingerprint:
+            raise ZooError(f"cannot resume {where!r} on {split.source!r}: the data changed since the run started "
+                           "(images added, removed or relabelled); start a new run for this data")
 
     def improved(self, epoch: int, row: dict[str, Any]) -> None:
         """Epoch ``epoch`` (1-based) is the best so far: save ``best.pt`` (or, head only, keep the head)."""

@@ -7,6 +7,7 @@ the best weights, and report.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from . import cached, endtoend, report
 from .checkpoint import restore_best
 from .config import TrainConfig, TrainResult, new_run_config, resumed_config, run_name
 from .lrfind import with_auto_lr
-from .setup import build_run, join_processes
+from .setup import build_run, check_options, join_processes
 
 
 def train(backbone: str | None = None, data: Any = None, *, config: TrainConfig | None = None,
@@ -27,20 +28,40 @@ def train(backbone: str | None = None, data: Any = None, *, config: TrainConfig 
         result = zoo_core.train("resnet18", "path/to/cats_vs_dogs", strategy="feature-extraction")
 
     Keyword ``overrides`` set any :class:`TrainConfig` field. ``resume=RUN_DIR`` continues an
-    interrupted run from its ``last.pt`` with the saved config.
+    interrupted run from its ``last.pt`` with the saved config; only the options in
+    :data:`~zoo_core.training.config.RESUMABLE` may change then (e.g. more ``epochs``), others are refused.
     """
+    cfg, run_path, resumes = _plan(backbone, data, config, resume, overrides)
+    return run(cfg, data if data is not None else cfg.data, run_path=run_path, resume=resumes is not None,
+               resumes=resumes or ())
+
+
+def check_train(backbone: str | None = None, data: Any = None, *, config: TrainConfig | None = None,
+                resume: str | Path | None = None, **overrides: Any) -> None:
+    """Raise the one-line error :func:`train` with these arguments would raise about its options (or its
+    resume), doing no work: ``zoo train --nproc N`` checks once before it launches N processes."""
+    cfg, _, _ = _plan(backbone, data, config, resume, overrides)
+    check_options(cfg)
+
+
+def _plan(backbone: str | None, data: Any, config: TrainConfig | None, resume: str | Path | None,
+          overrides: dict[str, Any]) -> tuple[TrainConfig, Path, tuple[dict[str, Any], ...] | None]:
+    """(config, run directory, the resume log or None for a new run) of a :func:`train` call."""
     if resume is not None:
-        cfg = resumed_config(Path(resume), overrides)
-        return run(cfg, data if data is not None else cfg.data, run_path=Path(resume), resume=True)
+        plan = resumed_config(Path(resume), overrides, backbone=backbone, data=data)
+        return plan.config, Path(resume), plan.resumes
     cfg = new_run_config(backbone, data, config, overrides)
-    return run(cfg, data if data is not None else cfg.data, run_path=Path(cfg.out_dir) / run_name(cfg))
+    return cfg, Path(cfg.out_dir) / run_name(cfg), None
 
 
-def run(cfg: TrainConfig, data: Any, *, run_path: Path, resume: bool = False) -> TrainResult:
-    """The run of ``cfg`` on ``data`` in ``run_path`` (continuing its ``last.pt`` when ``resume``)."""
+def run(cfg: TrainConfig, data: Any, *, run_path: Path, resume: bool = False,
+        resumes: tuple[dict[str, Any], ...] = ()) -> TrainResult:
+    """The run of ``cfg`` on ``data`` in ``run_path`` (continuing its ``last.pt`` when ``resume``; ``resumes``
+    is the log of its resumes for ``config.json``)."""
     ctx = join_processes(cfg)
     try:
-        state = with_auto_lr(build_run(cfg, data, ctx=ctx, run_path=run_path, resume=resume))
+        state = build_run(cfg, data, ctx=ctx, run_path=run_path, resume=resume)
+        state = with_auto_lr(dataclasses.replace(state, resumes=resumes))
         report.start(state)
         path = cached if state.use_cache else endtoend
         t_start = time.perf_counter()

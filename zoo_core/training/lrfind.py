@@ -28,7 +28,7 @@ from .. import data as zdata
 from .. import strategies
 from ..plots import _pyplot, _save
 from ..util import atomic_write_text
-from .config import TrainConfig
+from .config import TrainConfig, replace_options
 from .setup import RunState, build_run
 
 _FROM_RUN = ("batch_size", "image_size", "weights", "seed", "optimizer", "momentum", "weight_decay",
@@ -87,7 +87,7 @@ def lr_find(backbone: str, data: Any, *, strategy: str = "full", start_lr: float
     ``overrides`` are :class:`zoo_core.TrainConfig` fields (batch_size, image_size, weights, seed, …).
     ``out`` is a directory for ``lr_find.png`` and ``lr_find.json``.
     """
-    cfg = dataclasses.replace(TrainConfig(), backbone=backbone, strategy=strategy, **overrides)
+    cfg = replace_options(TrainConfig(backbone=backbone, strategy=strategy), overrides)
     state = build_run(dataclasses.replace(cfg, lr=None, progress=progress), data)
     model, opt, loader = _range_test_setup(state)
     lrs, losses = _range_test(model, loader, opt, state, start_lr, end_lr, num_steps, progress)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .. import data as zdata
 from .. import plots
 from ..freezing import count_parameters
-from .config import TrainResult
+from .config import TrainResult, flag
 from .setup import RunState, Trained
 
 _METRICS = ("val_loss", "val_acc", "val_top5", "train_loss", "train_acc")  # of the best epoch, in the result
@@ -75,7 +75,10 @@ def val_line(state: RunState, row: dict[str, Any]) -> None:
 
 def resuming(state: RunState, epoch: int) -> None:
     """A resumed run's line."""
-    state.say(f"zoo train: resuming {state.run.path} at epoch {epoch + 1}/{state.epochs}")
+    changed = state.resumes[-1]["changed"] if state.resumes else {}
+    what = ", ".join(f"{flag(k)} {old} → {new}" for k, (old, new) in changed.items() if k != "progress")
+    state.say(f"zoo train: resuming {state.run.path} at epoch {epoch + 1}/{state.epochs}"
+              + (f" (changed: {what})" if what else ""))
 
 
 def early_stop(state: RunState, stale: int, best_epoch: int, *, before: bool = False) -> None:

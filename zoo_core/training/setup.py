@@ -25,7 +25,7 @@ from ..freezing import Stages
 from ..models import create
 from ..rundir import RunDir
 from ..runtime import autocast_for, pick_device, seed_everything, training_precision
-from .config import TrainConfig, resolve_config
+from .config import DEFAULT_EPOCHS, TrainConfig, check_stages, resolve_config
 from .inputs import data_config_for
 
 
@@ -53,6 +53,7 @@ class RunState:
     run: RunDir | None  # None when nothing is written (the LR range test)
     resume: bool = False
     lr_found: dict[str, Any] | None = None  # --lr auto: the range test's suggestion and plot
+    resumes: tuple[dict[str, Any], ...] = ()  # every resume of the run so far (config.ResumePlan.resumes)
 
     @property
     def head_fit(self) -> bool:
@@ -91,6 +92,7 @@ class RunState:
             "augment": self.augment, "epochs": self.epochs, "lr": self.lr, "device": str(self.device),
             "precision": self.precision, "world_size": self.ctx.world_size, "feature_cache": self.use_cache,
             "lr_find": self.lr_found, "weights": cfg.weights if cfg.weights is None else str(cfg.weights),
+            "resumes": list(self.resumes),
         }
 
 
@@ -122,6 +124,8 @@ def build_run(cfg: TrainConfig, data: Any, *, ctx: DistContext | None = None, ru
                             data_root=cfg.data_root, progress=cfg.progress and ctx.is_main)
     adapter, plugin = registry.get_adapter(cfg.backbone)
     model = create(cfg.backbone, num_classes=len(split.classes), weights=cfg.weights)
+    stages = adapter.stages(model)
+    check_stages(cfg, strategy, [name for name, _ in stages])  # before the run directory and any training
     ctx.sync_module(model)  # under torchrun every rank starts from rank 0's weights (random inits included)
     run = None if run_path is None else RunDir(run_path, enabled=ctx.is_main)  # bad data/weights: no empty dir
     if ctx.rank > 0:  # own augmentation/dropout streams per rank; rank 0 keeps the single-process stream
@@ -132,16 +136,21 @@ def build_run(cfg: TrainConfig, data: Any, *, ctx: DistContext | None = None, ru
         per_rank_batch(cfg.batch_size, ctx.world_size)  # the global batch must split evenly: fail before any work
     amp, scaler = autocast_for(device, precision)
     return RunState(cfg=cfg, strategy=strategy, device=device, ctx=ctx, split=split, model=model, adapter=adapter,
-                    plugin=plugin, data_cfg=data_config_for(adapter, cfg), stages=adapter.stages(model),
+                    plugin=plugin, data_cfg=data_config_for(adapter, cfg), stages=stages,
                     head=adapter.head_name(model), precision=precision, amp=amp, scaler=scaler, augment=augment,
-                    use_cache=use_cache, epochs=cfg.epochs if cfg.epochs is not None else (None if use_cache else 5),
+                    use_cache=use_cache, epochs=cfg.epochs if cfg.epochs is not None else (None if use_cache else DEFAULT_EPOCHS),
                     run=run, resume=resume)
+
+
+def check_options(cfg: TrainConfig) -> torch.device:
+    """Check every option of ``cfg`` that needs neither the data nor the model; the device it runs on."""
+    cfg, _ = resolve_config(cfg)
+    device = pick_device(cfg.device)
+    training_precision(cfg.precision, device)
+    return device
 
 
 def join_processes(cfg: TrainConfig) -> DistContext:
     """Check ``cfg`` (a bad option fails before any process joins), then join the process group torchrun
     describes in the environment (one process without it)."""
-    cfg, _ = resolve_config(cfg)
-    device = pick_device(cfg.device)
-    training_precision(cfg.precision, device)
-    return DistContext.from_env(device.type)
+    return DistContext.from_env(check_options(cfg).type)
