@@ -109,8 +109,15 @@ def test_compare_json_and_exit_status(tmp_path: Path, data3: Path, capsys: pytes
     for name in ("leaderboard.md", "leaderboard.csv", "accuracy_vs_speed.png"):
         assert (out_dir / name).is_file()
 
-    code, out, err = run(capsys, "compare", "timm/test_resnet", "--data", data3, *TINY, "--out", out_dir)
-    assert code == 0 and "reused" in out and "top-1" in out.splitlines()[0]  # terminal table on stdout
+    code, out, err = run(capsys, "compare", "timm/test_resnet", "--data", data3, *TINY, "--out", out_dir,
+                         "--folds", "3")
+    assert code == 0 and "reused" in out and "top-1" in out.splitlines()[0]  # terminal table on stdout …
+    assert out.splitlines()[0] not in err and "[feature-extraction]: reusing" in err  # … once; progress: stderr
+    (row,) = json.loads((out_dir / "leaderboard.json").read_text())["entries"]
+    assert row["folds_k"] == 3 and len(row["folds_top1"]) == 3 and "folds top-1" in out.splitlines()[0]
+    code, _, err = run(capsys, "compare", "timm/test_resnet", "--data", data3, *TINY, "--out", out_dir,
+                       "--folds", "1")
+    assert code == 2 and one_line_error(err) and "--folds K" in err
 
     missing = tmp_path / "missing.pth"  # every entry fails: exit status 1, the leaderboard says why
     code, out, err = run(capsys, "compare", "timm/test_resnet", "--data", data3, "--weights", missing,

@@ -1,5 +1,8 @@
 """``zoo_core.compare``: outputs agree with the run directories, failures are recorded, reruns reuse,
-patterns and families expand, random-init entries are marked, and images are decoded once per input size."""
+patterns and families expand, random-init entries are marked, and images are decoded once per input size.
+
+The seams: ``zoo_core.comparison.run.train`` (what each entry trains with) and ``comparison.Session``
+(which entries a sequence of calls trained); statistics, folds and memory are in test_compare_stats.py."""
 
 from __future__ import annotations
 
@@ -15,8 +18,9 @@ from PIL import Image
 from torch import nn
 
 import zoo_core
-from zoo_core import BackboneAdapter, cache, comparison, hookimpl
+from zoo_core import BackboneAdapter, cache, comparison, hookimpl, stats
 from zoo_core import data as zdata
+from zoo_core.comparison import run as compare_run
 from zoo_core.errors import UnknownBackboneError, WeightsError, ZooError
 from zoo_core.freezing import freeze_stages, replace_linear_head
 
@@ -83,6 +87,12 @@ def read_board(out: Path) -> dict[str, Any]:
     return json.loads((out / "leaderboard.json").read_text())
 
 
+def csv_correct(run_dir: Path) -> dict[str, bool]:
+    """Per validation image of a run (its ``item``), whether it was right, straight from val_predictions.csv."""
+    with open(run_dir / "val_predictions.csv", newline="") as f:
+        return {row["item"]: row["correct"] == "1" for row in csv.DictReader(f)}
+
+
 def by_backbone(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {r["backbone"]: r for r in rows}
 
@@ -146,6 +156,19 @@ def test_compare_outputs_agree_with_run_dirs_and_a_rerun_reuses_them(
         assert entry["infer_images_per_s"] == r["infer_images_per_s"] and entry["peak_mem_mb"] == r["peak_mem_mb"]
         assert (run / "best.pt").is_file()
         assert json.loads((run / "config.json").read_text())["train"]["data"] == str(data3)
+    # statistics: the Wilson interval of each top-1 and the McNemar test against #1, on the runs' own CSVs
+    correct = [csv_correct(Path(r["run_dir"])) for r in rows]
+    for r, c in zip(rows, correct):
+        assert (r["val_images"], r["val_correct"]) == (9, sum(c.values())) and r["stats_note"] is None
+        assert r["val_correct"] / 9 == pytest.approx(r["val_acc"])
+        assert (r["top1_low"], r["top1_high"]) == stats.wilson_interval(r["val_correct"], 9)
+    assert correct[0].keys() == correct[1].keys()
+    items = sorted(correct[0])
+    test = stats.mcnemar_exact([correct[0][i] for i in items], [correct[1][i] for i in items])
+    assert rows[0]["p_vs_1"] is None and rows[0]["tied_with_1"] is None
+    assert (rows[1]["p_vs_1"], rows[1]["only_1_right"], rows[1]["only_this_right"]) == (
+        test["p_value"], test["a_only"], test["b_only"])
+    assert rows[1]["tied_with_1"] is (test["p_value"] >= stats.TIE_ALPHA)
     # the Python object, the CSV and the Markdown say the same
     assert [e.backbone for e in board.entries] == [r["backbone"] for r in rows]
     assert board.rows() == rows
@@ -159,9 +182,10 @@ def test_compare_outputs_agree_with_run_dirs_and_a_rerun_reuses_them(
         assert r["backbone"] in md and r["run_dir"] in md
     header = md.splitlines()[4]
     assert "top-1" in header and "top-5" not in header and "val loss" in header and "infer img/s" in header
-    # terminal table (stderr): every entry, marked random init, no top-5 column for 3 classes
+    # terminal table: every entry, marked random init, no top-5 column for 3 classes; the library prints
+    # only progress (stderr), never the table (the CLI prints it once, on stdout)
     table = board.table()
-    assert table in err
+    assert table not in err and "resnet18 [feature-extraction]: training" in err and str(board) == table
     lines = table.splitlines()
     assert lines[0].split()[:4] == ["#", "backbone", "strategy", "top-1"] and "top-5" not in lines[0]
     assert all(" RANDOM INIT " in line for line in lines[2:4])
@@ -171,7 +195,7 @@ def test_compare_outputs_agree_with_run_dirs_and_a_rerun_reuses_them(
     assert sorted(e["split"] for e in pixels) == ["train", "train", "val", "val"]
 
     # a rerun trains nothing and reports the same numbers
-    trains = count_calls(monkeypatch, comparison, "train")
+    trains = count_calls(monkeypatch, compare_run, "train")
     again = zoo_core.compare(["resnet18", "timm/test_resnet"], data3, out_dir=out, weights=None, image_size=32,
                              progress=False)
     assert trains == [] and {e.status for e in again.entries} == {"reused"}
@@ -200,7 +224,7 @@ def test_a_failing_entry_is_recorded_and_the_others_finish(tmp_path: Path, data3
         assert_valid_png(out / name)
 
     # a rerun retries the failed entry only
-    trains = count_calls(monkeypatch, comparison, "train")
+    trains = count_calls(monkeypatch, compare_run, "train")
     again = zoo_core.compare(["cmp_broken", "cmp_toy_a"], data3, out_dir=out, **FAST)
     assert [c.backbone for c in trains] == ["cmp_broken"]
     assert {e.backbone: e.status for e in again.entries} == {"cmp_toy_a": "reused", "cmp_broken": "failed"}
@@ -233,7 +257,7 @@ def test_random_init_fallback_is_marked_and_reused(tmp_path: Path, data3: Path, 
     assert "| RANDOM INIT |" in (out / "leaderboard.md").read_text()
     assert "RANDOM INIT: cmp_toy_a [feature-extraction] ran without pretrained weights" in board.table()
     # the rerun tries the pretrained weights again (they might be there now), then reuses the random run
-    trains = count_calls(monkeypatch, comparison, "train")
+    trains = count_calls(monkeypatch, compare_run, "train")
     again = zoo_core.compare(["cmp_toy_a"], data3, out_dir=out, fallback_random=True, **kw)
     assert [c.weights for c in trains] == ["DEFAULT"]
     assert again.entries[0].status == "reused" and again.entries[0].weights == "RANDOM INIT"
@@ -278,22 +302,24 @@ def test_strategy_keyword_and_several_strategies(data3: Path, tmp_path: Path, to
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     board = zoo_core.compare("cmp_toy_a", data3, out_dir=tmp_path / "one", strategy="finetune", epochs=1, **FAST)
     assert [e.strategy for e in board.entries] == ["finetune"]
+    session = comparison.Session()  # remembers what the calls that share it trained
     board = zoo_core.compare("cmp_toy_a", data3, out_dir=tmp_path / "two", strategies=["feature-extraction", "full"],
-                             epochs=1, **FAST)
+                             epochs=1, session=session, **FAST)
     assert sorted(e.strategy for e in board.entries) == ["feature-extraction", "full"]
     assert all(e.status == "ok" for e in board.entries)
     curves = {r["strategy"]: r for r in read_board(tmp_path / "two")["entries"]}
     assert Path(curves["full"]["run_dir"]).name == "cmp_toy_a-full"
-    # merge: one folder accumulates one leaderboard over several calls
-    merged = zoo_core.compare("cmp_toy_b", data3, out_dir=tmp_path / "two", merge=True, epochs=1, **FAST)
-    # cmp_toy_a's entries were trained by this process ("ok"); a later process only lists them ("reused")
+    # merge: one folder accumulates one leaderboard over several calls; calls that share a Session list
+    # each other's trained entries as "ok", any other call (a later process) only lists them ("reused")
+    assert len(session.trained) == 2
+    merged = zoo_core.compare("cmp_toy_b", data3, out_dir=tmp_path / "two", merge=True, epochs=1, session=session,
+                              **FAST)
     assert sorted((e.backbone, e.strategy, e.status) for e in merged.entries) == [
         ("cmp_toy_a", "feature-extraction", "ok"), ("cmp_toy_a", "full", "ok"),
         ("cmp_toy_b", "feature-extraction", "ok")]
     assert len(read_board(tmp_path / "two")["entries"]) == 3
-    monkeypatch.setattr(comparison, "_TRAINED_HERE", set())  # as in a new process
     listed = zoo_core.compare("cmp_toy_b", data3, out_dir=tmp_path / "two", merge=True, epochs=1, **FAST)
-    assert {e.status for e in listed.entries} == {"reused"}
+    assert [e.status for e in listed.entries] == ["reused"] * 3  # a call without the session: all reused
 
 
 def _decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -316,7 +342,7 @@ def test_shared_decoding_decodes_once_per_input_size_with_identical_results(
     split = zdata.load_data(data3)
     n_train, n_val = len(split.train), len(split.val)
     seen = _decodes(monkeypatch)
-    real_train, in_train = comparison.train, []
+    real_train, in_train = compare_run.train, []
 
     def train(*args: Any, **kwargs: Any) -> Any:  # decodes while an entry is timed
         before = len(seen)
@@ -324,7 +350,7 @@ def test_shared_decoding_decodes_once_per_input_size_with_identical_results(
         in_train.append(len(seen) - before)
         return result
 
-    monkeypatch.setattr(comparison, "train", train)
+    monkeypatch.setattr(compare_run, "train", train)
     shared = zoo_core.compare(["cmp_toy_a", "cmp_toy_b"], data3, out_dir=tmp_path / "shared", **kw)
     shared_decodes = list(seen)
     cache.clear_cache("all")  # nothing cached: the second compare decodes for itself

@@ -52,7 +52,9 @@ def test_demo_compares_one_backbone_per_plugin_and_marks_random_init(
     assert len(rows) == 4
     for name in ("accuracy_vs_speed.png", "learning_curves.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err, header = captured.err, board.table().splitlines()[0]
+    assert board.table() in captured.out and captured.out.count(header) == 1 and header not in err  # once, stdout
     assert "RANDOM INIT" in err and "finished in" in err
     assert "leaving out vgg11 (its weights are not cached" in err
     assert "best pretrained: efficientnet_lite0 [" in err and "best random init: timm/test_resnet [" in err

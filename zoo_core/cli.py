@@ -310,6 +310,9 @@ def _add_compare(sub: Subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the leaderboard as JSON")
     p.add_argument("--max-entries", type=int, default=64, metavar="N",
                    help="refuse to run more than N backbone x strategy entries (default 64; 0: no limit)")
+    p.add_argument("--folds", type=int, default=None, metavar="K",
+                   help="also fit each feature-extraction head on K stratified folds of train+val (cached "
+                        "features, seconds) and report mean ± std top-1")
     _add_train_options(p, skip=("strategy", "out_dir", "run_name"))
     p.set_defaults(func=_cmd_compare)
 
@@ -319,13 +322,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     board = compare(args.backbones, args.data, strategies=args.strategies, family=args.family, out_dir=args.out,
                     fallback_random=args.fallback_random, rerun=args.rerun, progress=not args.json,
-                    max_entries=args.max_entries or None,
+                    max_entries=args.max_entries or None, folds=args.folds,
                     **_train_overrides(args, skip=("strategy", "out_dir", "run_name")))
     if args.json:
         _print_json(board.rows())
     else:
-        print(board.table())
-    return 0 if any(e.status in ("ok", "reused") for e in board.entries) else 1
+        print(board.table())  # the one copy of the table: stdout (progress went to stderr)
+    return 0 if any(e.finished for e in board.entries) else 1
 
 
 # ---- zoo lr-find ---------------------------------------------------------------------------------
@@ -402,7 +405,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     board = run_demo(args.out, rerun=args.rerun)
-    return 0 if any(e.status in ("ok", "reused") for e in board.entries) else 1
+    return 0 if any(e.finished for e in board.entries) else 1
 
 
 # ---- wiring --------------------------------------------------------------------------------------

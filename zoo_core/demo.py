@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .comparison import RANDOM_INIT, Leaderboard, compare
+from .comparison import RANDOM_INIT, Leaderboard, Session, compare
 from .demo_data import DEMO_CLASSES, make_demo_dataset
 from .registry import list_backbones
 from .weights import torch_hub_checkpoint
@@ -72,7 +72,7 @@ def demo_backbones(say: Callable[[str], object] | None = None) -> list[str]:
 
 def _takeaway(board: Leaderboard) -> str:
     """One line: the best pretrained entry against the best random-init one, and chance."""
-    done = [e for e in board.entries if e.status in ("ok", "reused") and e.val_acc is not None]
+    done = [e for e in board.entries if e.finished and e.val_acc is not None]
     pre = [e for e in done if e.weights != RANDOM_INIT]
     rnd = [e for e in done if e.weights == RANDOM_INIT]
     parts = [f"best pretrained: {pre[0].label} {pre[0].val_acc:.1%}" if pre else "no pretrained entry ran"]
@@ -93,13 +93,14 @@ def run_demo(out: str | os.PathLike = "demo-output", *, rerun: bool = False,
         os.environ["HF_HUB_OFFLINE"] = "1"  # use the Hugging Face cache only, no slow retries
         say("zoo demo: no network — pretrained weights come from installed packages and local caches only")
     backbones = demo_backbones(say)
-    board = None
+    board, session = None, Session()  # one session: the second call lists the first call's entries as trained
     for strategy in DEMO_STRATEGIES:  # feature extraction converges on its own; fine-tuning gets 3 epochs
         epochs = None if strategy == "feature-extraction" else DEMO_SETTINGS["epochs_finetune"]
         board = compare(backbones, data, strategies=[strategy], out_dir=out, fallback_random=True, rerun=rerun,
                         image_size=DEMO_SETTINGS["image_size"], batch_size=DEMO_SETTINGS["batch_size"],
-                        epochs=epochs, early_stopping=None, merge=True)
+                        epochs=epochs, early_stopping=None, merge=True, session=session)
     assert board is not None
+    print("\n" + board.table(), flush=True)  # the finished leaderboard, once, on stdout
     random_entries = [e.label for e in board.entries if e.weights == RANDOM_INIT]
     say(f"\nzoo demo: finished in {time.perf_counter() - t0:.0f}s. Leaderboard: {out / 'leaderboard.md'}; "
         f"plots: {out / 'accuracy_vs_speed.png'}, {out / 'learning_curves.png'}")

@@ -70,12 +70,13 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], pa
 
 
 def scatter(points: Sequence[dict[str, Any]], x: str, y: str, path: Path, *, xlabel: str, ylabel: str,
-            title: str, logx: bool = False) -> None:
+            title: str, logx: bool = False, yerr: tuple[str, str] | None = None) -> None:
     """One point per entry, e.g. accuracy vs speed.
 
     Each point is tagged on the chart with its ``tag`` (e.g. the leaderboard rank) and named in a legend
     beside it (``label``), so that long names never overlap; ``hollow`` points (e.g. random init) are drawn
-    as open circles.
+    as open circles. ``yerr`` names the keys of a point's lower and upper ``y`` bound (e.g. a 95 %
+    interval), drawn as an error bar where both are present.
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -85,6 +86,10 @@ def scatter(points: Sequence[dict[str, Any]], x: str, y: str, path: Path, *, xla
         colour = f"C{i % 10}"
         ax.scatter(p[x], p[y], s=50, facecolors="none" if p.get("hollow") else colour, edgecolors=colour,
                    linewidths=1.5, label=f"{tag}. {p['label']}")
+        low, high = (p.get(yerr[0]), p.get(yerr[1])) if yerr else (None, None)
+        if low is not None and high is not None:
+            ax.errorbar(p[x], p[y], yerr=[[max(p[y] - low, 0)], [max(high - p[y], 0)]], fmt="none",
+                        ecolor=colour, elinewidth=1, capsize=3, alpha=0.7)
         ax.annotate(tag, (p[x], p[y]), textcoords="offset points", xytext=(6, 4), fontsize=9, weight="bold")
     if logx:
         ax.set_xscale("log")

@@ -22,12 +22,12 @@ Modules (each docstring explains its part of the method):
 * :mod:`.precond`: the correlation preconditioner (dense Cholesky or low rank) that whitens the features;
 * :mod:`.solver`: one preconditioned L-BFGS fit for a fixed ``l2`` and its stopping rules;
 * :mod:`.grid`: the warm-started, coarse-to-fine search for ``C`` and the selection rule;
-* :mod:`.split`: the seeded stratified inner split and subsamples.
+* :mod:`.split`: the seeded stratified inner split and subsamples (and the folds of ``compare --folds``).
 """
 
 from .api import DEFAULT_C, HeadFit, fit_linear_head
 from .grid import DEFAULT_C_GRID, GRID_MAX_TRAIN, GRID_MAX_VAL
-from .split import stratified_split
+from .split import stratified_folds, stratified_split
 
 __all__ = ["DEFAULT_C", "DEFAULT_C_GRID", "GRID_MAX_TRAIN", "GRID_MAX_VAL", "HeadFit", "fit_linear_head",
-           "stratified_split"]
+           "stratified_folds", "stratified_split"]

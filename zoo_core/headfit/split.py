@@ -1,8 +1,9 @@
-"""Seeded stratified row selection for the head fit: the inner train/val split and the grid's subsamples.
+"""Seeded stratified row selection for the head fit: the inner train/val split, the grid's subsamples and
+the K folds of ``compare --folds``.
 
-Both draw from one routine, :func:`_shuffled_classes`: per class present (in class order) its rows in a
+All draw from one routine, :func:`_shuffled_classes`: per class present (in class order) its rows in a
 seeded random order, from one ``torch.Generator`` consumed class after class. They differ only in how many
-rows of each class they take (see each docstring).
+rows of each class they take, or where they deal them (see each docstring).
 """
 
 from __future__ import annotations
@@ -50,3 +51,18 @@ def stratified_subsample(idx: torch.Tensor, y: torch.Tensor, cap: int, seed: int
         m = max(1, int(round(members.numel() * cap / n)))
         keep.append(idx[members[:m]])
     return torch.sort(torch.cat(keep)).values
+
+
+def stratified_folds(y: torch.Tensor, k: int, seed: int) -> list[torch.Tensor]:
+    """``k`` disjoint folds that cover every row: each class's rows (in the seeded order above) dealt out
+    round-robin, the deal continuing from one class to the next, so every fold holds about ``1/k`` of each
+    class and fold sizes differ by at most one. Returns ``k`` sorted row-index tensors (CPU)."""
+    if k < 2:
+        raise ValueError(f"stratified_folds needs k >= 2, got {k}")
+    parts: list[list[torch.Tensor]] = [[] for _ in range(k)]
+    dealt = 0
+    for members in _shuffled_classes(y.cpu(), seed):
+        for f in range(k):
+            parts[(dealt + f) % k].append(members[f::k])
+        dealt += members.numel()
+    return [torch.sort(torch.cat(p)).values if p else torch.empty(0, dtype=torch.long) for p in parts]

@@ -16,6 +16,7 @@ Policy lives in :mod:`zoo_core.strategies`; files in :mod:`zoo_core.rundir`.
 
 from __future__ import annotations
 
+from .cached import split_features
 from .config import TrainConfig, TrainResult
 from .fit import train
 from .inputs import EpochSampler, data_config_for, shared_pixels
@@ -23,4 +24,4 @@ from .lrfind import LRFindResult, lr_find, suggest_lr
 from .setup import RunState, build_run
 
 __all__ = ["EpochSampler", "LRFindResult", "RunState", "TrainConfig", "TrainResult", "build_run",
-           "data_config_for", "lr_find", "shared_pixels", "suggest_lr", "train"]
+           "data_config_for", "lr_find", "shared_pixels", "split_features", "suggest_lr", "train"]

@@ -16,32 +16,38 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from .. import cache, headfit, strategies
+from ..adapter import BackboneAdapter, DataConfig
 from ..distributed import DistContext
 from ..errors import TrainingError
 from ..freezing import count_parameters
 from ..runtime import resolve_precision
 from . import report, steps
 from .checkpoint import checkpoint
+from .config import TrainConfig
 from .inputs import EpochSampler, shared_pixels
 from .loop import Fit, rounded, run_epochs
 from .setup import RunState, Trained
 
 
+def split_features(cfg: TrainConfig, split: Any, name: str, model: nn.Module, adapter: BackboneAdapter,
+                   data_cfg: DataConfig, device: torch.device, ctx: DistContext | None = None, *,
+                   quiet: bool = True) -> cache.FeatureSet:
+    """The features of ``split``'s ``name`` split under ``model``'s frozen backbone, through the feature
+    cache under the key a run of ``cfg`` uses (``compare --folds`` reads them back with this too)."""
+    key = cache.feature_key(backbone=cfg.backbone, weights=str(cfg.weights), data_config=data_cfg,
+                            fingerprint=split.fingerprint, split=name,
+                            precision=resolve_precision(cfg.precision, device))
+    cached = (cache.cache_root() / "features" / key).is_dir()  # then no pixels are needed
+    pixels = None if cached else shared_pixels(cfg, split, name, data_cfg, ctx, quiet=quiet)
+    return cache.extract_features(model, adapter, getattr(split, name), data_cfg, key=key,
+                                  batch_size=cfg.batch_size, device=device, precision=cfg.precision, pixels=pixels,
+                                  num_workers=cfg.num_workers, progress=not quiet, ctx=ctx)
+
+
 def extract(state: RunState, names: tuple[str, ...], ctx: DistContext | None, quiet: bool) -> dict[str, Any]:
     """The backbone's features of the ``names`` splits (``FeatureSet`` each), from the cache when there."""
-    cfg, data_cfg = state.cfg, state.data_cfg
-    out = {}
-    for name in names:
-        key = cache.feature_key(backbone=cfg.backbone, weights=str(cfg.weights), data_config=data_cfg,
-                                fingerprint=state.split.fingerprint, split=name,
-                                precision=resolve_precision(cfg.precision, state.device))
-        cached = (cache.cache_root() / "features" / key).is_dir()  # then no pixels are needed
-        pixels = None if cached else shared_pixels(cfg, state.split, name, data_cfg, ctx, quiet=quiet)
-        out[name] = cache.extract_features(state.model, state.adapter, getattr(state.split, name), data_cfg,
-                                           key=key, batch_size=cfg.batch_size, device=state.device,
-                                           precision=cfg.precision, pixels=pixels, num_workers=cfg.num_workers,
-                                           progress=not quiet, ctx=ctx)
-    return out
+    return {name: split_features(state.cfg, state.split, name, state.model, state.adapter, state.data_cfg,
+                                 state.device, ctx, quiet=quiet) for name in names}
 
 
 def fit(state: RunState) -> Trained:
