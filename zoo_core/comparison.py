@@ -252,7 +252,8 @@ def _strategy_names(strategies: Sequence[str] | str | None, strategy: str | None
 
 def _signature(backbone: str, strategy: str, fingerprint: str, cfg: TrainConfig) -> str:
     d = asdict(cfg)
-    for k in ("progress", "out_dir", "run_name", "num_workers", "backbone", "strategy", "data", "share_decoding"):
+    for k in ("progress", "out_dir", "run_name", "num_workers", "backbone", "strategy", "data", "share_decoding",
+              "log", "log_dir"):
         d.pop(k, None)
     blob = json.dumps([backbone, strategy, fingerprint, d], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -340,7 +341,8 @@ def _run_entry(entry: Entry, split: Any, base: TrainConfig, out: Path, device: t
     for attempt in ("asked", "random"):
         cfg = TrainConfig(**{**asdict(base), "backbone": entry.backbone, "strategy": entry.strategy,
                              "out_dir": str(out / "runs"), "run_name": run_name, "progress": progress,
-                             "weights": weights})
+                             "weights": weights,  # TensorBoard: one run per entry under one log dir
+                             "log_dir": (base.log_dir or str(out / "tensorboard")) if base.log else None})
         sig = _signature(entry.backbone, entry.strategy, split.fingerprint, cfg)
         if not rerun and _reuse(entry, marker, sig):
             _TRAINED_HERE.discard(str(marker.resolve()))
