@@ -31,18 +31,17 @@ HAS_EXPORTER = all(importlib.util.find_spec(m) is not None for m in ("onnx", "on
 NO_ORT = "onnxruntime is not installed (pip install 'backbone-zoo[export]'): the ONNX file was not run"
 
 FRESH = r"""
-import json, sys
+import sys
 import numpy as np
-fmt, model, batch, out = sys.argv[1:]
-x = np.load(batch)
-if fmt == "onnx":
-    import onnxruntime as ort
-    s = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-    y = s.run(None, {"input": x})[0]
-else:
-    import torch
-    y = torch.jit.load(model)(torch.from_numpy(x)).detach().numpy()
-np.save(out, y)
+x = np.load(sys.argv[1])
+for i, (fmt, model) in enumerate(a.split("=", 1) for a in sys.argv[3:]):
+    if fmt == "onnx":
+        import onnxruntime as ort
+        y = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    else:
+        import torch
+        y = torch.jit.load(model)(torch.from_numpy(x)).detach().numpy()
+    np.save(f"{sys.argv[2]}{i}.npy", y)
 """
 
 
@@ -56,12 +55,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             for b in ("resnet18", "timm/test_vit")}
 
 
-def fresh_process(fmt: str, model: Path, batch: torch.Tensor, tmp_path: Path) -> np.ndarray:
-    """The exported model's output on ``batch``, computed by a new Python process that imports no zoo_core."""
+def fresh_process(models: dict[str, Path], batch: torch.Tensor, tmp_path: Path) -> dict[str, np.ndarray]:
+    """Each exported model's output on ``batch`` (format → file), computed by one new Python process that
+    imports no zoo_core."""
     np.save(tmp_path / "x.npy", batch.numpy())
-    subprocess.run([sys.executable, "-c", FRESH, fmt, str(model), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
-                   check=True, capture_output=True, timeout=300)
-    return np.load(tmp_path / "y.npy")
+    subprocess.run([sys.executable, "-c", FRESH, str(tmp_path / "x.npy"), str(tmp_path / "y"),
+                    *(f"{fmt}={path}" for fmt, path in models.items())], check=True, capture_output=True, timeout=300)
+    return {fmt: np.load(tmp_path / f"y{i}.npy") for i, fmt in enumerate(models)}
 
 
 def sidecar_input(sidecar: dict, image: Path) -> torch.Tensor:
@@ -76,44 +76,46 @@ def sidecar_input(sidecar: dict, image: Path) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "timm/test_vit"])
-@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
-def test_export_reproduces_pytorch_and_loads_in_a_fresh_process(runs: dict[str, Path], backbone: str, fmt: str,
+def test_exports_reproduce_pytorch_and_load_in_a_fresh_process(runs: dict[str, Path], backbone: str,
                                                                tmp_path: Path) -> None:
     run_dir = runs[backbone]
-    if fmt == "onnx" and not HAS_EXPORTER:
-        with pytest.raises(zoo_core.ZooError, match=r"pip install 'backbone-zoo\[export\]'"):
-            zoo_core.export(run_dir, format="onnx")
-        pytest.skip("onnx/onnxscript are not installed: only the install hint was checked")
-    out = tmp_path / f"model.{fmt}"
-    res = zoo_core.export(run_dir, format=fmt, out=out)
-    assert res.path == out and out.stat().st_size > 100_000 and res.sidecar == tmp_path / f"model.{fmt}.json"
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # atomic writes leave no temp files
     clf = zoo_core.load(run_dir)
-    sidecar = json.loads(res.sidecar.read_text())
-    assert sidecar["classes"] == clf.classes == ["class0", "class1", "class2"] and sidecar["backbone"] == backbone
-    assert sidecar["input"]["shape"] == ["batch", 3, 32, 32] and sidecar["output"]["shape"] == ["batch", 3]
-    assert sidecar["preprocessing"]["mean"] == list(clf.data_config.mean)
-    assert sidecar["preprocessing"]["interpolation"] == clf.data_config.interpolation
-
-    parity = res.parity
-    assert parity.source == "validation images of the run" and parity.images == 3  # 3 classes × 6 → 3 val images
-    if fmt == "onnx" and not HAS_ORT:
-        assert not parity.checked and "onnxruntime is not installed" in parity.line()
-    else:
-        assert parity.checked and parity.ok and parity.max_abs_diff < 1e-4 and parity.top1_agree == 3
-        assert sidecar["parity"]["max_abs_diff"] == parity.max_abs_diff
-        assert "— ok" in res.summary()
-
-    # the sidecar's recipe rebuilds the model's input; a fresh process runs the file on a batch of another size
     images = [write_image(tmp_path / f"new{i}.png", cls=i % 3, index=60 + i, size=50) for i in range(5)]
-    batch = torch.cat([sidecar_input(sidecar, p) for p in images])
-    assert torch.allclose(batch, clf.preprocess(images), atol=1e-5)
+    fresh: dict[str, Path] = {}
+    for fmt in ("torchscript", "onnx"):
+        if fmt == "onnx" and not HAS_EXPORTER:
+            with pytest.raises(zoo_core.ZooError, match=r"pip install 'backbone-zoo\[export\]'"):
+                zoo_core.export(run_dir, format="onnx")
+            continue
+        out = tmp_path / f"model.{fmt}"
+        res = zoo_core.export(run_dir, format=fmt, out=out)
+        assert res.path == out and out.stat().st_size > 100_000 and res.sidecar == tmp_path / f"model.{fmt}.json"
+        sidecar = json.loads(res.sidecar.read_text())
+        assert sidecar["classes"] == clf.classes == ["class0", "class1", "class2"] and sidecar["backbone"] == backbone
+        assert sidecar["input"]["shape"] == ["batch", 3, 32, 32] and sidecar["output"]["shape"] == ["batch", 3]
+        assert sidecar["preprocessing"]["mean"] == list(clf.data_config.mean)
+        assert sidecar["preprocessing"]["interpolation"] == clf.data_config.interpolation
+        # the sidecar's recipe alone rebuilds the model's input
+        batch = torch.cat([sidecar_input(sidecar, p) for p in images])
+        assert torch.allclose(batch, clf.preprocess(images), atol=1e-5)
+
+        parity = res.parity  # checked at export time on the run's validation images (3 classes × 6 → 3)
+        assert parity.source == "validation images of the run" and parity.images == 3
+        if fmt == "onnx" and not HAS_ORT:
+            assert not parity.checked and "onnxruntime is not installed" in parity.line()
+            continue
+        assert parity.checked and parity.ok and parity.max_abs_diff < 1e-4 and parity.top1_agree == 3
+        assert sidecar["parity"]["max_abs_diff"] == parity.max_abs_diff and "— ok" in res.summary()
+        fresh[fmt] = out
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # atomic writes leave no temp files
+
+    # a new process loads each file and runs it on a batch size the export never saw
     with torch.no_grad():
         expected = clf(batch).numpy()
-    if fmt == "onnx" and not HAS_ORT:
-        pytest.skip(NO_ORT)
-    got = fresh_process(fmt, out, batch, tmp_path)
-    assert got.shape == (5, 3) and np.abs(got - expected).max() < 1e-4
+    for fmt, got in fresh_process(fresh, batch, tmp_path).items():
+        assert got.shape == (5, 3) and np.abs(got - expected).max() < 1e-4, fmt
+    if "onnx" not in fresh:
+        pytest.skip(NO_ORT if HAS_EXPORTER else "onnx/onnxscript are not installed: only the install hint was checked")
 
 
 def test_cli_export_prints_the_check_and_takes_given_images(runs: dict[str, Path], tmp_path: Path,

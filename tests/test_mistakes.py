@@ -60,7 +60,7 @@ def test_a_run_draws_the_worst_images_and_counts_the_confused_pairs(tmp_path: Pa
     (tiles,) = drawn  # the gallery shows the images themselves, read again from the data folder
     for tile, row in zip(tiles, worst):
         with Image.open(data / row["item"]) as original:
-            assert np.array_equal(np.asarray(tile["image"]), np.asarray(original.convert("RGB")))
+            assert np.array_equal(np.asarray(tile["load"]()), np.asarray(original.convert("RGB")))
 
     with open(r.run_dir / "most_confused.csv", newline="") as f:
         confused = list(csv.DictReader(f))
@@ -91,7 +91,7 @@ def test_the_gallery_of_a_dataset_object_uses_its_items_and_survives_a_vanished_
     n = len(split.val)
     tiles = report.worst_images(split.val, rows, k=4)  # the highest losses: the last items here
     assert [t["index"] for t in tiles] == [n - 1, n - 2, n - 3, n - 4] and tiles[0]["item"].startswith("FakeData[")
-    assert np.array_equal(np.asarray(tiles[0]["image"]), np.asarray(split.val[n - 1][0]))
+    assert np.array_equal(np.asarray(tiles[0]["load"]()), np.asarray(split.val[n - 1][0]))
 
     files = make_folder(tmp_path / "f", num_classes=2, per_class=3)
     fsplit = zdata.load_data(files, val_fraction=0.34, progress=False)
@@ -99,7 +99,7 @@ def test_the_gallery_of_a_dataset_object_uses_its_items_and_survives_a_vanished_
               "p_pred": 0.8, "p_target": 0.2, "loss": 1.0 + i} for i in range(len(fsplit.val))]
     (files / frows[-1]["item"]).unlink()  # the worst image is gone since the scan
     tiles = report.worst_images(fsplit.val, frows)
-    assert tiles[0]["image"] is None and all(t["image"] is not None for t in tiles[1:])
+    assert tiles[0]["load"]() is None and all(t["load"]() is not None for t in tiles[1:])
     plots.top_losses(tiles, tmp_path / "g.png", "gallery")  # a missing image is a tile that says so
     with Image.open(tmp_path / "g.png") as img:
         assert img.info["Description"].startswith(f"1. {frows[-1]['item']}: true class0, pred class1")

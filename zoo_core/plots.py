@@ -78,8 +78,8 @@ def top_losses(tiles: Sequence[dict[str, Any]], path: Path, title: str = "") -> 
     """A gallery of the worst validation images (fastai's ``plot_top_losses``), worst first.
 
     Each tile is a ``val_predictions.csv`` row (``item``, ``target``, ``pred``, ``p_pred``, ``p_target``,
-    ``loss``) with its ``image`` (PIL, or None when it could not be read again); the PNG's ``Description``
-    metadata lists the same images in the same order.
+    ``loss``) with ``load()``, which reads its image (PIL, or None when it cannot be read again); the PNG's
+    ``Description`` metadata lists the same images in the same order.
     """
     plt = _pyplot()
     cols = max(1, min(3, len(tiles)))
@@ -88,8 +88,9 @@ def top_losses(tiles: Sequence[dict[str, Any]], path: Path, title: str = "") -> 
     for ax in axes.flat:
         ax.axis("off")
     for ax, t in zip(axes.flat, tiles):
-        if t.get("image") is not None:
-            img = t["image"].copy()
+        img = t["load"]()
+        if img is not None:
+            img = img.copy()
             img.thumbnail((256, 256))  # a 12-megapixel photo is not drawn at full size
             ax.imshow(img)
         else:

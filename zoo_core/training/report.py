@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -143,17 +143,19 @@ def most_confused(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def worst_images(dataset: Any, rows: list[dict[str, Any]], k: int = TOP_LOSSES) -> list[dict[str, Any]]:
-    """The ``k`` rows with the highest loss, worst first, each with its ``image`` read again from ``dataset``
-    (only these ``k`` are decoded; one that cannot be read any more gets ``None``)."""
-    worst = sorted(rows, key=lambda r: (-r["loss"], r["index"]))[:k]
-    tiles = []
-    for r in worst:
-        try:
-            image = dataset[r["index"]][0]
-        except Exception:  # noqa: BLE001 - a file deleted since, a Dataset that fails: the tile says so
-            image = None
-        tiles.append({**r, "image": image})
-    return tiles
+    """The ``k`` rows with the highest loss, worst first, each with a ``load()`` that reads its image again
+    from ``dataset`` (PIL; None when it cannot be read any more). Only the gallery calls it, so only these
+    ``k`` images are ever decoded, and none when the plot is skipped."""
+
+    def loader(index: int) -> Callable[[], Any]:
+        def load() -> Any:
+            try:
+                return dataset[index][0]
+            except Exception:  # noqa: BLE001 - a file deleted since, a Dataset that fails: the tile says so
+                return None
+        return load
+
+    return [{**r, "load": loader(r["index"])} for r in sorted(rows, key=lambda r: (-r["loss"], r["index"]))[:k]]
 
 
 def finish(state: RunState, trained: Trained, val: ValPredictions, train_seconds: float) -> TrainResult:
