@@ -118,6 +118,7 @@ def test_exports_reproduce_pytorch_and_load_in_a_fresh_process(runs: dict[str, P
         pytest.skip(NO_ORT if HAS_EXPORTER else "onnx/onnxscript are not installed: only the install hint was checked")
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_cli_export_prints_the_check_and_takes_given_images(runs: dict[str, Path], tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = runs["resnet18"]

@@ -379,7 +379,8 @@ def _add_lr_find(sub: Subparsers) -> None:
     p.add_argument("--out", default="lr-find", help="folder for lr_find.png and lr_find.json")
     p.add_argument("--json", action="store_true")
     _add_train_options(p, skip=("epochs", "lr", "out_dir", "run_name", "early_stopping", "cache_features",
-                                "max_steps", "warmup_epochs", "label_smoothing", "channels_last", "precision"))
+                                "max_steps", "warmup_epochs", "label_smoothing", "channels_last", "precision",
+                                "log", "log_dir"))
     p.set_defaults(func=_cmd_lr_find)
 
 
@@ -388,7 +389,7 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
 
     overrides = _train_overrides(args, skip=("epochs", "lr", "out_dir", "run_name", "early_stopping",
                                              "cache_features", "max_steps", "warmup_epochs", "label_smoothing",
-                                             "channels_last", "precision"))
+                                             "channels_last", "precision", "log", "log_dir"))
     strategy = overrides.pop("strategy", "full")
     res = lr_find(args.backbone, args.data, strategy=strategy, start_lr=args.start_lr, end_lr=args.end_lr,
                   num_steps=args.steps, out=args.out, progress=not args.json, **overrides)
