@@ -4,7 +4,7 @@ preprocessing recipe rebuilds the model's input, and one-line errors for what ca
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import shutil
 import subprocess
@@ -26,8 +26,18 @@ from zoo_core.inference import ZooClassifier
 
 pytestmark = pytest.mark.usefixtures("skip_run_plots")
 
-HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
-HAS_EXPORTER = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript"))
+
+def importable(*names: str) -> bool:
+    try:
+        for name in names:
+            importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
+
+
+HAS_ORT = importable("onnxruntime")
+HAS_EXPORTER = importable("onnx", "onnxscript")
 NO_ORT = "onnxruntime is not installed (pip install 'backbone-zoo[export]'): the ONNX file was not run"
 
 FRESH = r"""
