@@ -128,8 +128,10 @@ def install_dist(
 
 @pytest.fixture
 def skip_run_plots(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Skip each run's own curves/confusion PNGs (slow to draw; tests/test_trainer.py covers them)."""
+    """Skip each run's own curves/confusion/top-losses PNGs (slow to draw; tests/test_trainer.py and
+    tests/test_mistakes.py cover them)."""
     import zoo_core.plots
 
     monkeypatch.setattr(zoo_core.plots, "learning_curves", lambda *a, **k: None)
     monkeypatch.setattr(zoo_core.plots, "confusion_matrix", lambda *a, **k: None)
+    monkeypatch.setattr(zoo_core.plots, "top_losses", lambda *a, **k: None)

@@ -3,6 +3,7 @@ decompression bomb, a corrupt or non-image file) as one line; an inconsistent ch
 
 from __future__ import annotations
 
+import csv
 import json
 import struct
 import zlib
@@ -16,6 +17,7 @@ from helpers_images import cut_scan_jpeg, make_folder, write_image
 
 import zoo_core
 from zoo_core import data as zdata
+from zoo_core import inference
 from zoo_core.rundir import load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("skip_run_plots")
@@ -125,3 +127,44 @@ def test_head_only_last_checkpoint_says_to_use_best(tmp_path: Path, capsys: pyte
     code, _, err = run(capsys, "predict", r.run_dir / "last.pt", image)
     assert code == 2 and "holds only the head 'fc'" in one_line_error(err) and "best.pt" in err
     assert run(capsys, "predict", r.run_dir, image)[0] == 0  # the run directory itself uses best.pt
+
+
+def test_predict_takes_folders_and_writes_a_csv(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    shots = tmp_path / "shots"
+    second = write_image(shots / "b.png", cls=0, index=80)
+    deep = write_image(shots / "nested" / "deeper" / "a.JPG", cls=1, index=81)
+    first = write_image(shots / "a.png", cls=1, index=82)
+    (shots / "notes.txt").write_text("not an image, not an image file name either")
+    write_image(shots / ".hidden.png", cls=0, index=83)
+    write_image(shots / ".cache" / "x.png", cls=0, index=84)
+    broken = shots / "nested" / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    single = write_image(tmp_path / "single.png", cls=0, index=85)
+    monkeypatch.setattr(inference, "PROGRESS_MIN", 3)
+    out = tmp_path / "preds.csv"
+
+    code, stdout, err = run(capsys, "predict", run_dir, shots, single, empty, "--csv", out, "-k", "2")
+    assert code == 2 and stdout == ""  # the CSV replaces the table; one error line per unreadable entry
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    # a folder: its image files, recursive, in sorted order, hidden ones and other files left out
+    assert [r["image"] for r in rows] == [str(p) for p in (first, second, broken, deep, single, empty)]
+    assert list(rows[0]) == ["image", "label_1", "probability_1", "label_2", "probability_2", "error"]
+    clf = zoo_core.load(run_dir)
+    for r, img in zip(rows, (first, second, None, deep, single)):
+        if img is None:
+            assert r["label_1"] == "" and f"cannot read image {broken}: corrupt image" in r["error"]
+            continue
+        ((l1, p1), (l2, p2)) = clf.predict([img], topk=2)[0]
+        assert (r["label_1"], r["label_2"]) == (l1, l2) and float(r["probability_1"]) == pytest.approx(p1, abs=1e-6)
+        assert r["error"] == "" and float(r["probability_1"]) >= float(r["probability_2"])
+    assert "folder holds no image files" in rows[-1]["error"] and rows[-1]["label_1"] == ""
+    errors = [line for line in err.splitlines() if line.startswith("zoo: error:")]
+    assert len(errors) == 2 and "broken.png" in errors[0] and str(empty) in errors[1]
+    assert "zoo predict: 4 image(s) labelled, 2 unreadable" in err and "img" in err  # the summary; the bar
+
+    code, stdout, _ = run(capsys, "predict", run_dir, shots / "nested" / "deeper", "--json")
+    assert code == 0 and [r["image"] for r in json.loads(stdout)] == [str(deep)]

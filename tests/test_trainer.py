@@ -29,7 +29,8 @@ FAST: dict[str, Any] = dict(weights=None, image_size=32, num_workers=0, progress
                             precision="fp32", device="cpu")
 TIMING = {"images_per_s", "epoch_seconds"}  # the only metrics allowed to differ between identical runs
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-REAL_PLOTS = {"learning_curves": plots.learning_curves, "confusion_matrix": plots.confusion_matrix}
+REAL_PLOTS = {"learning_curves": plots.learning_curves, "confusion_matrix": plots.confusion_matrix,
+              "top_losses": plots.top_losses}
 
 
 @pytest.fixture(autouse=True)
@@ -37,6 +38,7 @@ def no_plots(monkeypatch: pytest.MonkeyPatch) -> None:
     """Matplotlib costs ~1.5 s a run; tests that check the PNGs put the real functions back."""
     monkeypatch.setattr(plots, "learning_curves", lambda *a, **k: None)
     monkeypatch.setattr(plots, "confusion_matrix", lambda *a, **k: None)
+    monkeypatch.setattr(plots, "top_losses", lambda *a, **k: None)
 
 
 @pytest.fixture(scope="module")
@@ -431,7 +433,7 @@ def test_run_directory_contents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     last = torch.load(run / "last.pt", weights_only=True)
     assert last["epoch"] == 2 and {"optimizer", "history", "best", "rng", "step"} <= set(last)
 
-    for name in ("curves.png", "confusion.png"):
+    for name in ("curves.png", "confusion.png", "top_losses.png"):
         assert (run / name).read_bytes()[:8] == PNG_SIGNATURE, name
         with Image.open(run / name) as img:
             img.verify()

@@ -166,6 +166,9 @@ _TRAIN_HELP = {
     "data_root": "where built-in datasets live (default $BACKBONE_ZOO_DATA or ~/.cache/backbone-zoo/datasets)",
     "out_dir": "parent folder of run directories (default runs)", "run_name": "run directory name",
     "max_steps": "stop each epoch after this many steps (smoke tests)",
+    "log": "tensorboard: also log scalars, the LR schedule, the confusion matrix and hparams to TensorBoard "
+           "(pip install tensorboard)",
+    "log_dir": "with --log: TensorBoard runs go to LOG_DIR/<run name> (default RUN_DIR/tensorboard)",
 }
 _NOT_OPTIONS = {"backbone", "data", "progress"}
 
@@ -270,22 +273,31 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _add_predict(sub: Subparsers) -> None:
     p = sub.add_parser("predict", help="label images with a trained run's best model")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by zoo train (or a .pt file)")
-    p.add_argument("images", metavar="IMAGE", nargs="+",
-                   help="image files; an unreadable one is reported on stderr (exit status 2), the rest still print")
+    p.add_argument("images", metavar="IMAGE_OR_FOLDER", nargs="+",
+                   help="image files or folders of them (recursive); an unreadable file is reported on stderr "
+                        "(exit status 2), the rest still print")
     p.add_argument("--topk", "-k", type=int, default=3, help="labels per image (default 3)")
+    p.add_argument("--csv", metavar="FILE", default=None,
+                   help="write the results to FILE as CSV (image, label_1, probability_1, …, error) instead of "
+                        "printing a table")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_predict)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    """Readable images are labelled and printed; each unreadable one is a ``zoo: error:`` line (exit 2)."""
-    from .inference import predict
+    """Readable images are labelled and printed (or written to --csv); each unreadable one is a
+    ``zoo: error:`` line (exit 2)."""
+    from .inference import predict, write_predictions
 
-    results = predict(args.run_dir, args.images, topk=args.topk)
+    results = predict(args.run_dir, args.images, topk=args.topk, progress=True)
     failed = [r for r in results if "error" in r]
+    if args.csv:
+        write_predictions(results, args.csv)
+        print(f"zoo predict: {len(results) - len(failed)} image(s) labelled, {len(failed)} unreadable → {args.csv}",
+              file=sys.stderr)
     if args.json:
         _print_json(results)
-    elif len(failed) < len(results):
+    elif not args.csv and len(failed) < len(results):
         rows = [{"image": r["image"], "rank": i + 1, "label": t["label"], "probability": f"{t['probability']:.4f}"}
                 for r in results for i, t in enumerate(r["top"])]
         print(format_table(rows, ["image", "rank", "label", "probability"]))
@@ -293,6 +305,37 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for r in failed:
         print(f"zoo: error: {' '.join(r['error'].split())}", file=sys.stderr)
     return 2 if failed else 0
+
+
+# ---- zoo export ----------------------------------------------------------------------------------
+def _add_export(sub: Subparsers) -> None:
+    p = sub.add_parser("export", help="export a run's model to ONNX or TorchScript, checked against PyTorch")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by zoo train (or a .pt file)")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="default onnx")
+    p.add_argument("--out", metavar="FILE", default=None,
+                   help="the exported file (default RUN_DIR/model.onnx or RUN_DIR/model.torchscript.pt); the "
+                        "sidecar FILE.json holds classes and preprocessing")
+    p.add_argument("--images", metavar="IMAGE", nargs="+", default=None,
+                   help="images for the parity check (default: the run's validation images)")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="largest logit difference accepted, relative to max(1, max |logit|) (default 1e-3)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .exporting import PARITY_TOLERANCE, export
+
+    tolerance = PARITY_TOLERANCE if args.tolerance is None else args.tolerance
+    res = export(args.run_dir, format=args.format, out=args.out, images=args.images, tolerance=tolerance)
+    if args.json:
+        _print_json({"path": str(res.path), "sidecar": str(res.sidecar), "format": res.format,
+                     "backbone": res.backbone, "parity": asdict(res.parity)})
+    else:
+        print(res.summary())
+    return 0
 
 
 # ---- zoo compare ---------------------------------------------------------------------------------
@@ -342,7 +385,8 @@ def _add_lr_find(sub: Subparsers) -> None:
     p.add_argument("--out", default="lr-find", help="folder for lr_find.png and lr_find.json")
     p.add_argument("--json", action="store_true")
     _add_train_options(p, skip=("epochs", "lr", "out_dir", "run_name", "early_stopping", "cache_features",
-                                "max_steps", "warmup_epochs", "label_smoothing", "channels_last", "precision"))
+                                "max_steps", "warmup_epochs", "label_smoothing", "channels_last", "precision",
+                                "log", "log_dir"))
     p.set_defaults(func=_cmd_lr_find)
 
 
@@ -351,7 +395,7 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
 
     overrides = _train_overrides(args, skip=("epochs", "lr", "out_dir", "run_name", "early_stopping",
                                              "cache_features", "max_steps", "warmup_epochs", "label_smoothing",
-                                             "channels_last", "precision"))
+                                             "channels_last", "precision", "log", "log_dir"))
     strategy = overrides.pop("strategy", "full")
     res = lr_find(args.backbone, args.data, strategy=strategy, start_lr=args.start_lr, end_lr=args.end_lr,
                   num_steps=args.steps, out=args.out, progress=not args.json, **overrides)
@@ -410,8 +454,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 # ---- wiring --------------------------------------------------------------------------------------
 _COMMANDS: list[Callable[[Subparsers], None]] = [
-    _add_plugins, _add_list, _add_info, _add_train, _add_predict, _add_compare, _add_lr_find, _add_cache,
-    _add_demo,
+    _add_plugins, _add_list, _add_info, _add_train, _add_predict, _add_export, _add_compare, _add_lr_find,
+    _add_cache, _add_demo,
 ]
 """Every subcommand's ``_add_<cmd>``, in ``zoo --help`` order."""
 

@@ -1,14 +1,19 @@
-"""Reuse a trained run: ``load(RUN_DIR)`` gives the model back, ``predict`` labels images."""
+"""Reuse a trained run: ``load(RUN_DIR)`` gives the model back, ``predict`` labels images and folders of
+images, ``write_predictions`` saves its results as CSV."""
 
 from __future__ import annotations
 
+import csv
+import io
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 from PIL import Image
 from torch import nn
+from tqdm.auto import tqdm
 
 from . import data as zdata
 from . import registry
@@ -17,6 +22,9 @@ from .adapter import DataConfig
 from .errors import ZooError
 from .models import create
 from .rundir import load_checkpoint
+from .util import atomic_write_text
+
+PROGRESS_MIN = 64  # predict() shows a progress bar from this many images
 
 
 class ZooClassifier(nn.Module):
@@ -60,7 +68,8 @@ class ZooClassifier(nn.Module):
         return out
 
 
-def _checkpoint_path(run: str | os.PathLike) -> Path:
+def checkpoint_path(run: str | os.PathLike) -> Path:
+    """The checkpoint of ``run``: the file itself, or a run directory's ``best.pt`` (else its ``last.pt``)."""
     path = Path(run)
     if path.is_dir():
         for name in ("best.pt", "last.pt"):
@@ -122,7 +131,7 @@ def load(run: str | os.PathLike, device: str | torch.device = "cpu") -> ZooClass
     Every inconsistency in the checkpoint (class list versus head size, a ``model`` that is not a state
     dict, a bad data config, an unknown backbone) is a one-line :class:`zoo_core.ZooError` naming the file.
     """
-    path = _checkpoint_path(run)
+    path = checkpoint_path(run)
     ck: Any = load_checkpoint(path)
     backbone, classes, state = _check_contents(path, ck)
     data_config = _data_config(path, ck["data_config"])
@@ -144,27 +153,73 @@ def load(run: str | os.PathLike, device: str | torch.device = "cpu") -> ZooClass
     return clf.to(device).eval()
 
 
+def expand_images(paths: Sequence[str | os.PathLike]) -> list[tuple[str, str | None]]:
+    """``(path, error)`` per image to label: a file as given (``error`` None; whether it reads is found out
+    later), a folder as its image files (extensions of :data:`zoo_core.data.IMAGE_EXTENSIONS`, recursive,
+    sorted, hidden files and folders left out), a folder without any as one entry with an error."""
+    out: list[tuple[str, str | None]] = []
+    for p in paths:
+        if not os.path.isdir(p):
+            out.append((os.fspath(p), None))
+            continue
+        found = []
+        for root, dirs, files in os.walk(p):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            found += [os.path.join(root, f) for f in sorted(files) if not f.startswith(".")
+                      and os.path.splitext(f)[1].lower() in zdata.IMAGE_EXTENSIONS]
+        out += [(f, None) for f in found] or [
+            (os.fspath(p), f"folder holds no image files ({' '.join(zdata.IMAGE_EXTENSIONS)})")]
+    return out
+
+
 def predict(run: str | os.PathLike, images: Sequence[str | os.PathLike], topk: int = 5,
-            batch_size: int = 32) -> list[dict[str, Any]]:
-    """Label image files with the model of run ``run``: one dict per image, in order, with its
-    ``"top"`` k ``{"label", "probability"}``. A file that cannot be read gets an empty ``"top"`` and an
-    ``"error"`` line; the other files are still labelled."""
+            batch_size: int = 32, progress: bool = False) -> list[dict[str, Any]]:
+    """Label image files, and the images inside folders (:func:`expand_images`), with the model of run
+    ``run``: one dict per image, in order, with its ``"top"`` k ``{"label", "probability"}``. A file that
+    cannot be read (or a folder without images) gets an empty ``"top"`` and an ``"error"`` line; the other
+    files are still labelled. ``progress`` shows a bar from :data:`PROGRESS_MIN` images on."""
     clf = load(run)
-    results: list[dict[str, Any]] = [{"image": str(img), "top": []} for img in images]
+    entries = expand_images(images)
+    results: list[dict[str, Any]] = [{"image": img, "top": []} for img, _ in entries]
     pending: list[tuple[dict[str, Any], Image.Image]] = []
+    bar = tqdm(total=len(entries), unit="img", desc="zoo predict", leave=False, file=sys.stderr,
+               disable=not progress or len(entries) < PROGRESS_MIN)
 
     def flush() -> None:
         for (row, _), preds in zip(pending, clf.predict([img for _, img in pending], topk=topk,
                                                         batch_size=batch_size)):
             row["top"] = [{"label": lbl, "probability": round(p, 6)} for lbl, p in preds]
+        bar.update(len(pending))
         pending.clear()
 
-    for row, img in zip(results, images):
-        try:
-            pending.append((row, zdata.load_image(img)))
-        except zdata.UnreadableImage as exc:
-            row["error"] = f"cannot read image {exc.path}: {exc.reason}"
-        if len(pending) == batch_size:
-            flush()
-    flush()
+    with bar:
+        for row, (img, problem) in zip(results, entries):
+            try:
+                if problem:
+                    row["error"] = f"cannot read {img}: {problem}"
+                    bar.update(1)
+                else:
+                    pending.append((row, zdata.load_image(img)))
+            except zdata.UnreadableImage as exc:
+                row["error"] = f"cannot read image {exc.path}: {exc.reason}"
+                bar.update(1)
+            if len(pending) == batch_size:
+                flush()
+        flush()
     return results
+
+
+def write_predictions(results: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
+    """Write :func:`predict`'s results as CSV (atomically): ``image``, ``label_1``, ``probability_1``, … up to
+    the longest top-k, and ``error`` (empty for labelled images)."""
+    k = max((len(r["top"]) for r in results), default=0)
+    columns = ["image"] + [f"{c}_{i}" for i in range(1, k + 1) for c in ("label", "probability")] + ["error"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    for r in results:
+        row: dict[str, Any] = {"image": r["image"], "error": " ".join(r.get("error", "").split())}
+        for i, t in enumerate(r["top"], 1):
+            row[f"label_{i}"], row[f"probability_{i}"] = t["label"], t["probability"]
+        writer.writerow(row)
+    atomic_write_text(Path(path), buf.getvalue())

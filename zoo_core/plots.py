@@ -18,9 +18,9 @@ def _pyplot():
     return plt
 
 
-def _save(fig: Any, path: Path) -> None:
+def _save(fig: Any, path: Path, metadata: dict[str, str] | None = None) -> None:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata=metadata)
     _pyplot().close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
@@ -47,6 +47,11 @@ def learning_curves(history: Sequence[dict[str, Any]], path: Path, title: str = 
 
 def confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: Path, title: str = "") -> None:
     """Row-normalised confusion matrix (rows: true class, columns: predicted) with counts."""
+    _save(confusion_figure(matrix, classes, title), path)
+
+
+def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str], title: str = "") -> Any:
+    """The matplotlib figure of :func:`confusion_matrix` (also logged to TensorBoard)."""
     plt = _pyplot()
     import numpy as np
 
@@ -66,7 +71,40 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], pa
                     ax.text(j, i, int(m[i, j]), ha="center", va="center",
                             color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
     ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix (validation)")
-    _save(fig, path)
+    return fig
+
+
+def top_losses(tiles: Sequence[dict[str, Any]], path: Path, title: str = "") -> None:
+    """A gallery of the worst validation images (fastai's ``plot_top_losses``), worst first.
+
+    Each tile is a ``val_predictions.csv`` row (``item``, ``target``, ``pred``, ``p_pred``, ``p_target``,
+    ``loss``) with ``load()``, which reads its image (PIL, or None when it cannot be read again); the PNG's
+    ``Description`` metadata lists the same images in the same order.
+    """
+    plt = _pyplot()
+    cols = max(1, min(3, len(tiles)))
+    rows = max(1, -(-len(tiles) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.5 * rows), squeeze=False, layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, t in zip(axes.flat, tiles):
+        img = t["load"]()
+        if img is not None:
+            img = img.copy()
+            img.thumbnail((256, 256))  # a 12-megapixel photo is not drawn at full size
+            ax.imshow(img)
+        else:
+            ax.text(0.5, 0.5, "image could not be read", ha="center", va="center", transform=ax.transAxes)
+        item = str(t["item"])
+        ax.set_title(f"{item if len(item) <= 34 else '…' + item[-33:]}\ntrue {t['target']} · pred {t['pred']} "
+                     f"({float(t['p_pred']):.2f})\nloss {float(t['loss']):.2f} · p(true) {float(t['p_target']):.2f}",
+                     fontsize=8, color="black" if t["target"] == t["pred"] else "firebrick")
+    if not tiles:
+        axes[0, 0].text(0.5, 0.5, "no validation images", ha="center", va="center")
+    fig.suptitle(title or "top losses (validation)")
+    listing = "\n".join(f"{i + 1}. {t['item']}: true {t['target']}, pred {t['pred']}, loss {float(t['loss']):.4f}"
+                         for i, t in enumerate(tiles))
+    _save(fig, path, {"Title": title or "top losses", "Description": listing})
 
 
 def scatter(points: Sequence[dict[str, Any]], x: str, y: str, path: Path, *, xlabel: str, ylabel: str,

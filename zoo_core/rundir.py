@@ -8,7 +8,11 @@ Layout of ``RUN_DIR``::
     best.pt            best weights by validation loss, with everything needed for inference
     summary.json       final metrics, best epoch, paths, per-class accuracy
     per_class.csv      per-class accuracy table
+    val_predictions.csv  per validation image: item, true and predicted class, their probabilities, loss
+    most_confused.csv  the (true, predicted) class pairs of the mistakes, most frequent first
     curves.png         learning curves; confusion.png: confusion matrix on the validation set
+    top_losses.png     the validation images with the highest loss, with true / predicted / probability
+    tensorboard/       TensorBoard event files (only with ``log="tensorboard"``)
 """
 
 from __future__ import annotations
@@ -86,12 +90,12 @@ class RunDir:
         writer.writerows(history)
         atomic_write_text(self.file("metrics.csv"), buf.getvalue())
 
-    def write_table(self, name: str, rows: list[dict[str, Any]]) -> None:
-        """Write ``rows`` as CSV."""
-        if not self.enabled or not rows:
+    def write_table(self, name: str, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
+        """Write ``rows`` as CSV (no rows: no file, or only the header when ``columns`` are given)."""
+        if not self.enabled or not (rows or columns):
             return
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(buf, fieldnames=columns or list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_text(self.file(name), buf.getvalue())

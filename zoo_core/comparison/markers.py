@@ -19,7 +19,8 @@ from ..util import atomic_write_text
 from .leaderboard import Entry
 
 MARKER = "entry.json"
-_NOT_SIGNED = ("progress", "out_dir", "run_name", "num_workers", "backbone", "strategy", "data", "share_decoding")
+_NOT_SIGNED = ("progress", "out_dir", "run_name", "num_workers", "backbone", "strategy", "data", "share_decoding",
+               "log", "log_dir")  # options that do not change an entry's result
 
 
 def signature(backbone: str, strategy: str, fingerprint: str, cfg: TrainConfig) -> str:

@@ -71,6 +71,10 @@ class EntryRunner:
         self.session, self.fallback_random, self.rerun, self.progress = session, fallback_random, rerun, progress
         self.unavailable: set[str] = set()  # backbones whose pretrained weights failed once: not retried
 
+    def _log_dir(self) -> str | None:
+        """TensorBoard: one run per entry under one folder (``--log-dir``, default ``OUT/tensorboard``)."""
+        return (self.base.log_dir or str(self.out / "tensorboard")) if self.base.log else None
+
     def run(self, backbone: str, strategy: str) -> Entry:
         """The entry of ``backbone`` × ``strategy``: reused, trained, trained from random init, or failed."""
         run_name = f"{backbone.replace('/', '_')}-{strategy}"
@@ -78,7 +82,8 @@ class EntryRunner:
         weights = None if (self.fallback_random and backbone in self.unavailable) else self.base.weights
         while True:
             cfg = dataclasses.replace(self.base, backbone=backbone, strategy=strategy, out_dir=str(self.out / "runs"),
-                                      run_name=run_name, progress=self.progress, weights=weights)
+                                      run_name=run_name, progress=self.progress, weights=weights,
+                                      log_dir=self._log_dir())
             entry.config = cfg
             sig = markers.signature(backbone, strategy, self.split.fingerprint, cfg)
             marker = Path(entry.run_dir) / markers.MARKER

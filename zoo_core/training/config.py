@@ -62,6 +62,8 @@ class TrainConfig:
     run_name: str | None = None
     max_steps: int | None = None  # stop each epoch after this many steps (smoke tests, --dry-run)
     progress: bool = True
+    log: str | None = None  # "tensorboard": also log to TensorBoard (see zoo_core.training.loggers)
+    log_dir: str | None = None  # parent folder of TensorBoard runs: LOG_DIR/<run name> (default RUN_DIR/tensorboard)
 
     def resolved_lr(self) -> float:
         """The head learning rate: explicit, else 1e-3 (AdamW) or 1e-2 (SGD)."""

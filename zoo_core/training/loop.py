@@ -99,6 +99,7 @@ def run_epochs(state: RunState, fit: Fit) -> Trained:
             stale += 1
         ckpt.save_last(epoch=epoch + 1, step=step, optimizer=optimizer, history=history, best=best, phase=phase)
         run.write_metrics(history)
+        state.log.epoch(history[-1], optimizer, lr_at, range(step - steps_per_epoch, step))
         report.epoch_line(state, epoch, train, val)
         if should_stop(cfg, stale):
             report.early_stop(state, stale, best["epoch"])

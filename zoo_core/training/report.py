@@ -1,16 +1,17 @@
 """What a run tells and leaves behind: its log lines and progress bars, and at the end the per-class table,
-the per-image validation predictions, the confusion matrix, ``summary.json``, the plots and the
-:class:`~zoo_core.training.config.TrainResult`.
+the per-image validation predictions and the most confused class pairs, the confusion matrix,
+``summary.json``, the plots (learning curves, confusion matrix, the top-losses gallery), the end of the
+TensorBoard log and the :class:`~zoo_core.training.config.TrainResult`.
 
-Seams: the plots are drawn through the module (``plots.learning_curves``, ``plots.confusion_matrix``),
-so a test may replace them to skip matplotlib.
+Seams: the plots are drawn through the module (``plots.learning_curves``, ``plots.confusion_matrix``,
+``plots.top_losses``), so a test may replace them to skip matplotlib.
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -22,6 +23,7 @@ from .config import TrainResult, flag
 from .setup import RunState, Trained
 
 _METRICS = ("val_loss", "val_acc", "val_top5", "train_loss", "train_acc")  # of the best epoch, in the result
+TOP_LOSSES = 9  # validation images in top_losses.png
 
 
 # ---- log lines ----------------------------------------------------------------------------------------
@@ -130,12 +132,39 @@ def per_class_table(matrix: list[list[int]], classes: list[str]) -> list[dict[st
     return rows
 
 
+def most_confused(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The mistakes of ``val_predictions.csv`` rows as (true, predicted) class pairs with their count and their
+    share of the true class's images, most frequent first (fastai's ``most_confused``)."""
+    support: dict[str, int] = {}
+    pairs: dict[tuple[str, str], int] = {}
+    for r in rows:
+        support[r["target"]] = support.get(r["target"], 0) + 1
+        if r["target"] != r["pred"]:
+            pairs[r["target"], r["pred"]] = pairs.get((r["target"], r["pred"]), 0) + 1
+    return [{"true": t, "pred": p, "count": n, "share_of_true": round(n / support[t], 4)}
+            for (t, p), n in sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def worst_images(dataset: Any, rows: list[dict[str, Any]], k: int = TOP_LOSSES) -> list[dict[str, Any]]:
+    """The ``k`` rows with the highest loss, worst first, each with a ``load()`` that reads its image again
+    from ``dataset`` (PIL; None when it cannot be read any more). Only the gallery calls it, so only these
+    ``k`` images are ever decoded, and none when the plot is skipped."""
+
+    def loader(index: int) -> Callable[[], Any]:
+        def load() -> Any:
+            try:
+                return dataset[index][0]
+            except Exception:  # noqa: BLE001 - a file deleted since, a Dataset that fails: the tile says so
+                return None
+        return load
+
+    return [{**r, "load": loader(r["index"])} for r in sorted(rows, key=lambda r: (-r["loss"], r["index"]))[:k]]
+
+
 def finish(state: RunState, trained: Trained, val: ValPredictions, train_seconds: float) -> TrainResult:
-    """The result of the run; rank 0 writes per_class.csv, val_predictions.csv, summary.json and the plots."""
+    """The result of the run; rank 0 writes its files (:func:`write_outputs`)."""
     cfg, run, classes = state.cfg, state.run, state.split.classes
     history, best = trained.history, trained.best
-    matrix = confusion(val.preds, val.targets, len(classes))
-    table = per_class_table(matrix, classes)
     best_row = next((r for r in history if r["epoch"] == best["epoch"]), history[-1] if history else {})
     metrics = {k: best_row.get(k) for k in _METRICS if best_row.get(k) is not None}
     total, trainable = count_parameters(state.model)
@@ -144,15 +173,45 @@ def finish(state: RunState, trained: Trained, val: ValPredictions, train_seconds
                          history=history, best_epoch=best["epoch"], metrics=metrics, total_params=total,
                          trainable_params=trainable, train_seconds=train_seconds, config=trained.record)
     if state.ctx.is_main:
-        run.write_table("per_class.csv", table)
-        run.write_table("val_predictions.csv", val.rows(state.split.val, classes))
-        run.write_json("summary.json", {
-            "backbone": cfg.backbone, "strategy": cfg.strategy, "best_epoch": best["epoch"], "metrics": metrics,
-            "epochs_run": len(history), "total_params": total, "trainable_params": trainable,
-            "train_seconds": round(train_seconds, 3), "per_class": table, "confusion_matrix": matrix,
-            "classes": classes, "random_init": cfg.weights is None})
-        title = f"{cfg.backbone} [{cfg.strategy}]"
-        plots.learning_curves(history, run.file("curves.png"), title)
-        plots.confusion_matrix(matrix, classes, run.file("confusion.png"), f"{title} — validation")
+        write_outputs(state, result, val)
         print(f"zoo train: done. {result.summary()}", file=sys.stderr, flush=True)
     return result
+
+
+def write_outputs(state: RunState, result: TrainResult, val: ValPredictions) -> None:
+    """per_class.csv, val_predictions.csv, most_confused.csv, summary.json, the plots (curves, confusion
+    matrix, top losses) and the end of the TensorBoard log."""
+    cfg, run, classes, history = state.cfg, state.run, result.classes, result.history
+    matrix = confusion(val.preds, val.targets, len(classes))
+    table = per_class_table(matrix, classes)
+    rows = val.rows(state.split.val, classes)
+    run.write_table("per_class.csv", table)
+    run.write_table("val_predictions.csv", rows)
+    run.write_table("most_confused.csv", most_confused(rows), columns=["true", "pred", "count", "share_of_true"])
+    run.write_json("summary.json", {
+        "backbone": cfg.backbone, "strategy": cfg.strategy, "best_epoch": result.best_epoch,
+        "metrics": result.metrics, "epochs_run": len(history), "total_params": result.total_params,
+        "trainable_params": result.trainable_params, "train_seconds": round(result.train_seconds, 3),
+        "per_class": table, "confusion_matrix": matrix, "classes": classes, "random_init": cfg.weights is None,
+        "tensorboard": None if state.log.dir is None else str(state.log.dir)})
+    title = f"{cfg.backbone} [{cfg.strategy}]"
+    plots.learning_curves(history, run.file("curves.png"), title)
+    plots.confusion_matrix(matrix, classes, run.file("confusion.png"), f"{title} — validation")
+    plots.top_losses(worst_images(state.split.val, rows), run.file("top_losses.png"), f"{title} — top losses")
+    if state.head_fit and history:  # the converged head fit's one "epoch" never went through the loop
+        state.log.epoch(history[-1])
+    state.log.finish(matrix=matrix, classes=classes, best_epoch=result.best_epoch, title=f"{title} — validation",
+                     hparams=hparams(state), metrics=result.metrics)
+    if state.log.dir is not None:
+        state.say(f"zoo train: TensorBoard log in {state.log.dir} (tensorboard --logdir {state.log.dir.parent})")
+
+
+def hparams(state: RunState) -> dict[str, Any]:
+    """The hyperparameters a run logs to TensorBoard's HParams dashboard."""
+    cfg = state.cfg
+    return {"backbone": cfg.backbone, "strategy": cfg.strategy, "epochs": state.epochs or "head-fit",
+            "lr": state.lr if state.lr is not None else "head-fit", "batch_size": cfg.batch_size,
+            "optimizer": cfg.optimizer, "weight_decay": cfg.weight_decay, "label_smoothing": cfg.label_smoothing,
+            "augment": state.augment, "trainable_stages": cfg.trainable_stages,
+            "image_size": state.data_cfg.image_size[0], "weights": str(cfg.weights), "precision": state.precision,
+            "seed": cfg.seed}

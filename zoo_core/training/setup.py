@@ -27,6 +27,7 @@ from ..rundir import RunDir
 from ..runtime import autocast_for, pick_device, seed_everything, training_precision
 from .config import DEFAULT_EPOCHS, TrainConfig, check_stages, resolve_config
 from .inputs import data_config_for
+from .loggers import RunLog, open_log
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class RunState:
     resume: bool = False
     lr_found: dict[str, Any] | None = None  # --lr auto: the range test's suggestion and plot
     resumes: tuple[dict[str, Any], ...] = ()  # every resume of the run so far (config.ResumePlan.resumes)
+    log: RunLog = dataclasses.field(default_factory=RunLog)  # TensorBoard (cfg.log), else logs nothing
 
     @property
     def head_fit(self) -> bool:
@@ -119,6 +121,7 @@ def build_run(cfg: TrainConfig, data: Any, *, ctx: DistContext | None = None, ru
     precision = training_precision(cfg.precision, device)  # an unknown --precision fails here, before any work
     if run_path is not None:  # timestamped names differ per rank: rank 0's
         run_path = Path(str(ctx.broadcast_object(str(run_path))))
+    log = open_log(cfg, run_path, ctx.is_main)  # a bad --log, or TensorBoard missing, fails here
     seed_everything(cfg.seed)
     split = zdata.load_data(data, val_fraction=cfg.val_fraction, seed=cfg.seed, download=cfg.download,
                             data_root=cfg.data_root, progress=cfg.progress and ctx.is_main)
@@ -139,7 +142,7 @@ def build_run(cfg: TrainConfig, data: Any, *, ctx: DistContext | None = None, ru
                     plugin=plugin, data_cfg=data_config_for(adapter, cfg), stages=stages,
                     head=adapter.head_name(model), precision=precision, amp=amp, scaler=scaler, augment=augment,
                     use_cache=use_cache, epochs=cfg.epochs if cfg.epochs is not None else (None if use_cache else DEFAULT_EPOCHS),
-                    run=run, resume=resume)
+                    run=run, resume=resume, log=log)
 
 
 def check_options(cfg: TrainConfig) -> torch.device:
