@@ -135,7 +135,7 @@ def test_bad_log_options_and_a_missing_tensorboard_fail_in_one_line_before_any_w
         data3: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "runs"
     code, _, err = run(capsys, "train", "resnet18", "--data", data3, "--out-dir", out, "--log", "wandb")
-    assert code == 2 and "unknown log 'wandb'; choose tensorboard (--log)" in one_line_error(err)
+    assert code == 2 and "--log must be one of tensorboard, or none, got 'wandb'" in one_line_error(err)
     code, _, err = run(capsys, "train", "resnet18", "--data", data3, "--out-dir", out, "--log-dir", tmp_path)
     assert code == 2 and "add --log tensorboard" in one_line_error(err)
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if it were not installed

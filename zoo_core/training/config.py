@@ -146,6 +146,7 @@ def _kind(*types: type, optional: bool = False, what: str) -> tuple[Callable[[An
 
 
 _PATH = (str, os.PathLike)
+LOGGERS = ("tensorboard",)  # what ``log`` may name (zoo_core.training.loggers implements each)
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {  # field → (check, what is allowed)
     "backbone": (lambda v: isinstance(v, str) and bool(v), "a backbone name (see `zoo list`)"),
     "data": _kind(str, what="a folder or a dataset name"),
@@ -181,6 +182,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {  # field → (check, wh
                  "a folder name without path separators"),
     "max_steps": _integer(1, optional=True),
     "progress": _kind(bool, what="true or false"),
+    "log": (lambda v: v is None or v in LOGGERS, f"one of {', '.join(LOGGERS)}, or none"),
+    "log_dir": _kind(*_PATH, optional=True, what="a folder"),
 }
 """What every :class:`TrainConfig` field accepts; :func:`validate` applies them."""
 

@@ -24,7 +24,6 @@ from .. import plots
 from ..errors import ZooError
 from .config import TrainConfig
 
-LOGGERS = ("tensorboard",)
 """The values ``TrainConfig.log`` (``--log``) takes besides None."""
 
 _EPOCH_TAGS = {"train_loss": "train/loss", "train_acc": "train/accuracy", "val_loss": "val/loss",
@@ -96,13 +95,12 @@ class TensorBoardLog(RunLog):
 
 
 def check_log(cfg: TrainConfig) -> None:
-    """Fail before any work on an unknown ``log``, a ``log_dir`` without it, or TensorBoard not installed."""
+    """Fail before any work on a ``log_dir`` without ``log``, or TensorBoard not installed (the value of
+    ``log`` itself is checked with every other option, in :func:`zoo_core.training.config.validate`)."""
     if cfg.log is None:
         if cfg.log_dir is not None:
             raise ZooError(f"log_dir {cfg.log_dir!r} is set but log is not: add --log tensorboard")
         return
-    if cfg.log not in LOGGERS:
-        raise ZooError(f"unknown log {cfg.log!r}; choose {', '.join(LOGGERS)} (--log), or leave it out")
     try:
         import tensorboard  # noqa: F401 - torch.utils.tensorboard needs the real package
     except ImportError:
