@@ -1,16 +1,17 @@
 """Issue 14 benchmark: does ``rank`` order backbones as training does, and how much faster is it?
 
-    .venv/bin/python benchmarks/rank_vs_train.py                    # demo shapes, 480 images, 8 backbones
-    .venv/bin/python benchmarks/rank_vs_train.py --per-class 40 --budget 64
+    .venv/bin/python benchmarks/rank_vs_train.py               # demo shapes, 720 images, 8 backbones, budget 96
+    .venv/bin/python benchmarks/rank_vs_train.py --full        # also rank on the whole training split
 
 On one dataset, N backbones are scored by :func:`zoo_core.rank` (LogME and the 5-fold converged linear
 probe on frozen training-split features) and trained by :func:`zoo_core.compare` with feature extraction
 (the converged linear head, top-1 on the validation split). Printed: each backbone's scores and top-1,
-Kendall's tau and Spearman's rho of each score against the trained top-1, and the wall-time ratio
-compare / rank — for a full-split ranking and for one on a ``--budget`` subsample. Each of the three calls
-starts from its own empty feature and pixel cache, so none reuses another's features (a ``compare`` after
-a full-split ``rank`` would read the training features back); the pretrained weights are loaded once
-before any clock starts.
+Kendall's tau and Spearman's rho of each score against the trained top-1, and the ratio compare / rank of
+wall time and of this process's CPU time (the steadier one on a shared machine) — for a ranking on a
+``--budget`` subsample and, with ``--full``, on the whole training split. Every call starts from its own
+empty feature and pixel cache, so none reuses another's features (a ``compare`` after a full-split
+``rank`` would read the training features back); the pretrained weights are loaded once before any clock
+starts.
 
 **The data**: the built-in demo dataset (:mod:`zoo_core.demo_data`): six shape classes on cluttered,
 textured backgrounds, where colour and texture carry no information — so how well the features encode
@@ -20,7 +21,7 @@ code: no download.
 **The backbones**: every one is offline. Real ImageNet weights exist offline only for EfficientNet-Lite0/1/2
 (``plugins/effnet_lite``), and three near-equal networks alone give a correlation of noise; a random-init
 network alone gives a trivial one. So a small in-process plugin (``bench/…``) adds variants whose transfer
-quality differs for known reasons, each with the real weights: the three networks at 128 px, Lite0 at 64 px
+quality differs for known reasons, each with the real weights: the three networks at 112 px, Lite0 at 64 px
 and 96 px (less resolution), Lite0 cut after its 5th and its 3rd block stage (features from earlier, less
 semantic layers, pooled where the head would read them), and Lite0 from random init (``RANDOM INIT``: the
 floor). The trained top-1 of these spans chance to the best, with several close pairs in between, which is
@@ -54,14 +55,14 @@ except ImportError:  # pragma: no cover - the plugin is part of every install (m
     sys.exit("benchmarks/rank_vs_train.py needs the effnet_lite plugin: pip install -e plugins/effnet_lite")
 
 VARIANTS: dict[str, tuple[str, int, int | None, bool]] = {  # name → (network, input px, block stages kept, pretrained)
-    "bench/lite0@128": ("efficientnet_lite0", 128, None, True),
-    "bench/lite1@128": ("efficientnet_lite1", 128, None, True),
-    "bench/lite2@128": ("efficientnet_lite2", 128, None, True),
+    "bench/lite0@112": ("efficientnet_lite0", 112, None, True),
+    "bench/lite1@112": ("efficientnet_lite1", 112, None, True),
+    "bench/lite2@112": ("efficientnet_lite2", 112, None, True),
     "bench/lite0@96": ("efficientnet_lite0", 96, None, True),
     "bench/lite0@64": ("efficientnet_lite0", 64, None, True),
-    "bench/lite0-cut5@128": ("efficientnet_lite0", 128, 5, True),
-    "bench/lite0-cut3@128": ("efficientnet_lite0", 128, 3, True),
-    "bench/lite0-random@128": ("efficientnet_lite0", 128, None, False),
+    "bench/lite0-cut5@112": ("efficientnet_lite0", 112, 5, True),
+    "bench/lite0-cut3@112": ("efficientnet_lite0", 112, 3, True),
+    "bench/lite0-random@112": ("efficientnet_lite0", 112, None, False),
 }
 
 
@@ -109,13 +110,14 @@ class VariantsPlugin:
         register(Variants())
 
 
-def timed(label: str, cache: Path, fn: Callable[[], Any]) -> tuple[Any, float]:
-    """``fn()`` with an empty feature/pixel cache of its own; its wall time."""
+def timed(label: str, cache: Path, fn: Callable[[], Any]) -> tuple[Any, tuple[float, float]]:
+    """``fn()`` with an empty feature/pixel cache of its own; its (wall, CPU) seconds. The CPU time of this
+    process (all its threads) is the steadier measure on a machine shared with other jobs."""
     os.environ["BACKBONE_ZOO_CACHE"] = str(cache)
     print(f"running {label} …", file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = fn()
-    return result, time.perf_counter() - t0
+    return result, (time.perf_counter() - t0, time.process_time() - c0)
 
 
 def correlations(entries: list[Any], top1: dict[str, float]) -> dict[str, tuple[float, float]]:
@@ -126,10 +128,32 @@ def correlations(entries: list[Any], top1: dict[str, float]) -> dict[str, tuple[
             for s, a in (("LogME", "logme"), ("probe", "probe_acc"))}
 
 
+def report(rankings: dict[str, tuple[Any, tuple[float, float]]], board: Any, t_compare: tuple[float, float]) -> None:
+    """Per backbone its scores in each ranking and its trained top-1; then the correlations and time ratios."""
+    top1 = {e.backbone: e.val_acc for e in board.entries if e.status == "ok"}
+    first = next(iter(rankings.values()))[0]
+    by = {label: {e.backbone: e for e in rk.entries} for label, (rk, _) in rankings.items()}
+    head = f"{'backbone':24} {'weights':12} {'top-1':>7}" + "".join(
+        f" {'LogME ' + label:>14} {'probe ' + label:>12}" for label in rankings)
+    print(head + "\n" + "-" * len(head))
+    for e in first.entries:
+        cells = "".join(f" {by[label][e.backbone].logme or float('nan'):14.4f} "
+                        f"{by[label][e.backbone].probe_acc or float('nan'):12.4f}" for label in rankings)
+        print(f"{e.backbone:24} {e.weights:12} {top1.get(e.backbone, float('nan')):7.4f}{cells}")
+    print(f"\ncompare (feature extraction, {len(board.entries)} entries): {t_compare[0]:.1f}s wall, "
+          f"{t_compare[1]:.1f}s CPU")
+    for label, (rk, (wall, cpu)) in rankings.items():
+        print(f"rank {label} ({rk.summary}): {wall:.1f}s wall, {cpu:.1f}s CPU; compare / rank = "
+              f"{t_compare[0] / wall:.2f} (wall), {t_compare[1] / cpu:.2f} (CPU)")
+        for score, (tau, rho) in correlations(rk.entries, top1).items():
+            print(f"    {score:5} vs trained top-1: Kendall tau {tau:+.3f}, Spearman rho {rho:+.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--per-class", type=int, default=80, help="demo images per class (6 classes; default 80)")
-    ap.add_argument("--budget", type=int, default=64, help="training images of the budget ranking (default 64)")
+    ap.add_argument("--per-class", type=int, default=120, help="demo images per class (6 classes; default 120)")
+    ap.add_argument("--budget", type=int, default=96, help="training images ranked (default 96; 0: skip)")
+    ap.add_argument("--full", action="store_true", help="also rank on the whole training split (slower)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--work", default=None, help="folder for data, caches and outputs (default: a temp dir)")
     args = ap.parse_args()
@@ -141,32 +165,19 @@ def main() -> None:
     for network in dict.fromkeys(v[0] for v in VARIANTS.values()):  # load + verify the real weights once
         zoo_core.create(network, num_classes=6)
     common = {"fallback_random": True, "progress": False}
-    ranking, t_rank = timed("rank (full training split)", work / "cache-rank", lambda: zoo_core.rank(
-        names, data, out_dir=work / "rank", folds=args.folds, **common))
     board, t_compare = timed("compare (feature extraction)", work / "cache-compare", lambda: zoo_core.compare(
         names, data, out_dir=work / "compare", **common))
-    budget, t_budget = timed(f"rank --budget {args.budget}", work / "cache-budget", lambda: zoo_core.rank(
-        names, data, out_dir=work / "rank-budget", budget=args.budget, folds=args.folds, **common))
-
-    top1 = {e.backbone: e.val_acc for e in board.entries if e.status == "ok"}
-    small = {e.backbone: e for e in budget.entries}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; data: {ranking.data}, {ranking.summary}; "
-          "top-1: compare's feature-extraction runs on the validation split\n")
-    head = f"{'backbone':24} {'weights':12} {'LogME':>8} {'probe':>7} {'top-1':>7}   {'LogME@B':>8} {'probe@B':>7}"
-    print(head + "\n" + "-" * len(head))
-    for e in ranking.entries:
-        b = small.get(e.backbone)
-        print(f"{e.backbone:24} {e.weights:12} {e.logme or float('nan'):8.4f} {e.probe_acc or float('nan'):7.4f} "
-              f"{top1.get(e.backbone, float('nan')):7.4f}   {b.logme if b and b.ok else float('nan'):8.4f} "
-              f"{b.probe_acc if b and b.ok else float('nan'):7.4f}")
-    print()
-    for label, rk, seconds in ((f"full split ({ranking.entries[0].images} images)", ranking, t_rank),
-                               (f"budget {args.budget} ({budget.entries[0].images} images)", budget, t_budget)):
-        corr = correlations(rk.entries, top1)
-        print(f"rank on the {label}: {seconds:.1f}s; compare {t_compare:.1f}s; compare / rank = "
-              f"{t_compare / seconds:.2f}")
-        for score, (tau, rho) in corr.items():
-            print(f"    {score:5} vs trained top-1: Kendall tau {tau:+.3f}, Spearman rho {rho:+.3f}")
+    plan = [(f"budget {args.budget}", args.budget)] if args.budget else []
+    plan += [("full split", None)] if args.full else []
+    rankings = {}
+    for label, budget in plan:
+        rankings[label] = timed(f"rank ({label})", work / f"cache-rank-{budget or 'full'}", lambda b=budget: zoo_core.rank(
+            names, data, out_dir=work / f"rank-{b or 'full'}", budget=b, folds=args.folds, **common))
+    if not rankings:
+        sys.exit("nothing to rank: give --budget N and/or --full")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; data: {data} ({args.per_class} images per "
+          "class, 6 classes); top-1: compare's feature-extraction runs on the validation split\n")
+    report(rankings, board, t_compare)
     print(f"\noutputs under {work}")
 
 

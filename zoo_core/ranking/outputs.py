@@ -12,7 +12,7 @@ from ..comparison import RANDOM_INIT
 from ..util import atomic_write_text
 from .results import FIELDS, SCORE_HEADERS, Ranking
 
-PLOT = "score_vs_speed.png"
+PLOT = "score_vs_speed.png"  # the plot: primary score vs extraction images/s, points numbered by rank
 
 
 def write_outputs(ranking: Ranking) -> None:

@@ -29,7 +29,7 @@ from ..logme import logme
 
 SCORES = ("logme", "probe")
 """The scores a ranking can be ordered by (``score=``, ``--score``)."""
-DEFAULT_SCORE = "logme"
+DEFAULT_SCORE = "probe"
 """The score that orders a ranking unless told otherwise (see README, "Rank backbones", for the measurement)."""
 
 
