@@ -1,7 +1,7 @@
 """backbone-zoo core: a plugin-based zoo of pretrained vision backbones for transfer learning.
 
 Library API: :func:`list_backbones`, :func:`create`, :func:`info`, :func:`train`, :func:`compare`,
-:func:`load`, :func:`export`; plugin authors use :data:`hookimpl` and :class:`BackboneAdapter`.
+:func:`rank`, :func:`load`, :func:`export`; plugin authors use :data:`hookimpl` and :class:`BackboneAdapter`.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ _LAZY = {  # heavy modules load on first use so `import zoo_core` stays fast
     "ExportResult": ("exporting", "ExportResult"),
     "compare": ("comparison", "compare"),
     "Leaderboard": ("comparison", "Leaderboard"),
+    "rank": ("ranking", "rank"),
+    "Ranking": ("ranking", "Ranking"),
     "lr_find": ("training", "lr_find"),
 }
 

@@ -374,6 +374,53 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0 if any(e.finished for e in board.entries) else 1
 
 
+# ---- zoo rank ------------------------------------------------------------------------------------
+def _rank_skip() -> tuple[str, ...]:
+    """The training options ``zoo rank`` does not take (every TrainConfig field but ``RANK_OPTIONS``)."""
+    import dataclasses
+
+    from .ranking import RANK_OPTIONS
+    from .training import TrainConfig
+
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in RANK_OPTIONS)
+
+
+def _add_rank(sub: Subparsers) -> None:
+    from .ranking import DEFAULT_SCORE, SCORES
+
+    p = sub.add_parser("rank", help="rank many backbones on your images without fine-tuning (LogME, linear probe)")
+    p.add_argument("backbones", metavar="PATTERN", nargs="*", help="names or glob patterns ('timm/resnet*')")
+    p.add_argument("--data", required=True, help="image folder or built-in dataset name")
+    p.add_argument("--budget", type=int, default=None, metavar="N",
+                   help="score a stratified subsample of about N training images (default: the whole training split)")
+    p.add_argument("--folds", type=int, default=5, metavar="K", help="folds of the linear-probe cross-validation (default 5)")
+    p.add_argument("--score", choices=SCORES, default=DEFAULT_SCORE,
+                   help=f"what orders the ranking (default {DEFAULT_SCORE}; both are always computed)")
+    p.add_argument("--family", "-f", default=None, help="every backbone of this family (or filter patterns)")
+    p.add_argument("--out", default="zoo-rank", help="output folder (default zoo-rank)")
+    p.add_argument("--fallback-random", action="store_true",
+                   help="score a backbone from random init (clearly marked) when its pretrained weights are missing")
+    p.add_argument("--json", action="store_true", help="print the ranking as JSON")
+    p.add_argument("--max-entries", type=int, default=256, metavar="N",
+                   help="refuse to score more than N backbones (default 256; 0: no limit)")
+    _add_train_options(p, skip=_rank_skip())
+    p.set_defaults(func=_cmd_rank)
+
+
+def _cmd_rank(args: argparse.Namespace) -> int:
+    from .ranking import rank
+
+    ranking = rank(args.backbones, args.data, family=args.family, budget=args.budget, folds=args.folds,
+                   score=args.score, out_dir=args.out, fallback_random=args.fallback_random,
+                   max_entries=args.max_entries or None, progress=not args.json,
+                   **_train_overrides(args, skip=_rank_skip()))
+    if args.json:
+        _print_json(ranking.rows())
+    else:
+        print(ranking.table())
+    return 0 if any(e.ok for e in ranking.entries) else 1
+
+
 # ---- zoo lr-find ---------------------------------------------------------------------------------
 def _add_lr_find(sub: Subparsers) -> None:
     p = sub.add_parser("lr-find", help="LR range test: plot loss vs learning rate and suggest a value")
@@ -454,8 +501,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 # ---- wiring --------------------------------------------------------------------------------------
 _COMMANDS: list[Callable[[Subparsers], None]] = [
-    _add_plugins, _add_list, _add_info, _add_train, _add_predict, _add_export, _add_compare, _add_lr_find,
-    _add_cache, _add_demo,
+    _add_plugins, _add_list, _add_info, _add_train, _add_predict, _add_export, _add_compare, _add_rank,
+    _add_lr_find, _add_cache, _add_demo,
 ]
 """Every subcommand's ``_add_<cmd>``, in ``zoo --help`` order."""
 

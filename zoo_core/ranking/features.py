@@ -1,0 +1,120 @@
+"""Each candidate's frozen features on the training split, or on a stratified subsample of it, through the
+feature cache.
+
+The features are extracted exactly as a feature-extraction training run extracts them: the run's own setup
+(:func:`zoo_core.training.build_run`: seeding, model, data config, device) and its own extraction
+(:func:`zoo_core.training.cached.extract`), so the cache key is the run's and a later ``train`` or
+``compare`` of the same backbone, weights, input size, data, seed and precision reads the training split
+back instead of running the backbone again. A ``budget`` subsample is another dataset: its fingerprint
+(and so every key made from it) includes the digest of the chosen rows, so its features never stand in for
+the full split's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+
+from .. import registry
+from ..cache import FeatureSet
+from ..comparison import RANDOM_INIT
+from ..data import DataSplit
+from ..errors import DataError, WeightsError
+from ..headfit.split import stratified_subsample
+from ..training import TrainConfig, build_run, data_config_for, shared_pixels
+from ..training.cached import extract as extract_run_features
+from ..util import digest
+from ..weights import is_local_path
+
+RANK_OPTIONS = ("weights", "image_size", "batch_size", "device", "precision", "seed", "val_fraction",
+                "num_workers", "download", "data_root")
+"""The :class:`~zoo_core.TrainConfig` fields ``rank`` takes (the ones that decide the features)."""
+
+
+@dataclass(frozen=True)
+class Extracted:
+    """One candidate's training-split features and how they were obtained."""
+
+    features: FeatureSet
+    weights: str  # "pretrained", RANDOM_INIT, or the weight tag / file asked for
+    images_per_s: float | None  # the backbone's extraction speed when these features were made
+    seconds: float  # model set-up plus extraction (or the cache read) in this call
+
+
+def train_labels(dataset: Dataset) -> np.ndarray:
+    """The labels of a split in item order: its ``targets`` when it has them, else read item by item."""
+    targets = getattr(dataset, "targets", None)
+    n = len(dataset)  # type: ignore[arg-type]
+    if targets is None or len(targets) != n:
+        targets = [int(dataset[i][1]) for i in range(n)]
+    return np.asarray(targets, dtype=np.int64)
+
+
+def subsample(split: DataSplit, budget: int | None, seed: int) -> DataSplit:
+    """``split`` itself without a budget (or one of at least its training images); else the same split with
+    its training part cut to a stratified, seeded subsample of about ``budget`` images (per class its share,
+    at least one) and a fingerprint of its own."""
+    if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 1):
+        raise DataError(f"budget must be a positive number of images, got {budget!r} (--budget)")
+    n = len(split.train)  # type: ignore[arg-type]
+    if budget is None or budget >= n:
+        return split
+    labels = torch.from_numpy(train_labels(split.train))
+    rows = stratified_subsample(torch.arange(n), labels, budget, seed).tolist()
+    fingerprint = digest({"base": split.fingerprint, "subsample": "stratified", "budget": budget, "seed": seed},
+                         [",".join(map(str, rows))])
+    train = Subset(split.train, rows)
+    train.targets = labels[rows].tolist()  # type: ignore[attr-defined]
+    return dataclasses.replace(split, train=train, fingerprint=fingerprint)
+
+
+def candidate_config(backbone: str, options: dict[str, Any], progress: bool) -> TrainConfig:
+    """The feature-extraction run config whose training-split features rank scores for ``backbone``."""
+    return TrainConfig(**{**options, "backbone": backbone, "strategy": "feature-extraction", "share_decoding": True,
+                          "cache_features": True, "augment": False, "progress": progress})
+
+
+def predecode(cfg: TrainConfig, split: DataSplit) -> None:
+    """Decode the training images at this backbone's input size into the shared pixel cache (a hit after the
+    first backbone of that size), so no entry's time includes the one-off decoding."""
+    adapter, _ = registry.get_adapter(cfg.backbone)
+    shared_pixels(cfg, split, "train", data_config_for(adapter, cfg), None, quiet=not cfg.progress)
+
+
+def weights_label(weights: Any) -> str:
+    """What the table shows for ``weights``: ``pretrained``, ``RANDOM INIT``, or the tag / file."""
+    return RANDOM_INIT if weights is None else "pretrained" if weights == "DEFAULT" else str(weights)
+
+
+def _speed(features: FeatureSet) -> float | None:
+    """Images/s of the extraction that made ``features`` (from its cache entry's ``meta.json``)."""
+    try:
+        meta = json.loads((features.path / "meta.json").read_text())  # type: ignore[operator]
+        return round(int(meta["n"]) / float(meta["seconds"]), 1) if float(meta["seconds"]) > 0 else None
+    except (OSError, TypeError, ValueError, KeyError):
+        return None
+
+
+def extract(cfg: TrainConfig, split: DataSplit, *, fallback_random: bool,
+            say: Callable[[str], None]) -> Extracted:
+    """The training-split features of ``cfg.backbone``; with ``fallback_random``, from a random init when its
+    pretrained weights are unavailable (a local weights file that fails is always an error)."""
+    t0 = time.perf_counter()
+    try:
+        state = build_run(cfg, split)
+    except WeightsError as exc:
+        if not fallback_random or cfg.weights is None or is_local_path(cfg.weights):
+            raise
+        say(f"zoo rank: {cfg.backbone}: WARNING pretrained weights unavailable — ranking it from {RANDOM_INIT} "
+            f"instead ({exc})")
+        cfg = dataclasses.replace(cfg, weights=None)
+        state = build_run(cfg, split)
+    features = extract_run_features(state, ("train",), None, not cfg.progress)["train"]
+    return Extracted(features, weights_label(cfg.weights), _speed(features), time.perf_counter() - t0)
