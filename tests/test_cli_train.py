@@ -146,7 +146,7 @@ def test_lr_find(tmp_path: Path, data3: Path, capsys: pytest.CaptureFixture[str]
     (["train", "timm/test_resnet", "--data", "{data}", "--epochs", "0"], "--epochs must be a positive integer, got 0"),
     (["train", "timm/test_resnet", "--data", "{data}", "--precision", "fp8"], "(--precision)"),
     (["train", "timm/test_resnet", "--data", "{data}", "--weights", "{tmp}/w.pth"], "{tmp}/w.pth"),
-    (["compare", "--data", "{data}"], "no backbones to compare"),
+    (["compare", "--data", "{data}"], "no backbones given"),
     (["compare", "nothing_like_this*", "--data", "{data}"], "matches no backbone"),
     (["compare", "timm/test_resnet", "--data", "{data}", "--strategy", "fast"], "unknown strategy 'fast'"),
     (["lr-find", "timm/test_resnet", "--data", "{tmp}/nothing"], "{tmp}/nothing"),

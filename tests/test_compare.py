@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 import zoo_core
-from zoo_core import BackboneAdapter, cache, comparison, hookimpl, stats
+from zoo_core import BackboneAdapter, cache, comparison, hookimpl, registry, stats
 from zoo_core import data as zdata
 from zoo_core.comparison import run as compare_run
 from zoo_core.errors import UnknownBackboneError, WeightsError, ZooError
@@ -265,21 +265,21 @@ def test_random_init_fallback_is_marked_and_reused(tmp_path: Path, data3: Path, 
 
 def test_patterns_and_families_expand(data3: Path, tmp_path: Path, toys: None) -> None:
     resnets = zoo_core.list_backbones("resnet*")
-    assert comparison.expand_backbones("resnet*") == resnets and "resnet18" in resnets
+    assert registry.expand_backbones("resnet*") == resnets and "resnet18" in resnets
     assert all(not n.startswith("timm/") for n in resnets)
-    assert comparison.expand_backbones(None, family="vgg") == zoo_core.list_backbones(family="vgg")
-    assert len(comparison.expand_backbones(None, family="vgg")) == 8
-    assert comparison.expand_backbones(["cmp_toy_*", "resnet18", "cmp_toy_a"]) == ["cmp_toy_a", "cmp_toy_b",
+    assert registry.expand_backbones(None, family="vgg") == zoo_core.list_backbones(family="vgg")
+    assert len(registry.expand_backbones(None, family="vgg")) == 8
+    assert registry.expand_backbones(["cmp_toy_*", "resnet18", "cmp_toy_a"]) == ["cmp_toy_a", "cmp_toy_b",
                                                                                     "resnet18"]
-    assert comparison.expand_backbones("cmp_*", family="cmptoy") == ["cmp_broken", "cmp_toy_a", "cmp_toy_b"]
+    assert registry.expand_backbones("cmp_*", family="cmptoy") == ["cmp_broken", "cmp_toy_a", "cmp_toy_b"]
     with pytest.raises(UnknownBackboneError, match="resnet18"):
-        comparison.expand_backbones(["resnet1"])  # close matches named
+        registry.expand_backbones(["resnet1"])  # close matches named
     with pytest.raises(ZooError, match="matches no backbone"):
-        comparison.expand_backbones(["nothing_like_this*"])
+        registry.expand_backbones(["nothing_like_this*"])
     with pytest.raises(ZooError, match="has no backbones; known: .*cmptoy"):
-        comparison.expand_backbones(None, family="nofamily")
-    with pytest.raises(ZooError, match="no backbones to compare"):
-        comparison.expand_backbones([])
+        registry.expand_backbones(None, family="nofamily")
+    with pytest.raises(ZooError, match="no backbones given"):
+        registry.expand_backbones([])
     # a bare family as big as timm's is refused before any work, naming the limit and how to lift it
     with pytest.raises(ZooError, match=r"backbones × 2 strategies.*max_entries=64.*--max-entries"):
         zoo_core.compare(None, data3, family="timm", strategies=["feature-extraction", "finetune"],

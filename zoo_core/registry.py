@@ -10,10 +10,11 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from dataclasses import dataclass
+from typing import Sequence
 
 from . import plugins
 from .adapter import BackboneAdapter
-from .errors import DuplicateBackboneError, UnknownBackboneError
+from .errors import DuplicateBackboneError, UnknownBackboneError, ZooError
 from .plugins import PluginRecord
 
 
@@ -202,3 +203,28 @@ def families() -> list[str]:
     """Every family name in the registry."""
     _build()
     return sorted({e.adapter.family for entries in _claims.values() for e in entries})
+
+
+def expand_backbones(backbones: Sequence[str] | str | None, family: str | None = None) -> list[str]:
+    """Resolve names, glob patterns (``"resnet*"``) and a family into a de-duplicated list."""
+    items = [backbones] if isinstance(backbones, str) else list(backbones or [])
+    out: list[str] = []
+    for item in items:
+        if any(ch in item for ch in "*?["):
+            found = list_backbones(item, family=family)
+            if not found:
+                raise ZooError(f"pattern {item!r} matches no backbone{f' of family {family!r}' if family else ''}")
+            out += found
+        else:
+            try:
+                get_adapter(item)  # unknown names fail here, with close matches
+            except DuplicateBackboneError:
+                pass  # several plugins register it: its entries are recorded as failed, the rest run
+            out.append(item)
+    if family and not items:
+        out = list_backbones(family=family)
+        if not out:
+            raise ZooError(f"family {family!r} has no backbones; known: {', '.join(families())}")
+    if not out:
+        raise ZooError("no backbones given: name some, use a pattern like 'resnet*', or --family")
+    return list(dict.fromkeys(out))

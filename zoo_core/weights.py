@@ -14,6 +14,14 @@ from torch import nn
 from .errors import WeightsError
 from .util import few
 
+RANDOM_INIT = "RANDOM INIT"  # how tables and logs label a model that runs without pretrained weights
+
+
+def weights_label(weights: object) -> str:
+    """How a table names ``weights``: ``"pretrained"`` (DEFAULT), :data:`RANDOM_INIT` (None), else the tag/file."""
+    return RANDOM_INIT if weights is None else "pretrained" if weights == "DEFAULT" else str(weights)
+
+
 LOCAL_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
 
 

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 from .leaderboard import COLUMNS, RANDOM_INIT, Entry, Leaderboard, write_outputs
 from .measure import PeakMemory, inference_speed
-from .plan import Plan, expand_backbones, make_plan
+from .plan import Plan, make_plan
 from .run import EntryRunner, Session, compare
 
 __all__ = ["COLUMNS", "RANDOM_INIT", "Entry", "EntryRunner", "Leaderboard", "PeakMemory", "Plan", "Session",
-           "compare", "expand_backbones", "inference_speed", "make_plan", "write_outputs"]
+           "compare", "inference_speed", "make_plan", "write_outputs"]

@@ -21,6 +21,7 @@ from typing import Any
 from .. import plots
 from ..stats import TIE_ALPHA
 from ..util import atomic_write_text
+from ..weights import RANDOM_INIT
 
 COLUMNS = [  # leaderboard table column → header
     ("rank", "#"), ("backbone", "backbone"), ("strategy", "strategy"), ("val_acc", "top-1"),
@@ -34,7 +35,6 @@ RESULT_FIELDS = ("backbone", "strategy", "val_acc", "val_top5", "val_loss", "tot
 STAT_FIELDS = ("val_images", "val_correct", "top1_low", "top1_high", "p_vs_1", "only_1_right", "only_this_right",
                "tied_with_1", "stats_note")  # from the runs' val_predictions.csv (see .significance)
 FOLD_FIELDS = ("folds_k", "folds_mean", "folds_std", "folds_top1")  # --folds K (see .folds)
-RANDOM_INIT = "RANDOM INIT"  # the weights label of an entry that ran without pretrained weights
 FINISHED = ("ok", "reused")  # statuses of an entry with results
 
 

@@ -1,6 +1,6 @@
 """What one compare call will run, decided before any data is touched: :func:`make_plan` → :class:`Plan`.
 
-Backbone names, glob patterns and a family expand into a de-duplicated list (:func:`expand_backbones`),
+Backbone names, glob patterns and a family expand into a de-duplicated list (:func:`zoo_core.registry.expand_backbones`),
 strategies into canonical names; every option is checked (unknown training options, options compare
 sets itself, the entry limit, the fold count), and one base :class:`~zoo_core.training.TrainConfig`
 holds what every entry shares. The plan's ``entries`` are the backbone × strategy pairs in run order: a
@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
-from .. import registry
-from ..errors import DuplicateBackboneError, ZooError
+from ..errors import ZooError
+from ..registry import expand_backbones
 from ..runtime import pick_device
 from ..strategies import get_strategy
 from ..training import TrainConfig
@@ -38,31 +38,6 @@ class Plan:
     def entries(self) -> list[tuple[str, str]]:
         """``(backbone, strategy)`` pairs in run order: each backbone's strategies together."""
         return [(b, s) for b in self.backbones for s in self.strategies]
-
-
-def expand_backbones(backbones: Sequence[str] | str | None, family: str | None = None) -> list[str]:
-    """Resolve names, glob patterns (``"resnet*"``) and a family into a de-duplicated list."""
-    items = [backbones] if isinstance(backbones, str) else list(backbones or [])
-    out: list[str] = []
-    for item in items:
-        if any(ch in item for ch in "*?["):
-            found = registry.list_backbones(item, family=family)
-            if not found:
-                raise ZooError(f"pattern {item!r} matches no backbone{f' of family {family!r}' if family else ''}")
-            out += found
-        else:
-            try:
-                registry.get_adapter(item)  # unknown names fail here, with close matches
-            except DuplicateBackboneError:
-                pass  # several plugins register it: its entries are recorded as failed, the rest run
-            out.append(item)
-    if family and not items:
-        out = registry.list_backbones(family=family)
-        if not out:
-            raise ZooError(f"family {family!r} has no backbones; known: {', '.join(registry.families())}")
-    if not out:
-        raise ZooError("no backbones to compare: name some, use a pattern like 'resnet*', or --family")
-    return list(dict.fromkeys(out))
 
 
 def strategy_names(strategies: Sequence[str] | str | None, strategy: str | None) -> list[str]:

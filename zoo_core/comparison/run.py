@@ -42,11 +42,11 @@ from ..runtime import pick_device
 from ..strategies import get_strategy
 from ..training import TrainConfig, data_config_for, shared_pixels, train
 from ..util import atomic_write_text
-from ..weights import is_local_path
+from ..weights import RANDOM_INIT, is_local_path, weights_label
 from . import folds as zfolds
 from . import markers, measure, significance
 from .folds import check_folds
-from .leaderboard import RANDOM_INIT, Entry, Leaderboard, ranked, write_outputs
+from .leaderboard import Entry, Leaderboard, ranked, write_outputs
 from .plan import make_plan
 
 Say = Callable[[str], None]
@@ -107,8 +107,7 @@ class EntryRunner:
     def _train(self, entry: Entry, cfg: TrainConfig, sig: str) -> None:
         """Train and measure the entry, then mark it finished."""
         self.say(f"zoo compare: {entry.label}: training{' from ' + RANDOM_INIT if cfg.weights is None else ''} …")
-        entry.weights = RANDOM_INIT if cfg.weights is None else (
-            "pretrained" if cfg.weights == "DEFAULT" else str(cfg.weights))
+        entry.weights = weights_label(cfg.weights)
         run_dir = Path(entry.run_dir)
         (run_dir / markers.MARKER).unlink(missing_ok=True)  # the run is being rewritten: never reuse it half-way
         (run_dir / "error.txt").unlink(missing_ok=True)

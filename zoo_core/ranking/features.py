@@ -24,14 +24,13 @@ from torch.utils.data import Dataset, Subset
 
 from .. import registry
 from ..cache import FeatureSet
-from ..comparison import RANDOM_INIT
 from ..data import DataSplit
 from ..errors import DataError, WeightsError
 from ..headfit.split import stratified_subsample
 from ..training import TrainConfig, build_run, data_config_for, shared_pixels
 from ..training.cached import extract as extract_run_features
 from ..util import digest
-from ..weights import is_local_path
+from ..weights import RANDOM_INIT, is_local_path, weights_label
 
 RANK_OPTIONS = ("weights", "image_size", "batch_size", "device", "precision", "seed", "val_fraction",
                 "num_workers", "download", "data_root")
@@ -86,11 +85,6 @@ def predecode(cfg: TrainConfig, split: DataSplit) -> None:
     first backbone of that size), so no entry's time includes the one-off decoding."""
     adapter, _ = registry.get_adapter(cfg.backbone)
     shared_pixels(cfg, split, "train", data_config_for(adapter, cfg), None, quiet=not cfg.progress)
-
-
-def weights_label(weights: Any) -> str:
-    """What the table shows for ``weights``: ``pretrained``, ``RANDOM INIT``, or the tag / file."""
-    return RANDOM_INIT if weights is None else "pretrained" if weights == "DEFAULT" else str(weights)
 
 
 def _speed(features: FeatureSet) -> float | None:

@@ -8,8 +8,8 @@ import io
 import json
 
 from .. import plots
-from ..comparison import RANDOM_INIT
 from ..util import atomic_write_text
+from ..weights import RANDOM_INIT
 from .results import FIELDS, SCORE_HEADERS, Ranking
 
 PLOT = "score_vs_speed.png"  # the plot: primary score vs extraction images/s, points numbered by rank

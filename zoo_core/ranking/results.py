@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..comparison import RANDOM_INIT
 from ..tables import format_table
+from ..weights import RANDOM_INIT
 
 SCORE_HEADERS = {"logme": "LogME", "probe": "probe top-1"}  # score name → column header
 FIELDS = ("rank", "backbone", "status", "weights", "score", "spread", "logme", "logme_std", "probe_acc",
