@@ -11,96 +11,25 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from helpers_cli import one_line_error, run
 from helpers_images import make_folder
+from helpers_toys import NOISE_DIMS, KnownPlugin
 from PIL import Image
-from torch import nn
 
 import zoo_core
-from zoo_core import BackboneAdapter, cache, hookimpl
+from zoo_core import cache
 from zoo_core import data as zdata
-from zoo_core.errors import WeightsError, ZooError
-from zoo_core.freezing import freeze_stages, replace_linear_head
+from zoo_core.errors import ZooError
 from zoo_core.ranking import features as rank_features
 from zoo_core.ranking import stratified_folds
 
 FAST = {"image_size": 32, "progress": False}
-NOISE_DIMS = 16
 
 
 @pytest.fixture(scope="module")
 def data3(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 classes × 20 images of 40 px (a bright square in a class-specific corner): 48 train / 12 val."""
     return make_folder(tmp_path_factory.mktemp("rank-data"), num_classes=3, per_class=20)
-
-
-# ---- a tiny in-process plugin whose "backbones" give features of known quality -----------------------
-class KnownFeatures(nn.Module):
-    """Features of a chosen quality, a fixed function of the image (no randomness, no training):
-
-    - ``good``: the mean of each channel in each image quadrant (where the class's square is), plus noise;
-    - ``weak``: only the red channel's left-minus-right brightness (tells class 0 from classes 1 and 2, which
-      share the right half and a red value of 255), plus noise;
-    - ``noise``: only noise — ``sin`` of a large random projection of the pixels, unrelated to the class.
-    """
-
-    def __init__(self, kind: str, num_classes: int) -> None:
-        super().__init__()
-        self.kind = kind
-        self.body = nn.Conv2d(3, 3, 1)  # an identity stage, so the backbone has parameters and a stage
-        with torch.no_grad():
-            self.body.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
-            self.body.bias.zero_()
-        gen = torch.Generator().manual_seed(1234)
-        self.register_buffer("projection", torch.randn(3 * 8 * 8, NOISE_DIMS, generator=gen))
-        dim = {"good": 12, "weak": 1, "noise": 0}[kind] + NOISE_DIMS
-        self.fc = nn.Linear(dim, num_classes)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.body(x)
-        noise = torch.sin(1e4 * (F.adaptive_avg_pool2d(x, 8).flatten(1) @ self.projection))
-        quadrants = F.adaptive_avg_pool2d(x, 2)  # [B, 3, 2, 2]
-        if self.kind == "good":
-            return torch.cat([quadrants.flatten(1), noise], 1)
-        if self.kind == "weak":
-            red = quadrants[:, 0]
-            return torch.cat([(red[:, :, 0] - red[:, :, 1]).mean(1, keepdim=True), noise], 1)
-        return noise
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x))
-
-
-class KnownAdapter(BackboneAdapter):
-    family = "ranktoy"
-
-    def names(self) -> list[str]:
-        return ["rank_good", "rank_weak", "rank_noise", "rank_offline", "rank_broken"]
-
-    def create(self, name: str, *, weights: str | None = None, num_classes: int = 1000) -> nn.Module:
-        if name == "rank_broken":
-            raise RuntimeError("boom: rank_broken cannot be built")
-        if name == "rank_offline" and weights is not None:  # like a built-in family offline, empty cache
-            raise WeightsError(f"{name}: pretrained weights unavailable offline")
-        kind = name.removeprefix("rank_")
-        return KnownFeatures("good" if kind == "offline" else kind, num_classes)
-
-    def available_weights(self, name: str) -> list[str]:
-        return ["known"]
-
-    def replace_head(self, model: nn.Module, num_classes: int) -> nn.Module:
-        return replace_linear_head(model, "fc", num_classes)
-
-    def freeze(self, model: nn.Module, trainable_stages: int = 0) -> nn.Module:
-        return freeze_stages(model, self.stages(model), "fc", trainable_stages)
-
-
-class KnownPlugin:
-    @hookimpl
-    def register_backbones(self, register: Any) -> None:
-        register(KnownAdapter())
 
 
 @pytest.fixture

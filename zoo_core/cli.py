@@ -356,6 +356,16 @@ def _add_compare(sub: Subparsers) -> None:
     p.add_argument("--folds", type=int, default=None, metavar="K",
                    help="also fit each feature-extraction head on K stratified folds of train+val (cached "
                         "features, seconds) and report mean ± std top-1")
+    p.add_argument("--select", type=int, default=None, metavar="K",
+                   help="successive halving: rank every backbone without training (as `zoo rank`), feature "
+                        "extraction on the best --select-keep fraction, then fine-tune (the other --strategies, "
+                        "or finetune) only the K best of those by top-1")
+    p.add_argument("--select-keep", type=float, default=0.5, metavar="F",
+                   help="fraction of the ranked backbones that get a feature-extraction entry (default 0.5)")
+    p.add_argument("--select-budget", type=int, default=None, metavar="N",
+                   help="rank on a stratified subsample of about N training images (faster on large data)")
+    p.add_argument("--select-score", choices=("probe", "logme"), default="probe",
+                   help="what orders the ranking stage (default probe)")
     _add_train_options(p, skip=("strategy", "out_dir", "run_name"))
     p.set_defaults(func=_cmd_compare)
 
@@ -365,7 +375,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     board = compare(args.backbones, args.data, strategies=args.strategies, family=args.family, out_dir=args.out,
                     fallback_random=args.fallback_random, rerun=args.rerun, progress=not args.json,
-                    max_entries=args.max_entries or None, folds=args.folds,
+                    max_entries=args.max_entries or None, folds=args.folds, select=args.select,
+                    select_keep=args.select_keep, select_budget=args.select_budget, select_score=args.select_score,
                     **_train_overrides(args, skip=("strategy", "out_dir", "run_name")))
     if args.json:
         _print_json(board.rows())

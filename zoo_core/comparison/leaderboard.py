@@ -100,6 +100,7 @@ class Leaderboard:
 
     entries: list[Entry]
     out_dir: Path
+    selection: dict[str, Any] | None = None  # compare(select=K): what was ranked, kept and fine-tuned
 
     def rows(self) -> list[dict[str, Any]]:
         """Leaderboard rows (dicts: rank, results, statistics, folds, error), in leaderboard order."""
@@ -143,6 +144,12 @@ class Leaderboard:
         if random:
             notes.append(f"{RANDOM_INIT}: {', '.join(random)} ran without pretrained weights; their numbers say "
                          "little about the pretrained backbone.")
+        sel = self.selection
+        if sel:
+            notes.append(f"--select {sel['k']}: {len(sel['ranked'])} backbone(s) ranked by {sel['score']} without "
+                         f"training ({sel['ranking']}); feature extraction on the best {len(sel['feature_extraction'])}"
+                         f", {' and '.join(sel['strategies'])} on the best {len(sel['fine_tuned'])} of those by "
+                         "top-1; the others were never trained.")
         notes += [f"Note: {e.label}: {e.stats_note}" for e in self.entries if e.stats_note]
         errors = [f"- {e.label}: {e.error}" for e in self.entries if e.error]
         return ([""] + notes if notes else []) + (["", "Failed entries:"] + errors if errors else [])
@@ -193,7 +200,8 @@ def write_outputs(board: Leaderboard, split: Any) -> None:
     writer.writerows([{k: " ".join(map(str, v)) if isinstance(v, list) else v for k, v in r.items()} for r in rows])
     atomic_write_text(out / "leaderboard.csv", buf.getvalue())
     atomic_write_text(out / "leaderboard.json", json.dumps(
-        {"data": split.source, "classes": split.classes, "tie_alpha": TIE_ALPHA, "entries": rows},
+        {"data": split.source, "classes": split.classes, "tie_alpha": TIE_ALPHA, "selection": board.selection,
+         "entries": rows},
         indent=2, default=str) + "\n")
     ok = [e for e in board.entries if e.finished]
     points = [{"label": e.label, "tag": i, "hollow": e.weights == RANDOM_INIT, "acc": e.val_acc,

@@ -21,6 +21,7 @@ from ..strategies import get_strategy
 from ..training import TrainConfig
 from ..training.config import resolve_config
 from .folds import check_folds
+from .select import FEATURE_EXTRACTION, Selection, later_strategies
 
 NOT_PER_ENTRY = ("backbone", "data", "run_name", "out_dir", "progress")  # compare sets these itself
 
@@ -33,6 +34,7 @@ class Plan:
     strategies: tuple[str, ...]
     base: TrainConfig  # every entry's config but its backbone, strategy, weights and run directory
     folds: int | None = None
+    select: Selection | None = None  # successive halving: rank, keep a fraction, fine-tune the best K
 
     @property
     def entries(self) -> list[tuple[str, str]]:
@@ -63,14 +65,18 @@ def _check_overrides(overrides: dict[str, Any]) -> None:
 
 def make_plan(backbones: Sequence[str] | str | None, data: Any, *, strategies: Sequence[str] | str | None,
               family: str | None, max_entries: int | None, folds: int | None,
-              overrides: dict[str, Any]) -> Plan:
+              overrides: dict[str, Any], select: Selection | None = None) -> Plan:
     """Check compare's arguments and expand them into a :class:`Plan`; nothing is read or written."""
     _check_overrides(overrides)
     overrides = dict(overrides)
     names = strategy_names(strategies, overrides.pop("strategy", None))
     found = expand_backbones(backbones, family)
     check_folds(folds)
-    n_entries = len(found) * len(names)
+    if select is not None:  # stage 2 trains feature extraction on a fraction, stage 3 the rest on K backbones
+        names = [FEATURE_EXTRACTION, *later_strategies(tuple(names))]
+        n_entries = select.kept(len(found)) + min(select.k, len(found)) * (len(names) - 1)
+    else:
+        n_entries = len(found) * len(names)
     if max_entries is not None and n_entries > max_entries:
         what = ", ".join(found[:5]) + (", …" if len(found) > 5 else "")
         raise ZooError(f"compare would run {n_entries:,} entries ({len(found):,} backbones × {len(names)} "
@@ -81,4 +87,4 @@ def make_plan(backbones: Sequence[str] | str | None, data: Any, *, strategies: S
     for strategy in names:  # a bad option fails here, once, before any data or model is loaded
         resolve_config(replace(base, strategy=strategy))
     pick_device(base.device)  # so does a device this machine does not have
-    return Plan(tuple(found), tuple(names), base, folds)
+    return Plan(tuple(found), tuple(names), base, folds, select)

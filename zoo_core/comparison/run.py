@@ -48,6 +48,7 @@ from . import markers, measure, significance
 from .folds import check_folds
 from .leaderboard import Entry, Leaderboard, ranked, write_outputs
 from .plan import make_plan
+from .select import DEFAULT_KEEP, make_selection, successive_halving
 
 Say = Callable[[str], None]
 
@@ -173,7 +174,9 @@ def _stderr(msg: str) -> None:
 def compare(backbones: Sequence[str] | str | None, data: Any, *, strategies: Sequence[str] | str | None = None,
             family: str | None = None, out_dir: str | os.PathLike = "zoo-compare", fallback_random: bool = False,
             rerun: bool = False, merge: bool = False, progress: bool = True, max_entries: int | None = 64,
-            folds: int | None = None, session: Session | None = None, **train_overrides: Any) -> Leaderboard:
+            folds: int | None = None, session: Session | None = None, select: int | None = None,
+            select_keep: float = DEFAULT_KEEP, select_budget: int | None = None, select_score: str = "probe",
+            **train_overrides: Any) -> Leaderboard:
     """Run every backbone × strategy on the same data and write the leaderboard into ``out_dir``.
 
     :param strategies: strategy names (default ``["feature-extraction"]``); ``strategy="finetune"`` also works.
@@ -189,11 +192,16 @@ def compare(backbones: Sequence[str] | str | None, data: Any, *, strategies: Seq
     :param folds: ``K >= 2``: also fit each feature-extraction entry's head on K stratified folds of
         train+val (cached features) and report the mean ± std top-1 (see :mod:`zoo_core.comparison.folds`).
     :param session: shared by several calls (:class:`Session`), their trained entries stay "ok" under merge.
+    :param select: successive halving (:mod:`zoo_core.comparison.select`): rank every backbone without
+        training (``select_score``, on ``select_budget`` training images or all of them), train feature
+        extraction on the best ``select_keep`` fraction, then the other strategies (``finetune`` when only
+        feature extraction was asked) on the ``select`` best of those by top-1.
     :param train_overrides: any :class:`zoo_core.TrainConfig` field (epochs, image_size, lr, …).
         ``share_decoding`` defaults to True here: images are decoded once per distinct input size.
     """
     plan = make_plan(backbones, data, strategies=strategies, family=family, max_entries=max_entries, folds=folds,
-                     overrides=train_overrides)
+                     overrides=train_overrides,
+                     select=make_selection(select, select_keep, select_budget, select_score))
     split = zdata.load_data(data, val_fraction=plan.base.val_fraction, seed=plan.base.seed,
                             download=plan.base.download, data_root=plan.base.data_root, progress=progress)
     check_folds(plan.folds, len(split.train) + len(split.val))
@@ -205,10 +213,15 @@ def compare(backbones: Sequence[str] | str | None, data: Any, *, strategies: Seq
     say(f"zoo compare: {len(plan.backbones)} backbone(s) × {len(plan.strategies)} strategy(ies) on {split.summary()}")
     runner = EntryRunner(split, base, out, device, say=say, session=session if session is not None else Session(),
                          fallback_random=fallback_random, rerun=rerun, progress=progress)
-    entries = [runner.run(backbone, strategy) for backbone, strategy in plan.entries]
+    selection = None
+    if plan.select is not None:
+        entries, selection = successive_halving(plan, split, out, plan.select, runner.run, say=say,
+                                                fallback_random=fallback_random, progress=progress)
+    else:
+        entries = [runner.run(backbone, strategy) for backbone, strategy in plan.entries]
     if merge:
         entries += markers.earlier_entries(out, {(e.backbone, e.strategy) for e in entries}, runner.session.trained)
-    board = Leaderboard(ranked(entries), out)
+    board = Leaderboard(ranked(entries), out, selection)
     significance.annotate(board.entries)
     if plan.folds:
         add_folds(board, split, plan.folds, device, say, progress)
