@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from helpers_cli import one_line_error, run
 from helpers_images import make_folder
 from helpers_toys import NOISE_DIMS, KnownPlugin
@@ -20,8 +21,8 @@ import zoo_core
 from zoo_core import cache
 from zoo_core import data as zdata
 from zoo_core.errors import ZooError
+from zoo_core.headfit import stratified_folds
 from zoo_core.ranking import features as rank_features
-from zoo_core.ranking import stratified_folds
 
 FAST = {"image_size": 32, "progress": False}
 
@@ -168,13 +169,13 @@ def test_failures_are_recorded_and_the_rest_ranked(tmp_path: Path, data3: Path, 
 
 def test_stratified_folds_partition_each_class_evenly() -> None:
     labels = np.array([0] * 11 + [1] * 7 + [2] * 3)
-    folds = stratified_folds(labels, 5, seed=3)
+    folds = [f.numpy() for f in stratified_folds(torch.as_tensor(labels), 5, seed=3)]
     assert sorted(np.concatenate(folds).tolist()) == list(range(len(labels)))
     assert max(map(len, folds)) - min(map(len, folds)) <= 1
     for c, n_c in enumerate((11, 7, 3)):
         per_fold = [int((labels[f] == c).sum()) for f in folds]
         assert max(per_fold) - min(per_fold) <= 1 and sum(per_fold) == n_c
-    assert [f.tolist() for f in stratified_folds(labels, 5, seed=3)] == [f.tolist() for f in folds]
+    assert [f.tolist() for f in stratified_folds(torch.as_tensor(labels), 5, seed=3)] == [f.tolist() for f in folds]
 
 
 def test_cli_rank_json_and_errors(tmp_path: Path, data3: Path, toys: None, capsys: pytest.CaptureFixture[str]) -> None:

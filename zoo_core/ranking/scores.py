@@ -5,7 +5,7 @@
   eigendecomposition, no training; higher is better; comparable between backbones on one dataset only.
 * **probe**: the accuracy of the converged linear probe (:func:`zoo_core.headfit.fit_linear_head`, the head a
   feature-extraction run trains) on the held-out folds of a stratified, seeded k-fold split
-  (:func:`stratified_folds`). Its spread is the standard deviation over the folds. The regularisation ``C``
+  (:func:`zoo_core.headfit.stratified_folds`). Its spread is the standard deviation over the folds. The regularisation ``C``
   is searched once, by the head fit's own search on the first fold's training part, and reused for the
   other folds: the search is ~20 times the cost of one converged fit, and ``C`` (not the L2 strength)
   carries over between training sets of different size.
@@ -49,20 +49,6 @@ class Scores:
         return (self.logme, self.logme_std) if score == "logme" else (self.probe_acc, self.probe_std)
 
 
-def stratified_folds(labels: np.ndarray, k: int, seed: int = 0) -> list[np.ndarray]:
-    """``k`` disjoint, sorted row-index arrays covering ``labels``: each class shuffled (seeded) and dealt out
-    round-robin, continuing where the previous class stopped, so fold sizes differ by at most one."""
-    labels = np.asarray(labels).reshape(-1)
-    rng = np.random.default_rng(seed)
-    fold = np.empty(len(labels), dtype=np.int64)
-    start = 0
-    for c in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == c))
-        fold[members] = (start + np.arange(len(members))) % k
-        start += len(members)
-    return [np.flatnonzero(fold == i) for i in range(k)]
-
-
 def _probe_fold(x: torch.Tensor, y: torch.Tensor, train: np.ndarray, held: np.ndarray, num_classes: int,
                 seed: int, c: float | None) -> tuple[float, float | None]:
     """(held-out accuracy, ``C``) of the converged linear probe fitted on rows ``train``: with ``C`` picked by
@@ -92,7 +78,7 @@ def score_features(features: torch.Tensor, labels: torch.Tensor, num_classes: in
     if not bool(torch.isfinite(x).all()):
         raise DataError("the features contain NaN or inf (try --precision fp32)")
     y_np = y.numpy()
-    parts = stratified_folds(y_np, folds, seed)
+    parts = [p.numpy() for p in headfit.stratified_folds(y, folds, seed)]
     everything = np.arange(n)
     probe, evidence, c = [], [], None
     for held in parts:
