@@ -510,10 +510,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0 if any(e.finished for e in board.entries) else 1
 
 
+# ---- zoo report ----------------------------------------------------------------------------------
+def _add_report(sub: Subparsers) -> None:
+    p = sub.add_parser("report", help="(re)build the self-contained report.html of a compare or rank folder")
+    p.add_argument("folder", metavar="DIR", help="the --out folder of `zoo compare` or `zoo rank`")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .html_report import write_report
+
+    print(write_report(args.folder))
+    return 0
+
+
 # ---- wiring --------------------------------------------------------------------------------------
 _COMMANDS: list[Callable[[Subparsers], None]] = [
     _add_plugins, _add_list, _add_info, _add_train, _add_predict, _add_export, _add_compare, _add_rank,
-    _add_lr_find, _add_cache, _add_demo,
+    _add_report, _add_lr_find, _add_cache, _add_demo,
 ]
 """Every subcommand's ``_add_<cmd>``, in ``zoo --help`` order."""
 

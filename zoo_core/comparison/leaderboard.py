@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import plots
+from .. import html_report, plots
 from ..stats import TIE_ALPHA
 from ..util import atomic_write_text
 from ..weights import RANDOM_INIT
@@ -189,7 +189,7 @@ def _cell(key: str, row: dict[str, Any]) -> str:
 
 
 def write_outputs(board: Leaderboard, split: Any) -> None:
-    """``leaderboard.md``, ``.csv`` (lists space-separated), ``.json`` and the plots, into ``board.out_dir``."""
+    """``leaderboard.md``, ``.csv`` (lists space-separated), ``.json``, the plots and ``report.html``, into ``board.out_dir``."""
     out = board.out_dir
     rows = board.rows()
     atomic_write_text(out / "leaderboard.md", "# backbone-zoo leaderboard\n\n"
@@ -215,3 +215,4 @@ def write_outputs(board: Leaderboard, split: Any) -> None:
                   ylabel="validation top-1 (95 % interval)", title="accuracy vs model size", logx=True,
                   yerr=interval)
     plots.curves_overlay({e.label: e.history for e in ok}, out / "learning_curves.png")
+    html_report.write_report(out)  # report.html: the files above and the run directories, in one page

@@ -1,5 +1,5 @@
 """The files of a ranking in its output folder: ``ranking.md``, ``ranking.csv``, ``ranking.json`` and the plot
-``score_vs_speed.png`` (every write atomic)."""
+``score_vs_speed.png``, and ``report.html`` (every write atomic)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import csv
 import io
 import json
 
-from .. import plots
+from .. import html_report, plots
 from ..util import atomic_write_text
 from ..weights import RANDOM_INIT
 from .results import FIELDS, SCORE_HEADERS, Ranking
@@ -34,3 +34,4 @@ def write_outputs(ranking: Ranking) -> None:
     plots.scatter(points, "speed", "score", out / PLOT, xlabel="feature extraction images/s (log)",
                   ylabel=SCORE_HEADERS[ranking.score], title=f"{SCORE_HEADERS[ranking.score]} vs extraction speed",
                   logx=True)
+    html_report.write_report(out)  # report.html: the table and the plot in one page
