@@ -26,7 +26,10 @@ $(STAMP): $(RTSTAMP) requirements-dev.txt
 demo: $(RTSTAMP)
 	$(BIN)/zoo demo
 
+# the HTML report's browser test (tests/test_report.py) needs Debian's headless Chromium
 test: $(STAMP)
+	test -x /usr/bin/chromium || (apt-get install -y chromium chromium-driver || \
+	  (apt-get update && apt-get install -y chromium chromium-driver))
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
