@@ -5,6 +5,7 @@ pipe (no extra Python package): every image loads, the leaderboard table renders
 from __future__ import annotations
 
 import base64
+import fcntl
 import io
 import json
 import os
@@ -49,9 +50,10 @@ class DevTools:
         to_r, self._to_w = os.pipe()
         self._from_r, from_w = os.pipe()
 
-        def fds() -> None:
-            os.dup2(to_r, 3)
-            os.dup2(from_w, 4)
+        def fds() -> None:  # in the child: copies above 9 first, so that fd 3/4 are never clobbered or CLOEXEC
+            a, b = fcntl.fcntl(to_r, fcntl.F_DUPFD, 10), fcntl.fcntl(from_w, fcntl.F_DUPFD, 10)
+            os.dup2(a, 3)
+            os.dup2(b, 4)
 
         self.proc = subprocess.Popen([str(CHROMIUM), *FLAGS, f"--user-data-dir={user_data}",
                                       "--remote-debugging-pipe", "about:blank"], preexec_fn=fds,
