@@ -159,7 +159,8 @@ def test_predict_takes_folders_and_writes_a_csv(run_dir: Path, tmp_path: Path, c
             assert r["label_1"] == "" and f"cannot read image {broken}: corrupt image" in r["error"]
             continue
         ((l1, p1), (l2, p2)) = clf.predict([img], topk=2)[0]
-        assert (r["label_1"], r["label_2"]) == (l1, l2) and float(r["probability_1"]) == pytest.approx(p1, abs=1e-6)
+        # the CSV keeps 6 decimals, and a batch of several images sums in another order than one image alone
+        assert (r["label_1"], r["label_2"]) == (l1, l2) and float(r["probability_1"]) == pytest.approx(p1, abs=1e-5)
         assert r["error"] == "" and float(r["probability_1"]) >= float(r["probability_2"])
     assert "folder holds no image files" in rows[-1]["error"] and rows[-1]["label_1"] == ""
     errors = [line for line in err.splitlines() if line.startswith("zoo: error:")]
