@@ -24,20 +24,14 @@ from .registry import get_adapter, list_backbones, plugins_report
 
 __version__ = "0.1.0"
 
-_LAZY = {  # heavy modules load on first use so `import zoo_core` stays fast
-    "train": ("training", "train"),
-    "TrainConfig": ("training", "TrainConfig"),
-    "TrainResult": ("training", "TrainResult"),
-    "load": ("inference", "load"),
-    "predict": ("inference", "predict"),
-    "export": ("exporting", "export"),
-    "ExportResult": ("exporting", "ExportResult"),
-    "compare": ("comparison", "compare"),
-    "Leaderboard": ("comparison", "Leaderboard"),
-    "rank": ("ranking", "rank"),
-    "Ranking": ("ranking", "Ranking"),
-    "lr_find": ("training", "lr_find"),
+_LAZY_BY_MODULE = {  # heavy modules load on first use so `import zoo_core` stays fast
+    "training": ("train", "TrainConfig", "TrainResult", "lr_find"),
+    "inference": ("load", "predict"),
+    "exporting": ("export", "ExportResult"),
+    "comparison": ("compare", "Leaderboard"),
+    "ranking": ("rank", "Ranking"),
 }
+_LAZY = {name: (module, name) for module, names in _LAZY_BY_MODULE.items() for name in names}
 
 
 def __getattr__(name: str) -> Any:

@@ -26,10 +26,15 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
 
+def _json_flag(p: argparse.ArgumentParser, help: str = "print JSON") -> None:
+    """The ``--json`` flag every command that prints results has."""
+    p.add_argument("--json", action="store_true", help=help)
+
+
 # ---- zoo plugins ---------------------------------------------------------------------------------
 def _add_plugins(sub: Subparsers) -> None:
     p = sub.add_parser("plugins", help="list installed plugins, their backbones and load errors")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _json_flag(p, "print JSON instead of a table")
     p.set_defaults(func=_cmd_plugins)
 
 
@@ -54,7 +59,7 @@ def _add_list(sub: Subparsers) -> None:
     p.add_argument("pattern", nargs="?", default=None, metavar="PATTERN", help="case-insensitive glob")
     p.add_argument("--family", "-f", default=None, help="only this family or plugin (resnet, vgg, timm, …)")
     p.add_argument("--pretrained", action="store_true", help="only backbones with pretrained weights")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _json_flag(p, "print JSON instead of a table")
     p.set_defaults(func=_cmd_list)
 
 
@@ -98,7 +103,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _add_info(sub: Subparsers) -> None:
     p = sub.add_parser("info", help="describe one backbone: size, features, preprocessing, stages, weights")
     p.add_argument("name", metavar="NAME", help="backbone name, e.g. resnet18 or timm/efficientnet_b0")
-    p.add_argument("--json", action="store_true", help="print JSON instead of key/value lines")
+    _json_flag(p, "print JSON instead of key/value lines")
     p.set_defaults(func=_cmd_info)
 
 
@@ -243,7 +248,7 @@ def _add_train(sub: Subparsers) -> None:
                    f"or a built-in dataset name ({', '.join(dataset_names())})")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last.pt")
     p.add_argument("--nproc", type=int, default=None, help="launch N processes with torchrun (DDP)")
-    p.add_argument("--json", action="store_true", help="print the result summary as JSON")
+    _json_flag(p, "print the result summary as JSON")
     _add_train_options(p)
     p.set_defaults(func=_cmd_train)
 
@@ -280,7 +285,7 @@ def _add_predict(sub: Subparsers) -> None:
     p.add_argument("--csv", metavar="FILE", default=None,
                    help="write the results to FILE as CSV (image, label_1, probability_1, …, error) instead of "
                         "printing a table")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    _json_flag(p, "print JSON")
     p.set_defaults(func=_cmd_predict)
 
 
@@ -319,7 +324,7 @@ def _add_export(sub: Subparsers) -> None:
                    help="images for the parity check (default: the run's validation images)")
     p.add_argument("--tolerance", type=float, default=None,
                    help="largest logit difference accepted, relative to max(1, max |logit|) (default 1e-3)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _json_flag(p, "print the result as JSON")
     p.set_defaults(func=_cmd_export)
 
 
@@ -350,7 +355,7 @@ def _add_compare(sub: Subparsers) -> None:
     p.add_argument("--fallback-random", action="store_true",
                    help="run an entry from random init (clearly marked) when its pretrained weights are missing")
     p.add_argument("--rerun", action="store_true", help="run finished entries again instead of reusing them")
-    p.add_argument("--json", action="store_true", help="print the leaderboard as JSON")
+    _json_flag(p, "print the leaderboard as JSON")
     p.add_argument("--max-entries", type=int, default=64, metavar="N",
                    help="refuse to run more than N backbone x strategy entries (default 64; 0: no limit)")
     p.add_argument("--folds", type=int, default=None, metavar="K",
@@ -411,7 +416,7 @@ def _add_rank(sub: Subparsers) -> None:
     p.add_argument("--out", default="zoo-rank", help="output folder (default zoo-rank)")
     p.add_argument("--fallback-random", action="store_true",
                    help="score a backbone from random init (clearly marked) when its pretrained weights are missing")
-    p.add_argument("--json", action="store_true", help="print the ranking as JSON")
+    _json_flag(p, "print the ranking as JSON")
     p.add_argument("--max-entries", type=int, default=256, metavar="N",
                    help="refuse to score more than N backbones (default 256; 0: no limit)")
     _add_train_options(p, skip=_rank_skip())
@@ -441,7 +446,7 @@ def _add_lr_find(sub: Subparsers) -> None:
     p.add_argument("--start-lr", type=float, default=1e-7)
     p.add_argument("--end-lr", type=float, default=1.0)
     p.add_argument("--out", default="lr-find", help="folder for lr_find.png and lr_find.json")
-    p.add_argument("--json", action="store_true")
+    _json_flag(p)
     _add_train_options(p, skip=("epochs", "lr", "out_dir", "run_name", "early_stopping", "cache_features",
                                 "max_steps", "warmup_epochs", "label_smoothing", "channels_last", "precision",
                                 "log", "log_dir"))
@@ -472,7 +477,7 @@ def _add_cache(sub: Subparsers) -> None:
     p.add_argument("what", nargs="?", choices=["features", "pixels", "all"], default=None, metavar="KIND",
                    help="features, pixels or all (default all); same as --kind")
     p.add_argument("--kind", choices=["features", "pixels", "all"], default="all")
-    p.add_argument("--json", action="store_true")
+    _json_flag(p)
     p.set_defaults(func=_cmd_cache)
 
 

@@ -103,7 +103,8 @@ def run_demo(out: str | os.PathLike = "demo-output", *, rerun: bool = False,
     print("\n" + board.table(), flush=True)  # the finished leaderboard, once, on stdout
     random_entries = [e.label for e in board.entries if e.weights == RANDOM_INIT]
     say(f"\nzoo demo: finished in {time.perf_counter() - t0:.0f}s. Leaderboard: {out / 'leaderboard.md'}; "
-        f"plots: {out / 'accuracy_vs_speed.png'}, {out / 'learning_curves.png'}")
+        f"plots: {out / 'accuracy_vs_speed.png'}, {out / 'learning_curves.png'}; open {out / 'report.html'} "
+        "in a browser to see it all")
     say(_takeaway(board))
     if random_entries:
         say("zoo demo: NOTE — these entries ran from RANDOM INIT because no pretrained weights were cached or "

@@ -226,5 +226,6 @@ def compare(backbones: Sequence[str] | str | None, data: Any, *, strategies: Seq
     if plan.folds:
         add_folds(board, split, plan.folds, device, say, progress)
     write_outputs(board, split)
-    say(f"zoo compare: leaderboard in {out}/leaderboard.md (.csv, .json), plots in {out}/*.png")
+    say(f"zoo compare: leaderboard in {out}/leaderboard.md (.csv, .json), plots in {out}/*.png, "
+        f"everything in one page: {out}/report.html")
     return board
