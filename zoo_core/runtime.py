@@ -7,7 +7,8 @@ bf16 only where bf16 is native and fast (CUDA GPUs with bf16, CPUs with AVX512-B
 A faster inference pass is never trusted blindly: ``precision_candidates("auto", device)`` lists what
 ``auto`` tries (the resolved low precision first, fp32 as the fallback), and :func:`check_pass` accepts
 a pass only when its output on the first batch is finite and within :data:`PASS_TOLERANCE` of eager
-fp32 (feature extraction, :mod:`zoo_core.cache.passes`, applies it).
+fp32 (feature extraction, :mod:`zoo_core.cache.passes`, applies it). ``pass_candidates`` adds the pass
+modes: each precision BatchNorm-folded first, eager last.
 """
 
 from __future__ import annotations
@@ -149,6 +150,24 @@ def precision_candidates(precision: str, device: str | torch.device) -> list[str
     if _PRECISIONS[str(precision).strip().lower()] == "auto" and resolved != "fp32":
         return [resolved, "fp32"]
     return [resolved]
+
+
+FOLD = "bnfold"
+"""The pass mode that folds eval-mode BatchNorm into the preceding convolution (:mod:`zoo_core.cache.passes`)."""
+
+PASS_MODES = (FOLD, "eager")
+"""The pass modes extraction tries, preferred first; part of every feature cache key (:func:`feature_key`)."""
+
+
+def pass_candidates(precision: str, device: str | torch.device) -> list[tuple[str, str]]:
+    """``(pass mode, precision)`` pairs to try, preferred first; the last is eager and the check's reference.
+
+    Each precision of :func:`precision_candidates` is tried BatchNorm-folded first (no native bf16:
+    ``[(bnfold, fp32), (eager, fp32)]``; native bf16: ``[(bnfold, bf16), (bnfold, fp32), (eager, fp32)]``);
+    explicit precisions get ``[(bnfold, P), (eager, P)]``. Folding is exact up to float rounding.
+    """
+    precisions = precision_candidates(precision, device)
+    return [(FOLD, p) for p in precisions] + [("eager", precisions[-1])]
 
 
 @dataclass(frozen=True)

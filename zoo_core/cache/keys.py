@@ -14,6 +14,7 @@ from torch import nn
 
 from ..adapter import BackboneAdapter, DataConfig
 from ..registry import get_adapter
+from ..runtime import PASS_MODES
 from ..util import digest, under
 from ..weights import is_local_path
 
@@ -81,17 +82,21 @@ def weights_identity(weights: object, backbone: str | None = None) -> Any:
 
 
 def feature_key(*, backbone: str, weights: str | os.PathLike | None, data_config: DataConfig,
-                fingerprint: str, split: str, precision: str) -> FeatureKey:
+                fingerprint: str, split: str, precision: str,
+                pass_modes: tuple[str, ...] = PASS_MODES) -> FeatureKey:
     """Cache key (hex digest, a ``str``) of one backbone's features on one dataset split.
 
     :param weights: ``"DEFAULT"``, ``None``/``"None"``, a weight tag, or a local checkpoint path (its
         contents are hashed, so an overwritten file misses).
     :param precision: the *resolved* precision (``resolve_precision(...)``), not ``"auto"``.
+    :param pass_modes: the pass modes extraction tries (``runtime.PASS_MODES``), so entries made by
+        another way of running the backbone never mix.
     """
     parts = {
         "format": FORMAT_VERSION, "kind": "features", "backbone": backbone,
         "weights": weights_identity(weights, backbone), "data_config": data_config.to_dict(),
         "fingerprint": str(fingerprint), "split": str(split), "precision": str(precision),
+        "pass": "+".join(pass_modes),
         "torch": _version(torch), "torchvision": _version(torchvision),
     }
     return FeatureKey(digest(parts), parts)

@@ -1,13 +1,14 @@
 """How the backbone runs during extraction: the model preparation and the candidate forward passes.
 
-A :class:`ForwardPass` turns a prepared (normalised, channels-last) batch into float32 features. Today
-the passes are eager ones per precision (:func:`eager_pass`); :func:`candidate_passes` lists them,
-preferred first, with eager fp32 last, and :func:`choose_pass` keeps the first whose features on the
+A :class:`ForwardPass` turns a prepared (normalised, channels-last) batch into float32 features. The
+passes are eager ones per precision (:func:`eager_pass`) and the same with BatchNorm folded into the
+preceding convolutions (:func:`folded_pass`); :func:`candidate_passes` lists them, preferred first,
+with eager fp32 last (for ``auto``), and :func:`choose_pass` keeps the first whose features on the
 first batch pass :func:`zoo_core.runtime.check_pass` against eager fp32.
 
-Adding a pass mode (BatchNorm folding, ``torch.compile``, int8): write a builder
+Adding a pass mode (``torch.compile``, int8, an inference runtime): write a builder
 ``(model, adapter, device, precision) -> ForwardPass`` that prepares its own model (leaving the
-caller's untouched) and put it into :func:`candidate_passes` ahead of the eager passes; the check
+caller's untouched) and put it into ``_BUILDERS`` and :func:`runtime.pass_candidates` ahead of the eager passes; the check
 against eager fp32 and the fallback come for free.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -64,14 +65,103 @@ def eager_pass(model: nn.Module, adapter: BackboneAdapter, device: torch.device,
     return ForwardPass(precision, precision, run)
 
 
+def _conv_bn_pairs(model: nn.Module, adapter: BackboneAdapter, x: torch.Tensor) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
+    """(conv, BatchNorm) pairs where the BatchNorm's input *is* the conv's output, seen on one probe batch.
+
+    Only exact ``nn.Conv2d`` / ``nn.BatchNorm2d`` in eval mode with running statistics (subclasses such
+    as timm's ``BatchNormAct2d`` or ``Conv2dSame`` do more than that and are left alone). A conv output
+    that something else also reads would be changed by folding: :func:`runtime.check_pass` catches it.
+    """
+    outputs: dict[int, nn.Conv2d] = {}
+    pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]] = []
+
+    def conv_hook(mod: nn.Module, _inp: Any, out: Any) -> None:
+        outputs[id(out)] = mod  # type: ignore[assignment]
+
+    def bn_hook(mod: nn.Module, inp: Any) -> None:
+        conv = outputs.get(id(inp[0]))
+        if conv is not None and all(bn is not mod for _, bn in pairs):
+            pairs.append((conv, mod))  # type: ignore[arg-type]
+
+    handles = []
+    for m in model.modules():
+        if type(m) is nn.Conv2d:
+            handles.append(m.register_forward_hook(conv_hook))
+        elif type(m) is nn.BatchNorm2d and m.track_running_stats and m.running_var is not None:
+            handles.append(m.register_forward_pre_hook(bn_hook))
+    try:
+        with torch.inference_mode():
+            adapter.features(model, x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return pairs
+
+
+def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of ``bn(conv(x))`` as one convolution (eval-mode BatchNorm)."""
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps) if bn.affine else torch.rsqrt(bn.running_var + bn.eps)
+    shift = bn.bias if bn.affine else torch.zeros_like(scale)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
+    return conv.weight * scale.reshape(-1, 1, 1, 1), (bias - bn.running_mean) * scale + shift
+
+
+@contextlib.contextmanager
+def _patched(pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]]) -> Iterator[None]:
+    """Each pair's conv computes the folded convolution and its BatchNorm passes through, for the duration.
+
+    The folded weights are computed per call (one layer's weights at a time, freed by the next), so no
+    second copy of the backbone is kept and the model's own parameters are never written: after the
+    block the model is bit-for-bit what it was (its checkpoint, ``best.pt``, stays the unfolded one).
+    """
+    def conv_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda x: conv._conv_forward(x, *_folded(conv, bn))
+
+    try:
+        for conv, bn in pairs:
+            conv.forward = conv_forward(conv, bn)  # type: ignore[method-assign]
+            bn.forward = _identity  # type: ignore[method-assign]
+        yield
+    finally:
+        for conv, bn in pairs:
+            conv.__dict__.pop("forward", None)
+            bn.__dict__.pop("forward", None)
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def folded_pass(model: nn.Module, adapter: BackboneAdapter, device: torch.device, precision: str) -> ForwardPass:
+    """Eager ``precision`` with every eval-mode BatchNorm that follows a conv folded into it (no weight copy).
+
+    The pairs are found on the first batch it runs (:func:`_conv_bn_pairs`); without any, it is the eager
+    pass. Measured on ResNet-18 (benchmarks/extraction_speed.py, README "Performance").
+    """
+    found: list[list[tuple[nn.Conv2d, nn.BatchNorm2d]]] = []
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if not found:
+            found.append(_conv_bn_pairs(model, adapter, x))
+            log.debug("BatchNorm folding: %d conv+BN pairs", len(found[0]))
+        with torch.inference_mode(), runtime.autocast(device, precision), _patched(found[0]):
+            return adapter.features(model, x).float()
+
+    return ForwardPass(f"{precision}+{runtime.FOLD}", precision, run)
+
+
+_BUILDERS: dict[str, Callable[[nn.Module, BackboneAdapter, torch.device, str], ForwardPass]] = {
+    "eager": eager_pass, runtime.FOLD: folded_pass}  # pass mode → builder (runtime.pass_candidates names them)
+
+
 def candidate_passes(model: nn.Module, adapter: BackboneAdapter, device: torch.device,
                      precision: str) -> list[ForwardPass]:
-    """The passes to try for ``precision``, preferred first (see :func:`runtime.precision_candidates`).
+    """The passes to try for ``precision``, preferred first (see :func:`runtime.pass_candidates`).
 
-    Every pass but the last is checked on the first batch; with several, the last is eager fp32, the
-    reference they are checked against and the fallback.
+    Every pass but the last is checked on the first batch against the last (eager, in the last
+    candidate precision: fp32 for ``auto``), the reference and the fallback.
     """
-    return [eager_pass(model, adapter, device, p) for p in runtime.precision_candidates(precision, device)]
+    return [_BUILDERS[mode](model, adapter, device, p) for mode, p in runtime.pass_candidates(precision, device)]
 
 
 def choose_pass(passes: list[ForwardPass], x: torch.Tensor | None, ctx: DistContext,
