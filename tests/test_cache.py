@@ -316,7 +316,8 @@ def test_bf16_features_close_to_fp32_and_auto_falls_back(ds, monkeypatch, caplog
     with caplog.at_level(logging.WARNING, logger="zoo_core.cache"):
         auto = extract(model, adapter, ds, precision="auto").features
     assert "using fp32" in caplog.text
-    torch.testing.assert_close(auto, fp32, atol=1e-6, rtol=1e-6)
+    # auto fell back to eager fp32; the explicit fp32 run may use the BatchNorm-folded pass (rounding apart)
+    torch.testing.assert_close(auto, fp32, atol=1e-5, rtol=1e-5)
 
 
 def test_auto_keeps_bf16_when_close_and_reuses_the_checked_batch(ds, monkeypatch, caplog):
@@ -330,9 +331,11 @@ def test_auto_keeps_bf16_when_close_and_reuses_the_checked_batch(ds, monkeypatch
             auto = extract(model, adapter, ds, key=key_for(precision="bf16"), precision="auto")
     finally:
         handle.remove()
-    assert "bf16 features within" in caplog.text and "using fp32" not in caplog.text
+    assert "bf16+bnfold features within" in caplog.text and "using fp32" not in caplog.text  # folded bf16 kept
     torch.testing.assert_close(auto.features, bf16, atol=1e-6, rtol=1e-6)
-    assert calls == [8, 8, 8, 8]  # 3 batches + the fp32 reference of the first; the check's bf16 run is kept
+    # 3 batches + the fp32 reference of the first (the check's bf16 run is kept), and the folded pass's one
+    # one-image probe that finds its conv→BatchNorm pairs
+    assert [c for c in calls if c != 1] == [8, 8, 8, 8] and calls.count(1) == 1
     meta = json.loads((auto.path / "meta.json").read_text())
     assert meta["precision"] == "bf16" and meta["n"] == 24 and "world_size" not in meta
 
