@@ -84,38 +84,20 @@ def _numeric(cell: str) -> bool:
     return bool(cell) and (cell[0].isdigit() or cell[:2] in ("p<", "p="))
 
 
-def _fmt(v: Any, digits: int = 4) -> str:
-    if v is None or v == "":
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
-def _params(v: Any) -> str:
-    if v is None:
-        return "-"
-    return f"{v / 1e6:.2f}M" if v >= 1e5 else f"{v:,}"
-
-
-def _p(p: float) -> str:
-    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+COMPARE_KEYS = ("rank", "backbone", "strategy", "val_acc", "vs_1", "folds", "val_top5", "val_loss", "total_params",
+                "trainable_params", "train_seconds", "infer_images_per_s", "peak_mem_mb", "weights", "status")
+RANK_KEYS = ("rank", "backbone", "score", "spread", "logme", "logme_std", "probe_acc", "probe_std", "feature_dim",
+             "images", "extract_images_per_s", "seconds", "weights", "status")
 
 
 def compare_row(r: dict[str, Any]) -> list[str]:
-    """The cells of one leaderboard row: rank, names, top-1 with its Wilson interval, McNemar vs #1, folds…"""
-    top1 = _fmt(r.get("val_acc"))
-    if r.get("val_acc") is not None and r.get("top1_low") is not None:
-        top1 += f" ({r['top1_low']:.3f}-{r['top1_high']:.3f})"
-    vs1 = "-" if r.get("p_vs_1") is None else ("tied, " if r.get("tied_with_1") else "") + _p(r["p_vs_1"])
+    """The cells of one leaderboard row, as the terminal table formats them, and McNemar's discordant counts."""
+    from .comparison.leaderboard import cell  # here, not at the top: compare imports this module
+
+    cells = [cell(k, r) for k in COMPARE_KEYS]
     if r.get("p_vs_1") is not None:
-        vs1 += f" ({r.get('only_1_right')} vs {r.get('only_this_right')})"
-    folds = "-" if r.get("folds_mean") is None else f"{r['folds_mean']:.4f} ± {r['folds_std']:.4f}"
-    return [str(r.get("rank", "-")), r.get("backbone", ""), r.get("strategy", ""), top1, vs1, folds,
-            _fmt(r.get("val_top5")), _fmt(r.get("val_loss")), _params(r.get("total_params")),
-            _params(r.get("trainable_params")), _fmt(r.get("train_seconds"), 1),
-            _fmt(r.get("infer_images_per_s"), 1), _fmt(r.get("peak_mem_mb"), 1), r.get("weights") or "-",
-            r.get("status", "")]
+        cells[COMPARE_KEYS.index("vs_1")] += f" ({r.get('only_1_right')} vs {r.get('only_this_right')})"
+    return cells
 
 
 COMPARE_HEADERS = ["#", "backbone", "strategy", "top-1 (95 % interval)", "vs #1 (only #1 right vs only this)",
@@ -195,10 +177,9 @@ def rank_body(folder: Path, level: int = 2) -> str:
     """A ranking's table (both scores with their spreads over the folds), notes and plot."""
     ranking = json.loads((folder / "ranking.json").read_text())
     rows = ranking.get("entries", [])
-    cells = [[str(r.get("rank", "-")), r.get("backbone", ""), _fmt(r.get("score")), _fmt(r.get("spread")),
-              _fmt(r.get("logme")), _fmt(r.get("logme_std")), _fmt(r.get("probe_acc")), _fmt(r.get("probe_std")),
-              _fmt(r.get("feature_dim")), _fmt(r.get("images")), _fmt(r.get("extract_images_per_s"), 1),
-              _fmt(r.get("seconds"), 1), r.get("weights") or "-", r.get("status", "")] for r in rows]
+    from .ranking.results import cell  # here, not at the top: rank imports this module
+
+    cells = [[cell(k, r.get(k)) for k in RANK_KEYS] for r in rows]
     h = f"h{min(level + 1, 6)}"
     notes = [f"Data: {ranking.get('data')} — {ranking.get('summary')}. Ordered by {ranking.get('score')}; ± is "
              f"the standard deviation over the {ranking.get('folds')} folds."]

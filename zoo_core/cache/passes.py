@@ -8,8 +8,8 @@ first batch pass :func:`zoo_core.runtime.check_pass` against eager fp32.
 
 Adding a pass mode (``torch.compile``, int8, an inference runtime): write a builder
 ``(model, adapter, device, precision) -> ForwardPass`` that prepares its own model (leaving the
-caller's untouched) and put it into ``_BUILDERS`` and :func:`runtime.pass_candidates` ahead of the eager passes; the check
-against eager fp32 and the fallback come for free.
+caller's untouched) and put it into ``_BUILDERS`` and :func:`runtime.pass_candidates` ahead of the
+eager passes; the check against eager fp32 and the fallback come for free.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def folded_pass(model: nn.Module, adapter: BackboneAdapter, device: torch.device
     """Eager ``precision`` with every eval-mode BatchNorm that follows a conv folded into it (no weight copy).
 
     The pairs are found on the first batch it runs (:func:`_conv_bn_pairs`); without any, it is the eager
-    pass. Measured on ResNet-18 (benchmarks/extraction_speed.py, README "Performance").
+    pass. Its measured speed-up: README "Performance".
     """
     found: list[list[tuple[nn.Conv2d, nn.BatchNorm2d]]] = []
 

@@ -118,7 +118,7 @@ class Leaderboard:
         shown = {"run_dir": markdown, "val_top5": _any(rows, "val_top5"), "vs_1": _any(rows, "p_vs_1"),
                  "folds": _any(rows, "folds_mean")}
         cols = [c for c in COLUMNS if shown.get(c[0], True)]
-        cells = [[h for _, h in cols]] + [[_cell(k, r) for k, _ in cols] for r in rows]
+        cells = [[h for _, h in cols]] + [[cell(k, r) for k, _ in cols] for r in rows]
         if markdown:
             lines = ["| " + " | ".join(c) + " |" for c in cells]
             lines.insert(1, "|" + "|".join("---" for _ in cols) + "|")
@@ -166,7 +166,7 @@ def _p(p: float) -> str:
     return "p<0.001" if p < 0.001 else f"p={p:.3f}"
 
 
-def _cell(key: str, row: dict[str, Any]) -> str:
+def cell(key: str, row: dict[str, Any]) -> str:
     """One table cell of ``row`` (``vs_1`` and ``folds`` are drawn from several fields)."""
     v = row.get(key)
     if key == "val_acc" and v is not None and row["top1_low"] is not None:

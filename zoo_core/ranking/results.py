@@ -53,7 +53,8 @@ def order(entries: list[RankEntry], score: str) -> list[RankEntry]:
     return sorted(entries, key=lambda e: (not e.ok, -(e.score(score)[0] or 0.0), -(e.score(other)[0] or 0.0)))
 
 
-def _cell(key: str, v: Any) -> str:
+def cell(key: str, v: Any) -> str:
+    """The ranking table's text for value ``v`` of column ``key``."""
     if v is None:
         return "-"
     if key in ("score", "spread", "logme", "logme_std", "probe_acc", "probe_std"):
@@ -98,7 +99,7 @@ class Ranking:
     def table(self, markdown: bool = False) -> str:
         """The ranking as an aligned text table (or Markdown), then the random-init and failure notes."""
         cols = self.columns()
-        cells = [{k: _cell(k, v) for k, v in row.items()} for row in self.rows()]
+        cells = [{k: cell(k, v) for k, v in row.items()} for row in self.rows()]
         if markdown:
             lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
             lines += ["| " + " | ".join(c[k] for k, _ in cols) + " |" for c in cells]
