@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 SIZE = 40
 
@@ -79,3 +79,38 @@ def cut_scan_jpeg(path: Path, seed: int = 5) -> Path:
             path.write_bytes(cut)
             return path
     raise AssertionError("no cut position made the JPEG undecodable")
+
+
+ARROW_DIRECTIONS = {"right": 0, "down": 90, "left": 180, "up": 270}  # degrees clockwise from "right"
+
+
+def arrow_image(direction: str, index: int, size: int = 48, seed: int = 0) -> Image.Image:
+    """An RGB image of an arrow pointing ``direction`` (a key of :data:`ARROW_DIRECTIONS`) on a noisy
+    background, with random colours, position, length and a few degrees of tilt.
+
+    Mirroring left-right turns a left arrow into a right one (the label changes) but leaves an up or down
+    arrow pointing the same way (the label survives): the two cases of the augmentation check."""
+    rng = np.random.default_rng(seed * 100_003 + ARROW_DIRECTIONS[direction] * 1009 + index)
+    bg = rng.integers(0, 256, 3)
+    img = np.clip(bg + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+    canvas = Image.fromarray(img)
+    draw = ImageDraw.Draw(canvas)
+    length, width = size * rng.uniform(0.5, 0.75), size * rng.uniform(0.07, 0.12)
+    head = size * rng.uniform(0.18, 0.26)
+    pts = np.array([(-length / 2, -width), (length / 2 - head, -width), (length / 2 - head, -head),
+                    (length / 2, 0), (length / 2 - head, head), (length / 2 - head, width), (-length / 2, width)])
+    angle = np.deg2rad(ARROW_DIRECTIONS[direction] + rng.uniform(-8, 8))
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    centre = size / 2 + rng.uniform(-0.1, 0.1, 2) * size
+    fg = (bg + 128 + rng.integers(-40, 40, 3)) % 256
+    draw.polygon([tuple(p) for p in pts @ rot.T + centre], fill=tuple(int(c) for c in fg))
+    return canvas
+
+
+def make_arrows(root: Path, directions: tuple[str, ...], per_class: int = 24, size: int = 48, seed: int = 0) -> Path:
+    """Write ``root/<direction>/imgNN.png`` arrows (:func:`arrow_image`); returns ``root``."""
+    for d in directions:
+        (root / d).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            arrow_image(d, i, size, seed).save(root / d / f"img{i:02d}.png")
+    return root

@@ -157,14 +157,20 @@ _TRAIN_HELP = {
     "label_smoothing": "label smoothing (default 0)",
     "trainable_stages": "stages that train with --strategy finetune: 0 to the backbone's stage count (default 1)",
     "head_epochs": "head-only epochs before unfreezing with --strategy gradual, fewer than --epochs (default 1)",
-    "augment": "random resized crop + flip (default: on when fine-tuning, off for feature extraction)",
+    "augment": "training augmentation: auto (default when fine-tuning: random resized crop and flip, each kept only "
+               "if the linear probe shows it preserves this data's labels), bare --augment for both unchecked, "
+               "or crop | flip | crop,flip | none; --no-augment for none",
+    "head_init": "probe (default: fine-tuning starts from the converged linear probe's head, LP-FT) | random",
+    "bn_stats": "BatchNorm running statistics while backbone layers train: auto (default: frozen when starting from "
+                "the probe, updated from a random head) | frozen | update",
     "weights": "DEFAULT (pretrained), none (random init), a weight tag, or a .pth/.safetensors file",
     "image_size": "override the backbone's input size in pixels (e.g. 64 for a quick look)",
     "val_fraction": "validation share when the data has no val/ folder (default 0.2)",
     "seed": "random seed (default 0)", "device": "auto | cpu | cuda | cuda:1 | mps",
     "precision": "auto | fp32 | bf16 | fp16", "channels_last": "channels-last memory format",
     "num_workers": "data-loader workers (default: tuned to the machine)",
-    "early_stopping": "patience in epochs on validation loss, 0 disables (default 5)",
+    "early_stopping": "patience in epochs on validation loss, 0 disables (default auto: 2 without --epochs, "
+                      "within the 5-epoch budget; 5 with --epochs)",
     "cache_features": "cache frozen-backbone features on disk (default on)",
     "share_decoding": "decode each split once into the pixel cache, reused by runs of the same input size",
     "download": "download a built-in dataset (cifar10, …) if missing",
@@ -191,6 +197,25 @@ def _parse_lr(v: str) -> float | str:
         raise argparse.ArgumentTypeError(f"--lr takes a number or 'auto', not {v!r}") from None
 
 
+def _parse_patience(v: str) -> int | str:
+    if v == "auto":
+        return v
+    try:
+        return int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--early-stopping takes an integer or 'auto', not {v!r}") from None
+
+
+def _add_augment(p: argparse.ArgumentParser) -> None:
+    """``--augment [POLICY]`` (bare: crop + flip, unchecked) and ``--no-augment`` (none), one destination."""
+    from .augment import AUGMENTATIONS
+
+    p.add_argument("--augment", dest="augment", nargs="?", const=True, default=None, metavar="POLICY",
+                   help=_TRAIN_HELP["augment"])
+    p.add_argument("--no-augment", dest="augment", action="store_const", const=False,
+                   help=f"train without augmentation (no {', '.join(AUGMENTATIONS)})")
+
+
 def _add_train_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One ``--option`` per TrainConfig field (defaults stay the config's: None means 'not given')."""
     import dataclasses
@@ -203,10 +228,15 @@ def _add_train_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -
         flag = "--" + f.name.replace("_", "-")
         kind = str(f.type)
         kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": _TRAIN_HELP.get(f.name)}
+        if f.name == "augment":
+            _add_augment(p)
+            continue
         if f.name == "weights":
             kwargs["type"] = _parse_weights
         elif f.name == "lr":
             kwargs["type"] = _parse_lr
+        elif f.name == "early_stopping":
+            kwargs["type"] = _parse_patience
         elif kind.startswith("bool"):
             kwargs["action"] = argparse.BooleanOptionalAction
         elif kind.startswith("int"):

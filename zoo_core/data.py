@@ -850,18 +850,16 @@ def eval_transform(cfg: DataConfig) -> Callable[[Any], torch.Tensor]:
                      mode)
 
 
-def train_transform(cfg: DataConfig, augment: bool = True) -> Callable[[Any], torch.Tensor]:
-    """PIL → ``uint8 [3, H, W]``: RandomResizedCrop (:data:`TRAIN_CROP_SCALE`) + horizontal flip.
+def train_transform(cfg: DataConfig, augment: bool | Sequence[str] = True) -> Callable[[Any], torch.Tensor]:
+    """PIL → ``uint8 [3, H, W]`` with training augmentation: ``True`` is RandomResizedCrop
+    (:data:`TRAIN_CROP_SCALE`) + horizontal flip, a tuple names a policy (:mod:`zoo_core.augment`).
 
-    ``augment=False`` gives :func:`eval_transform`. Randomness comes from torch's RNG (seeded per
+    ``augment=False`` (or ``()``) gives :func:`eval_transform`. Randomness comes from torch's RNG (seeded per
     worker by :func:`make_loader`; seed the main process yourself when ``num_workers=0``).
     """
-    if not augment:
-        return eval_transform(cfg)
-    mode = _interpolation(cfg.interpolation)
-    crop = v2.RandomResizedCrop(cfg.image_size, scale=TRAIN_CROP_SCALE, ratio=(3 / 4, 4 / 3), interpolation=mode,
-                                antialias=True)
-    return _pipeline(crop, [v2.RandomHorizontalFlip()], mode)
+    from . import augment as zaug  # augment builds on this module's transforms
+
+    return zaug.train_transform(cfg, zaug.parse_policy(bool(augment) if isinstance(augment, bool) else augment))
 
 
 @lru_cache(maxsize=64)

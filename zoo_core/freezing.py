@@ -189,6 +189,15 @@ def unfreeze_all(model: nn.Module) -> nn.Module:
     return model
 
 
+def lock_norm_statistics(model: nn.Module) -> nn.Module:
+    """Lock every BatchNorm of ``model`` in eval mode: its running statistics stay, its affine parameters
+    still train when they require grad (Keras' advice for fine-tuning). Undone by :func:`unfreeze_all`."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            lock_eval(m)
+    return model
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """Return ``(total, trainable)`` parameter counts."""
     params = list(model.parameters())

@@ -24,7 +24,7 @@ from torch import nn
 
 from .adapter import BackboneAdapter
 from .errors import ZooError
-from .freezing import Stages, stage_index, unfreeze_all
+from .freezing import Stages, lock_norm_statistics, stage_index, unfreeze_all
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,10 @@ class Strategy:
     def backbone_frozen_throughout(self) -> bool:
         """True when no backbone stage ever trains (features can be cached)."""
         return self.name == "feature-extraction"
+
+    def trains_backbone(self) -> bool:
+        """True when some backbone stage trains at some epoch (LP-FT applies: :mod:`zoo_core.training.probe`)."""
+        return not self.backbone_frozen_throughout()
 
 
 STRATEGIES: dict[str, Strategy] = {  # strategy name → policy
@@ -69,12 +73,16 @@ def get_strategy(name: str) -> Strategy:
     return STRATEGIES[key]
 
 
-def apply_stages(model: nn.Module, adapter: BackboneAdapter, k: int, n_stages: int) -> None:
-    """Freeze all but the head and the top ``k`` stages (everything trains when ``k >= n_stages``)."""
+def apply_stages(model: nn.Module, adapter: BackboneAdapter, k: int, n_stages: int, *,
+                 freeze_bn_stats: bool = False) -> None:
+    """Freeze all but the head and the top ``k`` stages (everything trains when ``k >= n_stages``);
+    ``freeze_bn_stats`` keeps the BatchNorm statistics of the trainable stages too."""
     if k >= n_stages:
         unfreeze_all(model)
     else:
         adapter.freeze(model, k)
+    if freeze_bn_stats:
+        lock_norm_statistics(model)
 
 
 def _no_decay_names(model: nn.Module) -> set[str]:

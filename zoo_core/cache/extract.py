@@ -84,13 +84,15 @@ def extract_features(model: nn.Module, adapter: BackboneAdapter, dataset: Datase
                      data_config: DataConfig, *, key: str | None = None, batch_size: int = 64,
                      device: str | torch.device = "cpu", precision: str = "auto", num_workers: int | None = None,
                      progress: bool = True, pixels: PixelCache | None = None,
-                     ctx: DistContext | None = None) -> FeatureSet:
+                     ctx: DistContext | None = None,
+                     transform: Callable[[Any], torch.Tensor] | None = None) -> FeatureSet:
     """Pooled pre-head features of every item of ``dataset`` (raw ``(PIL image, label)`` items).
 
     The backbone runs once in eval mode under ``torch.inference_mode`` with channels-last inputs and
     autocast per ``precision`` (``auto``: :func:`~zoo_core.runtime.resolve_precision`, then checked
     against fp32 on the first batch; see :mod:`zoo_core.cache.passes`). Images come from
-    ``eval_transform(data_config)``, or from ``pixels`` when given. With a ``key``
+    ``transform`` (default ``eval_transform(data_config)``: PIL → ``uint8 [3, H, W]``), or from ``pixels``
+    when given. With a ``key``
     (:func:`~zoo_core.cache.feature_key`) the result is read from / written to the disk cache, streamed
     batch by batch into a memory map; ``key=None`` keeps everything in memory.
 
@@ -114,7 +116,8 @@ def extract_features(model: nn.Module, adapter: BackboneAdapter, dataset: Datase
         return hit  # type: ignore[return-value]
     n = _source_length(dataset, pixels, data_config)
     rows = shard_range(n, ctx.rank, ctx.world_size)
-    batches = _batches(dataset, pixels, rows, n, data_config, batch_size, num_workers, dev)
+    batches = _batches(dataset, pixels, rows, n, transform or data.eval_transform(data_config), batch_size,
+                       num_workers, dev)
     writer = EntryWriter("features", str(key)) if ctx.is_main and key is not None and hit is None else None
     name = (key.parts.get("backbone") if isinstance(key, FeatureKey) else None) or type(model).__name__
     desc = f"features {name}" + (f" (shard {ctx.rank})" if ctx.enabled else "")
@@ -145,7 +148,8 @@ def extract_features(model: nn.Module, adapter: BackboneAdapter, dataset: Datase
         log.warning("rank %d cannot read the feature cache entry rank 0 wrote (%s); extracting locally",
                     ctx.rank, entry_dir("features", str(key)))
         return extract_features(model, adapter, dataset, data_config, key=None, batch_size=batch_size, device=dev,
-                                precision=shard.precision, num_workers=num_workers, progress=False, pixels=pixels)
+                                precision=shard.precision, num_workers=num_workers, progress=False, pixels=pixels,
+                                transform=transform)
     return FeatureSet(opened.features, opened.labels, from_cache=False, path=opened.path)
 
 
@@ -180,13 +184,14 @@ def _source_length(dataset: Dataset | None, pixels: PixelCache | None, data_conf
     return n
 
 
-def _batches(dataset: Dataset | None, pixels: PixelCache | None, rows: range, n: int, data_config: DataConfig,
-             batch_size: int, num_workers: int | None, dev: torch.device) -> Batches:
+def _batches(dataset: Dataset | None, pixels: PixelCache | None, rows: range, n: int,
+             transform: Callable[[Any], torch.Tensor], batch_size: int, num_workers: int | None,
+             dev: torch.device) -> Batches:
     """Batches of items ``rows`` of ``pixels`` (already decoded) or of ``dataset`` (decoded here)."""
     if pixels is not None:
         return pixels.batches(batch_size, rows)
     part = dataset if len(rows) == n else Subset(dataset, rows)  # type: ignore[arg-type]
-    return data.make_loader(data.Transformed(part, data.eval_transform(data_config)), batch_size=batch_size,
+    return data.make_loader(data.Transformed(part, transform), batch_size=batch_size,
                             shuffle=False, seed=0, num_workers=num_workers, device=dev)
 
 

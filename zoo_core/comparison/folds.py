@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from .. import augment as zaug
 from .. import headfit, registry
 from ..errors import ZooError
 from ..inference import load
@@ -41,7 +42,7 @@ def check_folds(folds: int | None, n_images: int | None = None) -> None:
 def refoldable(cfg: TrainConfig) -> bool:
     """True when an entry of ``cfg`` trains its head on cached features (so its folds cost only head fits)."""
     strategy = get_strategy(cfg.strategy)
-    augment = strategy.default_augment if cfg.augment is None else cfg.augment
+    augment = zaug.for_strategy(cfg.augment, strategy.default_augment)
     return strategy.backbone_frozen_throughout() and not augment and cfg.cache_features
 
 

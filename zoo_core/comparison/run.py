@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .. import augment as zaug
 from .. import data as zdata
 from .. import registry
 from ..errors import WeightsError
@@ -140,8 +141,11 @@ def decode_once(cfg: TrainConfig, split: Any, progress: bool) -> None:
         return
     adapter, _ = registry.get_adapter(cfg.backbone)
     data_cfg = data_config_for(adapter, cfg)
-    augment = get_strategy(cfg.strategy).default_augment if cfg.augment is None else cfg.augment
-    for name in ("val",) if augment else ("train", "val"):  # augmented training images are decoded per epoch
+    strategy = get_strategy(cfg.strategy)
+    policy = zaug.for_strategy(cfg.augment, strategy.default_augment)
+    probe = strategy.trains_backbone() and (cfg.head_init == "probe" or policy == zaug.AUTO)  # training.probe
+    crops = policy == zaug.AUTO or "crop" in policy  # random crops decode the training images every epoch
+    for name in ("train", "val") if probe or not crops else ("val",):
         shared_pixels(cfg, split, name, data_cfg, None, quiet=not progress)
 
 

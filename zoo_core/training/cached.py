@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from .. import augment as zaug
 from .. import cache, headfit, strategies
 from ..adapter import BackboneAdapter, DataConfig
 from ..distributed import DistContext
@@ -31,16 +32,25 @@ from .setup import RunState, Trained
 
 def split_features(cfg: TrainConfig, split: Any, name: str, model: nn.Module, adapter: BackboneAdapter,
                    data_cfg: DataConfig, device: torch.device, ctx: DistContext | None = None, *,
-                   quiet: bool = True) -> cache.FeatureSet:
+                   quiet: bool = True, view: str | None = None) -> cache.FeatureSet:
     """The features of ``split``'s ``name`` split under ``model``'s frozen backbone, through the feature
-    cache under the key a run of ``cfg`` uses (``compare --folds`` reads them back with this too)."""
-    key = cache.feature_key(backbone=cfg.backbone, weights=str(cfg.weights), data_config=data_cfg,
-                            fingerprint=split.fingerprint, split=name,
-                            precision=resolve_precision(cfg.precision, device))
-    cached = (cache.cache_root() / "features" / key).is_dir()  # then no pixels are needed
-    pixels = None if cached else shared_pixels(cfg, split, name, data_cfg, ctx, quiet=quiet)
-    return cache.extract_features(model, adapter, getattr(split, name), data_cfg, key=key,
-                                  batch_size=cfg.batch_size, device=device, precision=cfg.precision, pixels=pixels,
+    cache under the key a run of ``cfg`` uses (``compare --folds`` reads them back with this too).
+
+    ``view`` names an augmentation: the features of its fixed check view (:func:`zoo_core.augment.check_view`,
+    seeded per image) instead of the evaluation view, under a key of their own."""
+    key = None
+    if cfg.cache_features:
+        key = cache.feature_key(backbone=cfg.backbone, weights=str(cfg.weights), data_config=data_cfg,
+                                fingerprint=split.fingerprint, split=name if view is None else f"{name}+{view}-view",
+                                precision=resolve_precision(cfg.precision, device))
+    images, transform, pixels = getattr(split, name), None, None
+    if view is not None:
+        images = zaug.SeededView(images, zaug.check_view(data_cfg, view), zaug.VIEW_SEED)
+        transform = zaug.as_is
+    elif key is None or not (cache.cache_root() / "features" / key).is_dir():  # a hit needs no pixels
+        pixels = shared_pixels(cfg, split, name, data_cfg, ctx, quiet=quiet)
+    return cache.extract_features(model, adapter, images, data_cfg, key=key, batch_size=cfg.batch_size,
+                                  device=device, precision=cfg.precision, pixels=pixels, transform=transform,
                                   num_workers=cfg.num_workers, progress=not quiet, ctx=ctx)
 
 
@@ -61,32 +71,45 @@ def fit(state: RunState) -> Trained:
     head.to(state.device)
     record = {**state.record, "feature_cache_hit": hit}
     if state.epochs is None:
-        return _converged_head(state, fx, head, record, trainable)
+        return _converged_head(state, fx, head, record)
     return run_epochs(state, _head_epochs(state, fx, head, record))
 
 
-def _converged_head(state: RunState, fx: dict[str, Any], head: nn.Module, record: dict[str, Any],
-                    trainable: int) -> Trained:
-    """L-BFGS logistic regression to convergence, its L2 picked on an inner split: one "epoch"."""
+def converge_head(state: RunState, fx: dict[str, Any], head: nn.Module) -> tuple[headfit.HeadFit, dict[str, Any]]:
+    """Fit ``head`` to convergence on the training features (L-BFGS logistic regression, its L2 picked on an
+    inner split) and score it on every split of ``fx``: the fit and its metrics row (epoch 1)."""
     cfg, device = state.cfg, state.device
     fit = headfit.fit_linear_head(fx["train"].features, fx["train"].labels, state.num_classes, seed=cfg.seed,
                                   label_smoothing=cfg.label_smoothing)
+    if not (torch.isfinite(fit.weight).all() and torch.isfinite(fit.bias).all()):
+        raise TrainingError(f"{cfg.backbone}: the converged head fit gave non-finite weights (the features "
+                            "hold NaN/inf); no checkpoint was saved. Use --precision fp32 or other weights.")
+    head.to(device)
     with torch.no_grad():
         head.weight.copy_(fit.weight)
         head.bias.copy_(fit.bias)
     state.ctx.sync_module(head)  # the fit runs identically on every rank; make it bit-identical
-    record = {**record, "head_fit": fit.config()}
-    if not (torch.isfinite(fit.weight).all() and torch.isfinite(fit.bias).all()):
-        raise TrainingError(f"{cfg.backbone}: the converged head fit gave non-finite weights (the features "
-                            "hold NaN/inf); no checkpoint was saved. Use --precision fp32 or other weights.")
-    report.head_fit_line(state, fit)
-    loaders = {s: DataLoader(TensorDataset(fx[s].features, fx[s].labels), batch_size=1024) for s in fx}
-    ev = {s: steps.evaluate(head, loaders[s], lambda x: x.to(device), contextlib.nullcontext,
-                            num_classes=state.num_classes, ctx=DistContext(), device=device) for s in fx}
+    ev = {s: evaluate_features(state, head, fx[s]) for s in fx}
     row = {"epoch": 1, "train_loss": ev["train"]["val_loss"], "train_acc": ev["train"]["val_acc"],
            **ev["val"], "images_per_s": None, "epoch_seconds": round(fit.seconds, 4), "lr": None,
-           "trainable_params": trainable}
-    history = [rounded(row)]
+           "trainable_params": count_parameters(head)[1]}
+    return fit, rounded(row)
+
+
+def evaluate_features(state: RunState, head: nn.Module, features: cache.FeatureSet, *,
+                      want_preds: bool = False) -> dict[str, Any]:
+    """Loss and top-1/top-5 (``val_*`` keys) of ``head`` on cached ``features``."""
+    loader = DataLoader(TensorDataset(features.features, features.labels), batch_size=1024)
+    return steps.evaluate(head, loader, lambda x: x.to(state.device), contextlib.nullcontext,
+                          num_classes=state.num_classes, ctx=DistContext(), device=state.device, want_preds=want_preds)
+
+
+def _converged_head(state: RunState, fx: dict[str, Any], head: nn.Module, record: dict[str, Any]) -> Trained:
+    """L-BFGS logistic regression to convergence, its L2 picked on an inner split: one "epoch"."""
+    fit, row = converge_head(state, fx, head)
+    record = {**record, "head_fit": fit.config()}
+    report.head_fit_line(state, fit)
+    history = [row]
     state.run.write_json("config.json", record)
     state.run.save("best.pt", checkpoint(state, state.model.state_dict(), epoch=1, metrics=row))
     state.run.write_metrics(history)

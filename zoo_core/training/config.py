@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .. import augment as zaug
 from .. import strategies
 from ..errors import ZooError
 from ..rundir import load_checkpoint
@@ -41,7 +42,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     trainable_stages: int = 1  # for the "finetune" strategy
     head_epochs: int = 1  # for the "gradual" strategy
-    augment: bool | None = None  # None: strategy default (off for feature extraction)
+    head_init: str = "probe"  # strategies that train the backbone start from the linear probe's head, or "random"
+    bn_stats: str = "auto"  # BatchNorm statistics while the backbone trains: frozen | update | auto (frozen from the probe)
+    augment: bool | str | None = None  # None/"auto": each augmentation checked on the data (off for feature extraction)
     weights: str | None = "DEFAULT"
     image_size: int | None = None  # override the backbone's input size (e.g. 32 for quick tests)
     val_fraction: float = 0.2
@@ -50,7 +53,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     channels_last: bool = True
     num_workers: int | None = None
-    early_stopping: int | None = 5  # patience in epochs on validation loss; None disables
+    early_stopping: int | str | None = "auto"  # patience on validation loss; "auto": 2 without --epochs, else 5
     cache_features: bool = True
     # decode + resize each split once into the shared pixel cache (features.PixelCache) and feed the frozen
     # feature extraction and every validation pass from it; runs with the same preprocessing (``compare``)
@@ -102,7 +105,21 @@ class TrainResult:
 
 # ---- option checks ---------------------------------------------------------------------------------------
 DEFAULT_EPOCHS = 5
-"""Epochs of a run that trains end to end (or a head by epochs) when ``epochs`` is None."""
+"""Epochs of a run that trains end to end (or a head by epochs) when ``epochs`` is None: the budget within
+which early stopping (:data:`BUDGET_PATIENCE`) ends it and the best epoch is restored."""
+
+BUDGET_PATIENCE = 2
+"""``early_stopping="auto"`` without ``--epochs``: stop after this many epochs without a better validation loss."""
+
+GIVEN_PATIENCE = 5
+"""``early_stopping="auto"`` with ``--epochs``: the patience of a run whose length the user chose."""
+
+
+def patience(cfg: TrainConfig) -> int | None:
+    """The early-stopping patience of ``cfg`` in epochs (None: never stop early)."""
+    if cfg.early_stopping == "auto":
+        return BUDGET_PATIENCE if cfg.epochs is None else GIVEN_PATIENCE
+    return cfg.early_stopping or None
 
 RESUMABLE = ("epochs", "lr", "early_stopping", "num_workers", "device", "data_root", "download", "share_decoding")
 """The options a resumed run may change (``--resume RUN --epochs 10``): ``epochs`` only grows (the cosine
@@ -146,6 +163,8 @@ def _kind(*types: type, optional: bool = False, what: str) -> tuple[Callable[[An
 
 
 _PATH = (str, os.PathLike)
+HEAD_INITS = ("probe", "random")  # what ``head_init`` may name (zoo_core.training.probe)
+BN_STATS = ("auto", "frozen", "update")  # what ``bn_stats`` may name
 LOGGERS = ("tensorboard",)  # what ``log`` may name (zoo_core.training.loggers implements each)
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {  # field → (check, what is allowed)
     "backbone": (lambda v: isinstance(v, str) and bool(v), "a backbone name (see `zoo list`)"),
@@ -163,7 +182,9 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {  # field → (check, wh
     "label_smoothing": _number(0, 1, below=True),
     "trainable_stages": _integer(0),
     "head_epochs": _integer(0),
-    "augment": _kind(bool, optional=True, what="true, false or None (the strategy's default)"),
+    "head_init": (lambda v: v in HEAD_INITS, " or ".join(map(repr, HEAD_INITS))),
+    "bn_stats": (lambda v: v in BN_STATS, ", ".join(map(repr, BN_STATS))),
+    "augment": (zaug.valid_policy, zaug.ARGUMENT_HELP),
     "weights": _kind(*_PATH, optional=True, what="DEFAULT, None, a weight tag or a checkpoint file"),
     "image_size": _integer(1, optional=True),
     "val_fraction": _number(0, 1, below=True),
@@ -172,7 +193,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {  # field → (check, wh
     "precision": _kind(str, what="auto, fp32, bf16 or fp16"),
     "channels_last": _kind(bool, what="true or false"),
     "num_workers": _integer(0, optional=True),
-    "early_stopping": _integer(0, optional=True),
+    "early_stopping": (lambda v: v == "auto" or _integer(0, optional=True)[0](v), "an integer >= 0 or 'auto'"),
     "cache_features": _kind(bool, what="true or false"),
     "share_decoding": _kind(bool, what="true or false"),
     "download": _kind(bool, what="true or false"),

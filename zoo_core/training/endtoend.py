@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
+from .. import augment as zaug
 from .. import data as zdata
 from .. import strategies
 from ..distributed import DistContext, per_rank_batch
@@ -38,7 +39,7 @@ class StagePhases:
         if k == self.k and optimizer is not None:
             return k, optimizer
         self.k = k
-        strategies.apply_stages(s.model, s.adapter, k, n)
+        strategies.apply_stages(s.model, s.adapter, k, n, freeze_bn_stats=s.freeze_bn_stats)
         groups = strategies.param_groups(s.model, s.stages, s.head, lr=s.lr, weight_decay=cfg.weight_decay,
                                          backbone_lr_mult=cfg.backbone_lr_mult, layer_decay=cfg.layer_decay)
         report.phase_line(s, epoch, k, len(groups))
@@ -72,11 +73,19 @@ def _val_loader(state: RunState, batch_size: int, quiet: bool) -> DataLoader:
                              device=state.device)
 
 
+def _train_dataset(state: RunState) -> Dataset:
+    """The training images through the run's augmentations: random crops decode every epoch; without them the
+    images are decoded once (the shared pixel cache when on) and only mirrored per epoch when flipping."""
+    if "crop" in state.augment:
+        return zdata.Transformed(state.split.train, zaug.train_transform(state.data_cfg, state.augment))
+    images = eval_dataset(state.cfg, state.split, "train", state.data_cfg, state.ctx, state.quiet)
+    return zdata.Transformed(images, zaug.on_decoded(state.augment)) if state.augment else images
+
+
 def fit(state: RunState) -> Trained:
     """Train the model end to end for ``state.epochs`` epochs with the strategy's phases."""
-    cfg, ctx, split, data_cfg, device = state.cfg, state.ctx, state.split, state.data_cfg, state.device
-    train_ds = (eval_dataset(cfg, split, "train", data_cfg, ctx, state.quiet) if not state.augment
-                else zdata.Transformed(split.train, zdata.train_transform(data_cfg, augment=True)))
+    cfg, ctx, data_cfg, device = state.cfg, state.ctx, state.data_cfg, state.device
+    train_ds = _train_dataset(state)
     batch = per_rank_batch(cfg.batch_size, ctx.world_size)  # cfg.batch_size is the global batch
     sampler = sampler_for(len(train_ds), cfg.seed, ctx, shuffle=True)
     train_loader = zdata.make_loader(train_ds, batch_size=batch, shuffle=False, seed=cfg.seed + 1_000_003 * ctx.rank,
@@ -93,7 +102,8 @@ def fit(state: RunState) -> Trained:
     return run_epochs(state, Fit(
         module=_PhaseModule(phases), model=state.model, train_loader=train_loader, sampler=sampler,
         val_loader=val_loader, prepare=prepare, amp=state.amp, scaler=state.scaler, ctx=ctx,
-        setup_phase=phases.setup, record={**state.record, "batch_size_per_rank": batch}))
+        setup_phase=phases.setup, record={**state.record, "batch_size_per_rank": batch},
+        start=state.probe["row"] if state.from_probe and state.probe else None))
 
 
 def final_predictions(state: RunState) -> report.ValPredictions:

@@ -1,7 +1,8 @@
 """``train()``: one run, from a config to a :class:`~zoo_core.training.config.TrainResult`.
 
 A run reads top to bottom in :func:`run`: build the run (:func:`~zoo_core.training.setup.build_run`, then
-``--lr auto``), train through one of the two paths (end to end, or the head on cached features), reload
+the linear probe a fine-tuning starts from and its augmentation check (:mod:`~zoo_core.training.probe`),
+then ``--lr auto``), train through one of the two paths (end to end, or the head on cached features), reload
 the best weights, and report.
 """
 
@@ -16,6 +17,7 @@ from . import cached, endtoend, report
 from .checkpoint import restore_best
 from .config import TrainConfig, TrainResult, new_run_config, resumed_config, run_name
 from .lrfind import with_auto_lr
+from .probe import with_probe
 from .setup import build_run, check_options, join_processes
 
 
@@ -61,8 +63,9 @@ def run(cfg: TrainConfig, data: Any, *, run_path: Path, resume: bool = False,
     ctx = join_processes(cfg)
     try:
         state = build_run(cfg, data, ctx=ctx, run_path=run_path, resume=resume)
-        state = with_auto_lr(dataclasses.replace(state, resumes=resumes))
+        state = dataclasses.replace(state, resumes=resumes)
         report.start(state)
+        state = with_auto_lr(with_probe(state))
         path = cached if state.use_cache else endtoend
         t_start = time.perf_counter()
         trained = path.fit(state)

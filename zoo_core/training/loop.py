@@ -26,7 +26,7 @@ from ..errors import TrainingError
 from ..freezing import count_parameters
 from . import report, steps
 from .checkpoint import Checkpoints, Resume
-from .config import TrainConfig
+from .config import TrainConfig, patience
 from .setup import RunState, Trained
 
 Phase = Callable[[int, Any], tuple[Any, torch.optim.Optimizer]]
@@ -50,6 +50,7 @@ class Fit:
     setup_phase: Phase
     record: dict[str, Any]  # written to config.json
     head: str | None = None  # cached features: only this head trains (see checkpoint.Checkpoints)
+    start: dict[str, Any] | None = None  # LP-FT: the probe's metrics row, epoch 0 (the state to beat)
 
 
 def run_epochs(state: RunState, fit: Fit) -> Trained:
@@ -63,6 +64,9 @@ def run_epochs(state: RunState, fit: Fit) -> Trained:
         report.resuming(state, at.epoch)
     run.write_json("config.json", fit.record)
     history, best, step = at.history, at.best, at.step
+    if fit.start is not None and not state.resume:  # LP-FT: epoch 0 is the probe; best.pt until an epoch beats it
+        best = {"val_loss": fit.start["val_loss"], "epoch": 0}
+        ckpt.improved(0, fit.start)
     stale = stale_epochs(history, best)
     if state.resume and should_stop(cfg, stale):
         report.early_stop(state, stale, best["epoch"], before=True)
@@ -119,14 +123,15 @@ def stale_epochs(history: list[dict[str, Any]], best: dict[str, Any]) -> int:
 
 
 def should_stop(cfg: TrainConfig, stale: int) -> bool:
-    """Early stopping: ``cfg.early_stopping`` epochs without a better validation loss (None: never)."""
-    return bool(cfg.early_stopping and stale >= cfg.early_stopping)
+    """Early stopping: :func:`~zoo_core.training.config.patience` epochs without a better validation loss."""
+    wait = patience(cfg)
+    return bool(wait and stale >= wait)
 
 
 def diverged(state: RunState, what: str, best: dict[str, Any]) -> TrainingError:
     """The one-line error for a non-finite loss, saying what is kept and what to change."""
-    kept = (f"the best checkpoint (epoch {best['epoch']}) is kept at {state.run.file('best.pt')}" if best["epoch"]
-            else "no checkpoint was saved")
+    kept = (f"the best checkpoint (epoch {best['epoch']}) is kept at {state.run.file('best.pt')}"
+            if math.isfinite(best["val_loss"]) else "no checkpoint was saved")
     fix = "Lower the learning rate (--lr)" + (" or use --precision fp32" if state.precision != "fp32" else "")
     return TrainingError(f"{state.cfg.backbone}: {what}; stopped, {kept}. {fix}.")
 

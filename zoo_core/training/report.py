@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
+from .. import augment as zaug
 from .. import data as zdata
 from .. import plots
 from ..freezing import count_parameters
@@ -68,6 +69,21 @@ def head_fit_line(state: RunState, fit: Any) -> None:
     """The converged head fit's line (a :class:`zoo_core.headfit.HeadFit`)."""
     state.say(f"zoo train: converged head fit (L-BFGS, l2={fit.l2:g}, {fit.iterations} iterations, "
               f"{fit.seconds:.1f}s)")
+
+
+def probe_lines(state: RunState, probe: dict[str, Any], augment: tuple[str, ...]) -> None:
+    """LP-FT: the linear probe the run starts from (or only checks augmentations with) and what the check kept."""
+    row = probe["row"]
+    start = "fine-tuning starts from it" if state.from_probe else "the head starts random (--head-init random)"
+    state.say(f"zoo train: linear probe on {'cached' if probe['features_from_cache'] else 'extracted'} features: "
+              f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} (epoch 0; {start})")
+    check = probe.get("augment_check")
+    if check:
+        views = "; ".join(f"{name}: {c['probe_view']} {100 * c['probe_top1']:.1f}% → {c['checked_view']} "
+                          f"{100 * c['view_top1']:.1f}% ({c['why']}) → {'kept' if c['kept'] else 'dropped'}"
+                          for name, c in check.items())
+        state.say(f"zoo train: augmentation check on {next(iter(check.values()))['images']} validation images "
+                  f"(probe top-1): {views}. Training with {zaug.describe(augment)}")
 
 
 def val_line(state: RunState, row: dict[str, Any]) -> None:
@@ -165,7 +181,8 @@ def finish(state: RunState, trained: Trained, val: ValPredictions, train_seconds
     """The result of the run; rank 0 writes its files (:func:`write_outputs`)."""
     cfg, run, classes = state.cfg, state.run, state.split.classes
     history, best = trained.history, trained.best
-    best_row = next((r for r in history if r["epoch"] == best["epoch"]), history[-1] if history else {})
+    start = [(trained.record.get("probe") or {}).get("row") or {}]  # LP-FT: the probe is epoch 0
+    best_row = next((r for r in start + history if r.get("epoch") == best["epoch"]), history[-1] if history else {})
     metrics = {k: best_row.get(k) for k in _METRICS if best_row.get(k) is not None}
     total, trainable = count_parameters(state.model)
     trainable = max((r.get("trainable_params", 0) for r in history), default=trainable)
@@ -212,6 +229,6 @@ def hparams(state: RunState) -> dict[str, Any]:
     return {"backbone": cfg.backbone, "strategy": cfg.strategy, "epochs": state.epochs or "head-fit",
             "lr": state.lr if state.lr is not None else "head-fit", "batch_size": cfg.batch_size,
             "optimizer": cfg.optimizer, "weight_decay": cfg.weight_decay, "label_smoothing": cfg.label_smoothing,
-            "augment": state.augment, "trainable_stages": cfg.trainable_stages,
+            "augment": zaug.describe(state.augment), "head_init": cfg.head_init, "trainable_stages": cfg.trainable_stages,
             "image_size": state.data_cfg.image_size[0], "weights": str(cfg.weights), "precision": state.precision,
             "seed": cfg.seed}

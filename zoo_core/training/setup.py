@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .. import augment as zaug
 from .. import data as zdata
 from .. import registry, strategies
 from ..adapter import BackboneAdapter, DataConfig
@@ -48,7 +49,7 @@ class RunState:
     precision: str  # resolved: fp32 | bf16 | fp16
     amp: Callable[[], Any]  # autocast context factory
     scaler: torch.amp.GradScaler | None
-    augment: bool
+    augment: tuple[str, ...]  # the training augmentations (zoo_core.augment), as the policy resolved them
     use_cache: bool  # frozen backbone, no augmentation: the head trains on cached features
     epochs: int | None  # None: the converged head fit
     run: RunDir | None  # None when nothing is written (the LR range test)
@@ -56,6 +57,19 @@ class RunState:
     lr_found: dict[str, Any] | None = None  # --lr auto: the range test's suggestion and plot
     resumes: tuple[dict[str, Any], ...] = ()  # every resume of the run so far (config.ResumePlan.resumes)
     log: RunLog = dataclasses.field(default_factory=RunLog)  # TensorBoard (cfg.log), else logs nothing
+    augment_auto: bool = False  # augment="auto": the probe's check narrows `augment` before training
+    probe: dict[str, Any] | None = None  # LP-FT: the linear probe's record (zoo_core.training.probe)
+
+    @property
+    def from_probe(self) -> bool:
+        """True when training starts from the linear probe's head (LP-FT; ``head_init="probe"``)."""
+        return self.cfg.head_init == "probe" and self.strategy.trains_backbone() and not self.use_cache
+
+    @property
+    def freeze_bn_stats(self) -> bool:
+        """True when trainable BatchNorm layers keep their running statistics (``bn_stats``; ``auto``: when
+        starting from the probe, whose head was fit on features made with those statistics)."""
+        return self.cfg.bn_stats == "frozen" or (self.cfg.bn_stats == "auto" and self.from_probe)
 
     @property
     def head_fit(self) -> bool:
@@ -91,7 +105,10 @@ class RunState:
             "data_source": split.source, "data_fingerprint": split.fingerprint, "data_summary": split.summary(),
             "skipped_files": split.skipped, "data_config": self.data_cfg.to_dict(), "plugin": self.plugin,
             "family": self.adapter.family, "head": self.head, "stages": [s for s, _ in self.stages],
-            "augment": self.augment, "epochs": self.epochs, "lr": self.lr, "device": str(self.device),
+            "augment": list(self.augment),
+            "head_init": self.cfg.head_init if self.strategy.trains_backbone() and not self.use_cache else None,
+            "bn_stats": "frozen" if self.freeze_bn_stats else "update",
+            "probe": self.probe, "epochs": self.epochs, "lr": self.lr, "device": str(self.device),
             "precision": self.precision, "world_size": self.ctx.world_size, "feature_cache": self.use_cache,
             "lr_find": self.lr_found, "weights": cfg.weights if cfg.weights is None else str(cfg.weights),
             "resumes": list(self.resumes),
@@ -133,7 +150,8 @@ def build_run(cfg: TrainConfig, data: Any, *, ctx: DistContext | None = None, ru
     run = None if run_path is None else RunDir(run_path, enabled=ctx.is_main)  # bad data/weights: no empty dir
     if ctx.rank > 0:  # own augmentation/dropout streams per rank; rank 0 keeps the single-process stream
         seed_everything(cfg.seed + 1_000_003 * ctx.rank)
-    augment = strategy.default_augment if cfg.augment is None else cfg.augment
+    policy = zaug.for_strategy(cfg.augment, strategy.default_augment)
+    augment = zaug.AUGMENTATIONS if policy == zaug.AUTO else policy  # auto: narrowed by training.probe
     use_cache = strategy.backbone_frozen_throughout() and not augment and cfg.cache_features
     if not use_cache:
         per_rank_batch(cfg.batch_size, ctx.world_size)  # the global batch must split evenly: fail before any work
@@ -142,7 +160,7 @@ def build_run(cfg: TrainConfig, data: Any, *, ctx: DistContext | None = None, ru
                     plugin=plugin, data_cfg=data_config_for(adapter, cfg), stages=stages,
                     head=adapter.head_name(model), precision=precision, amp=amp, scaler=scaler, augment=augment,
                     use_cache=use_cache, epochs=cfg.epochs if cfg.epochs is not None else (None if use_cache else DEFAULT_EPOCHS),
-                    run=run, resume=resume, log=log)
+                    run=run, resume=resume, log=log, augment_auto=policy == zaug.AUTO and not use_cache)
 
 
 def check_options(cfg: TrainConfig) -> torch.device:
