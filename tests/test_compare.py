@@ -339,6 +339,8 @@ def test_shared_decoding_decodes_once_per_input_size_with_identical_results(
         tmp_path: Path, data3: Path, toys: None, monkeypatch: pytest.MonkeyPatch, strategy: str,
         epochs: int | None) -> None:
     kw = {**FAST, "strategies": [strategy], "epochs": epochs, "early_stopping": None}
+    if strategy == "finetune":  # the classic start: random crops every epoch, no probe or check (test_lpft.py)
+        kw.update(augment=True, head_init="random")
     split = zdata.load_data(data3)
     n_train, n_val = len(split.train), len(split.val)
     seen = _decodes(monkeypatch)

@@ -21,6 +21,7 @@ import zoo_core
 from zoo_core import augment as zaug
 from zoo_core.rundir import load_checkpoint
 from zoo_core.training import cached, config, steps
+from zoo_core.training import probe as lpft
 
 REAL = dict(backbone="efficientnet_lite0", weights="DEFAULT", image_size=64, num_workers=0, progress=False,
             batch_size=16, device="cpu")
@@ -88,7 +89,9 @@ def _check(run: Path) -> dict[str, Any]:
     return record(run)["probe"]["augment_check"]
 
 
-def test_flip_is_dropped_when_mirroring_changes_the_label(tmp_path: Path, left_right: Path) -> None:
+def test_flip_is_dropped_when_mirroring_changes_the_label(tmp_path: Path, left_right: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lpft, "CHECK_IMAGES", 50)  # the side probe sees a stratified 50 of the 80 training images
     r = train(tmp_path, "lr", left_right, strategy="finetune", epochs=1, max_steps=1, **REAL)
     check = _check(r.run_dir)
     assert check["flip"]["probe_top1"] >= 0.8, check  # the probe tells left from right …
@@ -206,3 +209,13 @@ def test_resumed_lpft_run_equals_the_uninterrupted_one_and_does_not_refit_the_pr
         {k: v for k, v in probe_a["row"].items() if k not in TIMING}
     assert_same_state(weights(b_dir), weights(a.run_dir))
     assert_same_state(weights(b_dir, "last.pt"), weights(a.run_dir, "last.pt"))
+
+
+def test_lr_find_starts_where_the_run_starts(tmp_path: Path, easy2: Path) -> None:
+    from zoo_core.training.lrfind import lr_find
+
+    kw = dict(weights=None, image_size=32, num_workers=0, batch_size=8, precision="fp32", device="cpu", augment=False,
+              strategy="finetune", num_steps=4, progress=False)
+    from_probe = lr_find("resnet18", easy2, **kw)
+    from_random = lr_find("resnet18", easy2, head_init="random", **kw)
+    assert from_probe.losses[0] < 0.5 * from_random.losses[0]  # the probe's head already fits the training images

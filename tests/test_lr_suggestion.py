@@ -17,7 +17,8 @@ from PIL import Image
 import zoo_core
 from zoo_core.training.lrfind import lr_find, suggest_lr
 
-KW = dict(weights=None, image_size=32, num_workers=0, batch_size=16, precision="fp32", device="cpu")
+KW = dict(weights=None, image_size=32, num_workers=0, batch_size=16, precision="fp32", device="cpu",
+          head_init="random")  # the classic range test: a new, random head (LP-FT: test_lpft.py)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -20,7 +20,8 @@ from zoo_core import plots
 from zoo_core.errors import TrainingError
 from zoo_core.training.lrfind import lr_find, suggest_lr
 
-KW = dict(weights=None, image_size=32, num_workers=0, batch_size=16, precision="fp32", device="cpu")
+KW = dict(weights=None, image_size=32, num_workers=0, batch_size=16, precision="fp32", device="cpu",
+          head_init="random")  # the classic range test: a new, random head (LP-FT: test_lpft.py)
 
 
 @pytest.fixture(scope="module")

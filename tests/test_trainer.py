@@ -142,8 +142,12 @@ def test_feature_extraction_changes_only_the_head(tmp_path: Path, easy2: Path, m
         assert len(r.history) == 2 and all(row["lr"] > 0 for row in r.history)
 
 
+BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+@pytest.mark.parametrize("head_init", ["random", "probe"])
 def test_finetune_trains_last_stage_and_head_through_an_optimizer_of_trainable_params(
-        tmp_path: Path, easy2: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, easy2: Path, monkeypatch: pytest.MonkeyPatch, head_init: str) -> None:
     seen: dict[str, Any] = {}
     real_groups, real_make = strategies.param_groups, strategies.make_optimizer
 
@@ -158,10 +162,14 @@ def test_finetune_trains_last_stage_and_head_through_an_optimizer_of_trainable_p
     monkeypatch.setattr(strategies, "param_groups", spy_groups)
     monkeypatch.setattr(strategies, "make_optimizer", spy_make)
     path, init = init_checkpoint(tmp_path)
-    r = train(tmp_path, "ft", easy2, strategy="finetune", trainable_stages=1, weights=path, epochs=1, max_steps=2)
+    r = train(tmp_path, "ft", easy2, strategy="finetune", trainable_stages=1, weights=path, epochs=1, max_steps=2,
+              head_init=head_init)
     top = {k for k in init if k.startswith(("layer4.", "fc."))}
     assert any(k.endswith("running_mean") for k in top)
-    assert changed(init, weights(r.run_dir)) == top  # stem and layer1-3 (params and BN buffers) bit-identical
+    # stem and layer1-3 (params and BN buffers) bit-identical; from the probe (LP-FT) the trainable stage's
+    # BatchNorm keeps the statistics the probe's head was fit with
+    kept = {k for k in top if k.endswith(BN_STATS)} if head_init == "probe" else set()
+    assert changed(init, weights(r.run_dir, "last.pt")) == top - kept
 
     model, opt = seen["model"], seen["optimizer"]
     in_opt = [id(p) for g in opt.param_groups for p in g["params"]]
@@ -173,10 +181,12 @@ def test_finetune_trains_last_stage_and_head_through_an_optimizer_of_trainable_p
     assert {g["name"] for g in opt.param_groups} == {"layer4", "head"}
 
 
-def test_full_changes_every_parameter_and_buffer(tmp_path: Path, easy2: Path) -> None:
+@pytest.mark.parametrize("head_init", ["random", "probe"])
+def test_full_changes_every_parameter_and_buffer(tmp_path: Path, easy2: Path, head_init: str) -> None:
     path, init = init_checkpoint(tmp_path)
-    r = train(tmp_path, "full", easy2, strategy="full", weights=path, epochs=1, max_steps=2)
-    assert changed(init, weights(r.run_dir)) == set(init)
+    r = train(tmp_path, "full", easy2, strategy="full", weights=path, epochs=1, max_steps=2, head_init=head_init)
+    kept = {k for k in init if k.endswith(BN_STATS)} if head_init == "probe" else set()  # see the test above
+    assert changed(init, weights(r.run_dir, "last.pt")) == set(init) - kept
     assert r.trainable_params == r.total_params
 
 
@@ -196,7 +206,8 @@ def test_gradual_trains_head_first_then_all_and_resumes_across_the_phase_change(
     assert changed(init, after_head_phase["model"]) == HEAD  # epoch 1: only the head (BN stats untouched)
 
     b = zoo_core.train(resume=b_dir)
-    assert changed(after_head_phase["model"], weights(b_dir, "last.pt")) == set(init)  # epoch 2: everything
+    stats = {k for k in init if k.endswith(BN_STATS)}  # LP-FT keeps the BatchNorm statistics the probe saw
+    assert changed(after_head_phase["model"], weights(b_dir, "last.pt")) == set(init) - stats  # epoch 2: the rest
     assert [r["trainable_params"] for r in b.history] == [1026, b.total_params]
     assert rows(b_dir) == rows(a.run_dir)
     assert_same_state(weights(b_dir, "last.pt"), weights(a.run_dir, "last.pt"))

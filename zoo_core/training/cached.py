@@ -9,11 +9,11 @@ Seams: ``headfit.fit_linear_head`` is called through its module.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from .. import augment as zaug
 from .. import cache, headfit, strategies
@@ -32,19 +32,21 @@ from .setup import RunState, Trained
 
 def split_features(cfg: TrainConfig, split: Any, name: str, model: nn.Module, adapter: BackboneAdapter,
                    data_cfg: DataConfig, device: torch.device, ctx: DistContext | None = None, *,
-                   quiet: bool = True, view: str | None = None) -> cache.FeatureSet:
+                   quiet: bool = True, view: str | None = None, rows: Sequence[int] | None = None) -> cache.FeatureSet:
     """The features of ``split``'s ``name`` split under ``model``'s frozen backbone, through the feature
     cache under the key a run of ``cfg`` uses (``compare --folds`` reads them back with this too).
 
-    ``view`` names an augmentation: the features of its fixed check view (:func:`zoo_core.augment.check_view`,
-    seeded per image) instead of the evaluation view, under a key of their own."""
+    ``view`` names a check view (:func:`zoo_core.augment.check_view`, seeded per image) to extract instead of
+    the evaluation view, of the images ``rows`` (a subsample that depends only on the split: it is in the key
+    by its size), under a key of their own."""
+    part = name if view is None else f"{name}+{view}-view" + ("" if rows is None else f"@{len(rows)}")
     key = None
     if cfg.cache_features:
         key = cache.feature_key(backbone=cfg.backbone, weights=str(cfg.weights), data_config=data_cfg,
-                                fingerprint=split.fingerprint, split=name if view is None else f"{name}+{view}-view",
-                                precision=resolve_precision(cfg.precision, device))
+                                fingerprint=split.fingerprint, split=part, precision=resolve_precision(cfg.precision, device))
     images, transform, pixels = getattr(split, name), None, None
     if view is not None:
+        images = images if rows is None else Subset(images, list(rows))
         images = zaug.SeededView(images, zaug.check_view(data_cfg, view), zaug.VIEW_SEED)
         transform = zaug.as_is
     elif key is None or not (cache.cache_root() / "features" / key).is_dir():  # a hit needs no pixels

@@ -5,7 +5,9 @@ smoothed training loss is recorded; the run stops early once the loss diverges. 
 LR of the steepest descent of the smoothed loss, capped at a third of the LR of its minimum (first 10%
 of the curve skipped; slope and minimum read over a third of a decade).
 
-The model and the data come from :func:`~zoo_core.training.setup.build_run`, as in a training run;
+The model and the data come from :func:`~zoo_core.training.setup.build_run`, as in a training run, and the
+test starts where that run's training starts: from the linear probe's head (LP-FT,
+:mod:`~zoo_core.training.probe`; its features come from the cache the run filled) unless ``head_init="random"``;
 ``--lr auto`` runs the test through :func:`with_auto_lr`. Seams: the optimizer comes from
 ``strategies.param_groups`` / ``strategies.make_optimizer``, called through the module.
 """
@@ -29,10 +31,12 @@ from .. import strategies
 from ..plots import _pyplot, _save
 from ..util import atomic_write_text
 from .config import TrainConfig, replace_options
+from .probe import with_probe
 from .setup import RunState, build_run
 
 _FROM_RUN = ("batch_size", "image_size", "weights", "seed", "optimizer", "momentum", "weight_decay",
-             "backbone_lr_mult", "layer_decay", "trainable_stages", "augment", "device", "num_workers")
+             "backbone_lr_mult", "layer_decay", "trainable_stages", "augment", "head_init", "bn_stats", "precision",
+             "cache_features", "share_decoding", "device", "num_workers")
 """The config fields a ``--lr auto`` run hands to its range test."""
 
 
@@ -88,7 +92,7 @@ def lr_find(backbone: str, data: Any, *, strategy: str = "full", start_lr: float
     ``out`` is a directory for ``lr_find.png`` and ``lr_find.json``.
     """
     cfg = replace_options(TrainConfig(backbone=backbone, strategy=strategy), overrides)
-    state = build_run(dataclasses.replace(cfg, lr=None, progress=progress), data)
+    state = with_probe(build_run(dataclasses.replace(cfg, lr=None, progress=progress), data))  # as the run starts
     model, opt, loader = _range_test_setup(state)
     lrs, losses = _range_test(model, loader, opt, state, start_lr, end_lr, num_steps, progress)
     result = LRFindResult(lrs, losses, suggest_lr(lrs, losses))
@@ -129,7 +133,7 @@ def _range_test_setup(state: RunState) -> tuple[nn.Module, torch.optim.Optimizer
     cfg, model = state.cfg, state.model
     n = len(state.stages)
     k = state.strategy.trainable_stages(10**6, n, cfg.trainable_stages, cfg.head_epochs)  # the final phase
-    strategies.apply_stages(model, state.adapter, k, n)
+    strategies.apply_stages(model, state.adapter, k, n, freeze_bn_stats=state.freeze_bn_stats)
     groups = strategies.param_groups(model, state.stages, state.head, lr=1.0, weight_decay=cfg.weight_decay,
                                      backbone_lr_mult=cfg.backbone_lr_mult, layer_decay=cfg.layer_decay)
     opt = strategies.make_optimizer(groups, cfg.optimizer, cfg.momentum)

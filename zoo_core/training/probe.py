@@ -33,9 +33,15 @@ from typing import Any
 import torch
 
 from .. import augment as zaug
+from ..cache import FeatureSet
+from ..headfit.split import stratified_subsample
 from ..stats import mcnemar_exact
 from . import cached, report
 from .setup import RunState
+
+CHECK_IMAGES = 500
+"""The augmentation check sees at most this many training (side probe) and validation images (a stratified,
+fixed subsample), so its cost stays small next to fine-tuning on large data."""
 
 SIGNIFICANCE = 0.05
 """An augmentation is dropped only when its drop is also significant at this level (exact McNemar)."""
@@ -77,13 +83,20 @@ def check_augmentations(state: RunState, head: torch.nn.Module, fx: dict[str, An
     """Per augmentation in ``names`` (:data:`zoo_core.augment.CHECKS`): the validation top-1 of its probe on
     the probe's view and on the checked view, the drop, the exact McNemar p of the paired difference, and
     whether the augmentation is kept. ``head`` is the probe on plain features ``fx`` (train and val)."""
-    features = {("train", "plain"): fx["train"], ("val", "plain"): fx["val"]}
+    rows = {s: stratified_subsample(torch.arange(len(fx[s])), fx[s].labels, CHECK_IMAGES, zaug.VIEW_SEED)
+            for s in ("train", "val")}  # at most CHECK_IMAGES of each split, every class in proportion
+    features: dict[tuple[str, str], Any] = {}
 
     def view(split: str, name: str) -> Any:
         if (split, name) not in features:
-            features[split, name] = cached.split_features(
-                state.cfg, state.split, split, state.model, state.adapter, state.data_cfg, state.device, state.ctx,
-                quiet=state.quiet, view=name)
+            if name == "plain":
+                f = fx[split]
+                features[split, name] = FeatureSet(f.features[rows[split]], f.labels[rows[split]], f.from_cache, f.path)
+            else:
+                features[split, name] = cached.split_features(
+                    state.cfg, state.split, split, state.model, state.adapter, state.data_cfg, state.device,
+                    state.ctx, quiet=state.quiet, view=name,
+                    rows=None if len(rows[split]) == len(fx[split]) else rows[split].tolist())
         return features[split, name]
 
     probes = {"plain": head}
