@@ -202,18 +202,25 @@ def test_torchrun_two_cpu_processes_match_one_process(tmp_path: Path, zoo_home) 
     assert [r["target"] for r in ddp_rows] == [r["target"] for r in one_rows]
     assert sum(int(r["correct"]) for r in ddp_rows) == sum(row[i] for i, row in enumerate(summary["confusion_matrix"]))
 
-    # feature extraction: each rank extracted its shard once; rank 0 wrote one entry per split
+    # feature extraction (and the fine-tune's linear probe, LP-FT): each rank extracted its shard once; rank 0
+    # wrote one entry per backbone and split
     entries = [p for p in (tmp_path / "ddp-cache" / "features").iterdir()]
-    assert len(entries) == 2 and not [p for p in entries if p.name.startswith(".")], entries
-    metas = {json.loads((p / "meta.json").read_text())["parts"]["split"]: p for p in entries}
+    assert len(entries) == 4 and not [p for p in entries if p.name.startswith(".")], entries
+
+    def part(p: Path) -> tuple[str, str]:
+        parts = json.loads((p / "meta.json").read_text())["parts"]
+        return parts["backbone"], parts["split"]
+
+    metas = {part(p): p for p in entries}
     assert {json.loads((p / "meta.json").read_text())["world_size"] for p in entries} == {2}
     single_cache = zoo_home.zoo_cache / "features"
+    assert {part(p) for p in single_cache.iterdir()} == set(metas)
     for p in single_cache.iterdir():
-        split = json.loads((p / "meta.json").read_text())["parts"]["split"]
-        a, b = np.load(p / "features.npy"), np.load(metas[split] / "features.npy")
+        split = part(p)[1]
+        a, b = np.load(p / "features.npy"), np.load(metas[part(p)] / "features.npy")
         assert a.shape == b.shape and a.shape[0] == {"train": 28, "val": 9}[split]
         assert float(np.abs(a - b).max()) <= TOL_FEATURES
-        assert np.array_equal(np.load(p / "labels.npy"), np.load(metas[split] / "labels.npy"))
+        assert np.array_equal(np.load(p / "labels.npy"), np.load(metas[part(p)] / "labels.npy"))
     for k in ("train_loss", "train_acc", "val_loss", "val_acc"):
         ref = single["features"]["metrics"][k]
         assert abs(ranks[0]["features"]["metrics"][k] - ref) <= 1e-4

@@ -1,0 +1,151 @@
+"""Issue 13: fine-tuning defaults side by side on the same data — feature extraction, the old fine-tune start,
+and LP-FT (today's default) — with real ImageNet weights, each variant in its own child process and its own
+empty feature cache (so every wall time includes every backbone pass it needs).
+
+    .venv/bin/python benchmarks/finetune_defaults.py [--data digits|demo|PATH ...] [--backbone efficientnet_lite0]
+        [--image-size 128] [--strategy finetune] [--out results.json]
+
+Variants (``zoo_core.train`` with only these options changed):
+
+* **feature extraction** — ``strategy="feature-extraction"``: frozen backbone, converged head fit.
+* **old fine-tune** — what ``--strategy finetune`` did before LP-FT: a random head, RandomResizedCrop + flip
+  unchecked (``augment=True``), ``head_init="random"`` (so BatchNorm statistics update), 5 epochs, patience 5.
+* **LP-FT (default)** — ``--strategy finetune`` with every default: the converged linear probe as the head,
+  each augmentation checked on the data, BatchNorm statistics kept, at most 5 epochs with early stopping.
+
+Data: ``digits`` — scikit-learn's 1,797 handwritten 8×8 digits (scaled to 64 px PNGs, 10 classes, 25 %
+validation): far from ImageNet, the domain-shifted case. ``demo`` — the built-in demo set (generated textured
+shapes in clutter, 6 classes, 480 images, 20 % validation): closer to ImageNet-style photos. Any image folder
+works too. Prints one table per dataset, the targets of the issue with PASS/MISS, and ``--out`` JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "feature extraction": {"strategy": "feature-extraction"},
+    "old fine-tune": {"head_init": "random", "augment": True, "epochs": 5, "early_stopping": 5},
+    "LP-FT (default)": {},
+}
+DOMAIN_SHIFTED = {"digits"}  # datasets held to "LP-FT >= feature extraction + 1 point"
+
+
+def make_digits(root: Path) -> Path:
+    """scikit-learn's digits as ``root/<digit>/<i>.png`` (64 px RGB); reused when complete."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    if root.is_dir() and sum(1 for _ in root.rglob("*.png")) == len(digits.target):
+        return root
+    for i, (img, y) in enumerate(zip(digits.images, digits.target)):
+        (root / str(y)).mkdir(parents=True, exist_ok=True)
+        a = (img / 16 * 255).astype(np.uint8)
+        Image.fromarray(a).resize((64, 64), Image.Resampling.BICUBIC).convert("RGB").save(root / str(y) / f"{i:04d}.png")
+    return root
+
+
+def dataset(name: str, work: Path) -> tuple[Path, float]:
+    """(folder, validation fraction) of a dataset name or folder."""
+    if name == "digits":
+        return make_digits(work / "digits"), 0.25
+    if name == "demo":
+        from zoo_core.demo import DEMO_DATA
+        from zoo_core.demo_data import make_demo_dataset
+
+        return make_demo_dataset(work / "demo", per_class=DEMO_DATA["per_class"], size=DEMO_DATA["size"]), 0.2
+    return Path(name), 0.2
+
+
+def child(args: argparse.Namespace) -> None:
+    """One variant, in this (child) process: print its result as JSON on the last line."""
+    import zoo_core
+
+    kw = {"strategy": args.strategy, **json.loads(args.child)}
+    t0 = time.perf_counter()
+    r = zoo_core.train(args.backbone, args.data[0], image_size=args.image_size, val_fraction=args.val_fraction,
+                       out_dir=args.runs, progress=False, seed=args.seed, **kw)
+    wall = time.perf_counter() - t0
+    rec = json.loads((r.run_dir / "config.json").read_text())
+    print(json.dumps({"val_acc": r.metrics["val_acc"], "val_loss": r.metrics["val_loss"], "wall_s": wall,
+                      "epochs_run": len(r.history) if rec.get("epochs") else 0, "best_epoch": r.best_epoch,
+                      "augment": rec.get("augment"), "probe_acc": (rec.get("probe") or {}).get("row", {}).get("val_acc"),
+                      "history": [h["val_acc"] for h in r.history]}))
+
+
+def run_variant(name: str, data: Path, val_fraction: float, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    env = {**os.environ, "BACKBONE_ZOO_CACHE": tempfile.mkdtemp(dir=work, prefix="cache-")}
+    cmd = [sys.executable, __file__, "--child", json.dumps(VARIANTS[name]), "--data", str(data),
+           "--val-fraction", str(val_fraction), "--backbone", args.backbone, "--image-size", str(args.image_size),
+           "--strategy", args.strategy, "--runs", str(work / "runs"), "--seed", str(args.seed)]
+    print(f"  {name} …", file=sys.stderr, flush=True)
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
+    return {"variant": name, **json.loads(out.stdout.strip().splitlines()[-1])}
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    old = next(r for r in rows if r["variant"] == "old fine-tune")
+    lines = [f"{'variant':20} {'val top-1':>9} {'wall s':>7} {'vs old FT':>9} {'epochs':>6} {'best':>4}  augmentation"]
+    for r in rows:
+        aug = "n/a" if r["variant"] == "feature extraction" else ", ".join(r["augment"]) or "none"
+        lines.append(f"{r['variant']:20} {100 * r['val_acc']:8.2f}% {r['wall_s']:7.1f} {r['wall_s'] / old['wall_s']:8.2f}x "
+                     f"{r['epochs_run']:6d} {r['best_epoch']:4d}  {aug}")
+    return "\n".join(lines)
+
+
+def verdicts(name: str, rows: list[dict[str, Any]]) -> list[str]:
+    by = {r["variant"]: r for r in rows}
+    fe, old, lp = by["feature extraction"], by["old fine-tune"], by["LP-FT (default)"]
+    gap = 100 * (lp["val_acc"] - fe["val_acc"])
+    need = 1.0 if name in DOMAIN_SHIFTED else -0.5
+    ratio = lp["wall_s"] / old["wall_s"]
+    return [f"{'PASS' if gap >= need else 'MISS'}  LP-FT - feature extraction = {gap:+.2f} points (target >= {need:+.1f}: "
+            f"{'domain-shifted' if name in DOMAIN_SHIFTED else 'in-domain'})",
+            f"{'PASS' if ratio <= 1.3 else 'MISS'}  LP-FT wall time = {ratio:.2f}x the old fine-tune (target <= 1.3x)"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", nargs="+", default=["digits", "demo"])
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--strategy", default="finetune")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path)
+    p.add_argument("--work", type=Path, help="folder for data, caches and runs (default: a temporary one)")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--val-fraction", type=float, default=0.2, help=argparse.SUPPRESS)
+    p.add_argument("--runs", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child is not None:
+        return child(args)
+    work = args.work or Path(tempfile.mkdtemp(prefix="finetune-defaults-"))
+    results = {}
+    for name in args.data:
+        folder, vf = dataset(name, work)
+        print(f"{name}: {args.backbone} at {args.image_size} px, --strategy {args.strategy}", file=sys.stderr)
+        rows = [run_variant(v, folder, vf, args, work) for v in VARIANTS]
+        results[name] = rows
+        print(f"\n== {name} ({folder})\n{table(rows)}")
+        print("\n".join(verdicts(name, rows)), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
