@@ -114,3 +114,18 @@ def make_arrows(root: Path, directions: tuple[str, ...], per_class: int = 24, si
         for i in range(per_class):
             arrow_image(d, i, size, seed).save(root / d / f"img{i:02d}.png")
     return root
+
+
+def make_digits(root: Path, per_class: int, size: int = 32) -> Path:
+    """scikit-learn's handwritten 8×8 digits (the first ``per_class`` of each) as ``root/<digit>/<i>.png``, scaled
+    to ``size`` px RGB: real, if small, images far from ImageNet's."""
+    from sklearn.datasets import load_digits
+
+    digits, seen = load_digits(), {}
+    for i, (img, y) in enumerate(zip(digits.images, digits.target)):
+        if seen.setdefault(y, 0) < per_class:
+            seen[y] += 1
+            (root / str(y)).mkdir(parents=True, exist_ok=True)
+            pixels = Image.fromarray((img / 16 * 255).astype(np.uint8))
+            pixels.resize((size, size), Image.Resampling.BICUBIC).convert("RGB").save(root / str(y) / f"{i:04d}.png")
+    return root
