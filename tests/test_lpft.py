@@ -55,7 +55,9 @@ def test_parse_policy_accepts_the_spellings_of_the_cli_and_python() -> None:
     assert zaug.parse_policy(True) == zaug.parse_policy("on") == ("crop", "flip")
     assert zaug.parse_policy(False) == zaug.parse_policy("none") == zaug.parse_policy("off") == ()
     assert zaug.parse_policy("flip,crop") == zaug.parse_policy(["crop", "flip"]) == ("crop", "flip")
-    assert zaug.parse_policy(" flip ") == ("flip",)
+    assert zaug.parse_policy(" flip ") == ("flip",) and zaug.parse_policy("flip,mild-crop") == ("mild-crop", "flip")
+    with pytest.raises(zoo_core.ZooError, match="choose one of crop, mild-crop"):
+        zaug.parse_policy("crop,mild-crop")
     assert zaug.for_strategy(None, default_augment=False) == ()  # feature extraction: no augmentation
     assert zaug.for_strategy("flip", default_augment=False) == ("flip",)
     with pytest.raises(zoo_core.ZooError, match="unknown augmentation 'blur'"):

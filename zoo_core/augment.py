@@ -1,13 +1,15 @@
 """Training augmentation as a policy: the named augmentations, their transforms, and the fixed views that
 check each one against the data before fine-tuning.
 
-The default augmentations are ``crop`` (``RandomResizedCrop`` over :data:`zoo_core.data.TRAIN_CROP_SCALE`
-of the area, aspect 3/4–4/3) and ``flip`` (horizontal, p = 0.5). A policy is a tuple of their names:
-``()`` trains on the evaluation view, ``("crop", "flip")`` is the classic ImageNet-style recipe.
+The augmentations are ``crop`` (``RandomResizedCrop`` over :data:`zoo_core.data.TRAIN_CROP_SCALE` of the area,
+aspect 3/4–4/3), ``mild-crop`` (the same over :data:`MILD_CROP_SCALE`: a small zoom and shift) and ``flip``
+(horizontal, p = 0.5). A policy is a tuple of their names with at most one crop: ``()`` trains on the
+evaluation view, ``("crop", "flip")`` (:data:`DEFAULT`) is the classic ImageNet-style recipe.
 
-``--augment`` takes ``auto`` (the default: each augmentation is kept only when it preserves the labels of
-*this* data, see :mod:`zoo_core.training.probe`), ``on`` / ``off``, or an explicit comma list
-(``crop``, ``flip``, ``crop,flip``, ``none``). :func:`parse_policy` turns any of these into a tuple.
+``--augment`` takes ``auto`` (the default: each default augmentation is kept only when it preserves the labels
+of *this* data, a crop that does not falling back to ``mild-crop``; see :mod:`zoo_core.training.probe`),
+``on`` / ``off``, or an explicit comma list (``crop``, ``mild-crop``, ``flip``, ``crop,flip``, ``none``).
+:func:`parse_policy` turns any of these into a tuple.
 
 :data:`CHECKS` says how each augmentation is checked and :func:`check_view` gives the deterministic views the
 check extracts features of (one seeded random crop per image, drawn from the training distribution; the left
@@ -26,17 +28,32 @@ from .adapter import DataConfig
 from .data import TRAIN_CROP_SCALE, _interpolation, _pipeline, eval_transform
 from .errors import ZooError
 
-AUGMENTATIONS: tuple[str, ...] = ("crop", "flip")
+AUGMENTATIONS: tuple[str, ...] = ("crop", "mild-crop", "flip")
 """The augmentations a policy may name, in the order they are applied."""
+
+DEFAULT: tuple[str, ...] = ("crop", "flip")
+"""What ``--augment`` alone (``on``) trains with, and what ``auto`` checks."""
+
+MILD_CROP_SCALE = (0.8, 1.0)
+"""RandomResizedCrop area range of ``mild-crop``: enough to shift and zoom a little, little enough to keep a
+digit or a lesion whole."""
+
+CROP_SCALES: dict[str, tuple[float, float]] = {"crop": TRAIN_CROP_SCALE, "mild-crop": MILD_CROP_SCALE}
+"""Per crop augmentation, the share of the image's area a crop keeps."""
+
+FALLBACK: dict[str, str] = {"crop": "mild-crop"}
+"""``auto``: the augmentation checked in place of one the check dropped."""
 
 AUTO = "auto"
 """The policy that keeps each default augmentation only when the check says it preserves labels."""
 
-CHECK_TOLERANCE: dict[str, float] = {"flip": 0.02, "crop": 0.05}
+CHECK_TOLERANCE: dict[str, float] = {"flip": 0.02, "crop": 0.05, "mild-crop": 0.10}
 """Largest drop of the linear probe's validation top-1 (a fraction) on an augmentation's check view, against
 the plain view, at which the augmentation is kept. A mirrored image is the same picture when labels do not
 depend on orientation, so flipping must cost almost nothing; a crop loses part of the picture even when the
-label survives (the probe was fit on whole images), so it is allowed more."""
+label survives (the probe was fit on whole images, never on crops), so it is allowed more, and the mild crop,
+the fallback that keeps fine-tuning from training on the same pixels every epoch, most (on handwritten digits
+at 64 px it cost the probe 8 points yet raised fine-tuned top-1 from 92.4 to 93.2 %)."""
 
 VIEW_SEED = 0
 """Seed of the check views' random crops (fixed, so the views of a split are the same in every run and cache)."""
@@ -50,13 +67,13 @@ def parse_policy(value: Any) -> tuple[str, ...] | str:
     if value is None:
         return AUTO
     if isinstance(value, bool):
-        return AUGMENTATIONS if value else ()
+        return DEFAULT if value else ()
     if isinstance(value, str):
         text = value.strip().lower()
         if text == AUTO:
             return AUTO
         if text in ("on", "true", "yes", "all", "default"):
-            return AUGMENTATIONS
+            return DEFAULT
         if text in ("off", "false", "no", "none", ""):
             return ()
         names: Sequence[Any] = [t.strip() for t in text.split(",") if t.strip()]
@@ -67,6 +84,8 @@ def parse_policy(value: Any) -> tuple[str, ...] | str:
     unknown = [n for n in names if n not in AUGMENTATIONS]
     if unknown:
         raise ZooError(f"--augment: unknown augmentation {unknown[0]!r}; use {ARGUMENT_HELP}")
+    if len([n for n in set(names) if n in CROP_SCALES]) > 1:
+        raise ZooError(f"--augment: choose one of {', '.join(CROP_SCALES)}, not both")
     return tuple(a for a in AUGMENTATIONS if a in names)
 
 
@@ -91,29 +110,36 @@ def describe(policy: Sequence[str]) -> str:
     return " + ".join(policy) if policy else "none"
 
 
-def _crop(cfg: DataConfig, mode: Any) -> Any:
-    return v2.RandomResizedCrop(cfg.image_size, scale=TRAIN_CROP_SCALE, ratio=(3 / 4, 4 / 3), interpolation=mode,
+def crop_of(policy: Sequence[str]) -> str | None:
+    """The crop augmentation of ``policy`` (None without one): random crops need the original image."""
+    return next((a for a in policy if a in CROP_SCALES), None)
+
+
+def _crop(cfg: DataConfig, name: str, mode: Any) -> Any:
+    return v2.RandomResizedCrop(cfg.image_size, scale=CROP_SCALES[name], ratio=(3 / 4, 4 / 3), interpolation=mode,
                                 antialias=True)
 
 
 def train_transform(cfg: DataConfig, policy: Sequence[str]) -> Callable[[Any], torch.Tensor]:
     """PIL → ``uint8 [3, H, W]`` with the augmentations of ``policy`` (the eval view when it is empty)."""
-    if "crop" not in policy:
+    crop = crop_of(policy)
+    if crop is None:
         base = eval_transform(cfg)
         return v2.Compose([base, v2.RandomHorizontalFlip()]) if "flip" in policy else base
     mode = _interpolation(cfg.interpolation)
-    return _pipeline(_crop(cfg, mode), [v2.RandomHorizontalFlip()] if "flip" in policy else [], mode)
+    return _pipeline(_crop(cfg, crop, mode), [v2.RandomHorizontalFlip()] if "flip" in policy else [], mode)
 
 
 def on_decoded(policy: Sequence[str]) -> Callable[[torch.Tensor], torch.Tensor]:
     """``uint8 [3, H, W]`` → the same with the augmentations of ``policy`` that need no re-decoding (``flip``);
-    ``crop`` needs the original image (:func:`train_transform`)."""
-    if "crop" in policy:
+    crops need the original image (:func:`train_transform`)."""
+    if crop_of(policy) is not None:
         raise ZooError("random crops need the original image: use train_transform, not on_decoded")
     return v2.RandomHorizontalFlip() if "flip" in policy else as_is
 
 
-CHECKS: dict[str, tuple[str, str]] = {"crop": ("plain", "crop"), "flip": ("side", "side+flip")}
+CHECKS: dict[str, tuple[str, str]] = {"crop": ("plain", "crop"), "mild-crop": ("plain", "mild-crop"),
+                                      "flip": ("side", "side+flip")}
 """Per augmentation, ``(probe view, checked view)``: the probe is fit on the training images seen through the
 first view, and its validation top-1 through the second is compared with the first. A horizontal flip is
 checked with a *side* probe (the left half of each image, the right half blanked to the mean colour), because
@@ -123,14 +149,14 @@ What is on the left side tells it: a mirrored image's left half is its right hal
 
 
 def check_view(cfg: DataConfig, name: str) -> Callable[[Any], torch.Tensor]:
-    """PIL → ``uint8 [3, H, W]``: a view of :data:`CHECKS` (``plain``: the eval view; ``crop``: a random resized
-    crop, seeded per image by :class:`SeededView`; ``side``: the left half, the right half blanked; ``side+flip``:
+    """PIL → ``uint8 [3, H, W]``: a view of :data:`CHECKS` (``plain``: the eval view; ``crop``, ``mild-crop``: a
+    random resized crop, seeded per image by :class:`SeededView`; ``side``: the left half, the right half blanked; ``side+flip``:
     the same of the mirrored image)."""
     if name == "plain":
         return eval_transform(cfg)
-    if name == "crop":
+    if name in CROP_SCALES:
         mode = _interpolation(cfg.interpolation)
-        return _pipeline(_crop(cfg, mode), [], mode)
+        return _pipeline(_crop(cfg, name, mode), [], mode)
     if name in ("side", "side+flip"):
         steps = [eval_transform(cfg)] + ([v2.RandomHorizontalFlip(p=1.0)] if name == "side+flip" else [])
         return v2.Compose([*steps, _LeftHalf(cfg.mean)])

@@ -158,8 +158,9 @@ _TRAIN_HELP = {
     "trainable_stages": "stages that train with --strategy finetune: 0 to the backbone's stage count (default 1)",
     "head_epochs": "head-only epochs before unfreezing with --strategy gradual, fewer than --epochs (default 1)",
     "augment": "training augmentation: auto (default when fine-tuning: random resized crop and flip, each kept only "
-               "if the linear probe shows it preserves this data's labels), bare --augment for both unchecked, "
-               "or crop | flip | crop,flip | none; --no-augment for none",
+               "if the linear probe shows it preserves this data's labels, a failed crop retried as mild-crop), bare "
+               "--augment for crop + flip unchecked, or crop | mild-crop | flip | crop,flip | none; --no-augment "
+               "for none",
     "head_init": "probe (default: fine-tuning starts from the converged linear probe's head, LP-FT) | random",
     "bn_stats": "BatchNorm running statistics while backbone layers train: auto (default: frozen when starting from "
                 "the probe, updated from a random head) | frozen | update",

@@ -144,7 +144,7 @@ def decode_once(cfg: TrainConfig, split: Any, progress: bool) -> None:
     strategy = get_strategy(cfg.strategy)
     policy = zaug.for_strategy(cfg.augment, strategy.default_augment)
     probe = strategy.trains_backbone() and (cfg.head_init == "probe" or policy == zaug.AUTO)  # training.probe
-    crops = policy == zaug.AUTO or "crop" in policy  # random crops decode the training images every epoch
+    crops = policy == zaug.AUTO or zaug.crop_of(policy) is not None  # random crops decode the images every epoch
     for name in ("train", "val") if probe or not crops else ("val",):
         shared_pixels(cfg, split, name, data_cfg, None, quiet=not progress)
 

@@ -76,7 +76,7 @@ def _val_loader(state: RunState, batch_size: int, quiet: bool) -> DataLoader:
 def _train_dataset(state: RunState) -> Dataset:
     """The training images through the run's augmentations: random crops decode every epoch; without them the
     images are decoded once (the shared pixel cache when on) and only mirrored per epoch when flipping."""
-    if "crop" in state.augment:
+    if zaug.crop_of(state.augment) is not None:
         return zdata.Transformed(state.split.train, zaug.train_transform(state.data_cfg, state.augment))
     images = eval_dataset(state.cfg, state.split, "train", state.data_cfg, state.ctx, state.quiet)
     return zdata.Transformed(images, zaug.on_decoded(state.augment)) if state.augment else images

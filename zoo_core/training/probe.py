@@ -13,8 +13,8 @@ get the converged linear head (:func:`zoo_core.training.cached.converge_head`). 
 * ``augment="auto"`` (the default): each default augmentation (:mod:`zoo_core.augment`) is kept only when
   a probe's top-1 on the validation images seen through it is no more than
   :data:`zoo_core.augment.CHECK_TOLERANCE` below its top-1 without it, or the drop is not significant (exact
-  McNemar test, :data:`SIGNIFICANCE`). Crops are checked with the probe above on one seeded random crop per
-  image; flips with a *side* probe, fit on the left halves of the training images and scored on the left
+  McNemar test, :data:`SIGNIFICANCE`); a dropped crop is checked again as a ``mild-crop``. Crops are checked
+  with the probe above on one seeded random crop per image; flips with a *side* probe, fit on the left halves of the training images and scored on the left
   halves of the mirrored validation images (:data:`zoo_core.augment.CHECKS` says why). A mirrored arrow
   changes its label, a mirrored cat does not: the check finds which on the user's own data. Each view costs
   one backbone pass over the validation images (the side probe one over the training images too), cached
@@ -70,7 +70,7 @@ def with_probe(state: RunState) -> RunState:
         if state.augment_auto:
             check = check_augmentations(state, head, fx, policy)
             check = state.ctx.broadcast_object(check)  # one decision for every rank
-            policy = tuple(name for name in policy if check[name]["kept"])
+            policy = tuple(name for name in zaug.AUGMENTATIONS if name in check and check[name]["kept"])
             record["augment_check"] = check
     if state.from_probe:
         state.model.get_submodule(state.head).load_state_dict(head.state_dict())
@@ -101,7 +101,9 @@ def check_augmentations(state: RunState, head: torch.nn.Module, fx: dict[str, An
 
     probes = {"plain": head}
     out = {}
-    for name in names:
+    todo = list(names)
+    while todo:
+        name = todo.pop(0)
         probe_view, checked = zaug.CHECKS[name]
         if probe_view not in probes:  # e.g. the side probe of the flip check, fit like the plain one
             probes[probe_view] = copy.deepcopy(head)
@@ -121,6 +123,8 @@ def check_augmentations(state: RunState, head: torch.nn.Module, fx: dict[str, An
         out[name] = {"probe_view": probe_view, "checked_view": checked, "probe_top1": round(base["val_acc"], 6),
                      "view_top1": round(ev["val_acc"], 6), "drop": drop, "tolerance": tolerance,
                      "p": p, "kept": kept, "why": why, "images": len(ok)}
+        if not kept and name in zaug.FALLBACK:  # a milder version of what was dropped
+            todo.insert(0, zaug.FALLBACK[name])
     return out
 
 

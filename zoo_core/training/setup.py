@@ -151,7 +151,7 @@ def build_run(cfg: TrainConfig, data: Any, *, ctx: DistContext | None = None, ru
     if ctx.rank > 0:  # own augmentation/dropout streams per rank; rank 0 keeps the single-process stream
         seed_everything(cfg.seed + 1_000_003 * ctx.rank)
     policy = zaug.for_strategy(cfg.augment, strategy.default_augment)
-    augment = zaug.AUGMENTATIONS if policy == zaug.AUTO else policy  # auto: narrowed by training.probe
+    augment = zaug.DEFAULT if policy == zaug.AUTO else policy  # auto: narrowed by training.probe
     use_cache = strategy.backbone_frozen_throughout() and not augment and cfg.cache_features
     if not use_cache:
         per_rank_batch(cfg.batch_size, ctx.world_size)  # the global batch must split evenly: fail before any work
