@@ -187,8 +187,8 @@ def test_without_epochs_it_stops_on_val_loss_within_the_budget_and_keeps_the_pro
 
     monkeypatch.setattr(steps, "evaluate", worse)
     r = train(tmp_path, "budget", easy2, strategy="finetune", max_steps=1, augment=False)
-    assert config.DEFAULT_EPOCHS == 5 and config.BUDGET_PATIENCE == 2
-    assert len(r.history) == 2 and r.best_epoch == 0  # two epochs without improvement, of at most 5
+    assert config.DEFAULT_EPOCHS == 5 and config.BUDGET_PATIENCE == 3
+    assert len(r.history) == 3 and r.best_epoch == 0  # three epochs without improvement, of at most 5
     probe = record(r.run_dir)["probe"]["row"]
     assert r.metrics["val_loss"] == pytest.approx(probe["val_loss"]) and r.metrics["val_acc"] == probe["val_acc"]
     best = load_checkpoint(r.run_dir / "best.pt")
@@ -197,7 +197,7 @@ def test_without_epochs_it_stops_on_val_loss_within_the_budget_and_keeps_the_pro
 
 def test_given_epochs_keep_the_old_patience(tmp_path: Path, easy2: Path) -> None:
     assert config.patience(zoo_core.TrainConfig(epochs=8)) == 5
-    assert config.patience(zoo_core.TrainConfig()) == 2
+    assert config.patience(zoo_core.TrainConfig()) == 3
     assert config.patience(zoo_core.TrainConfig(early_stopping=None)) is None
     assert config.patience(zoo_core.TrainConfig(early_stopping=3)) == 3
 

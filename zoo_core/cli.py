@@ -170,7 +170,7 @@ _TRAIN_HELP = {
     "seed": "random seed (default 0)", "device": "auto | cpu | cuda | cuda:1 | mps",
     "precision": "auto | fp32 | bf16 | fp16", "channels_last": "channels-last memory format",
     "num_workers": "data-loader workers (default: tuned to the machine)",
-    "early_stopping": "patience in epochs on validation loss, 0 disables (default auto: 2 without --epochs, "
+    "early_stopping": "patience in epochs on validation loss, 0 disables (default auto: 3 without --epochs, "
                       "within the 5-epoch budget; 5 with --epochs)",
     "cache_features": "cache frozen-backbone features on disk (default on)",
     "share_decoding": "decode each split once into the pixel cache, reused by runs of the same input size",

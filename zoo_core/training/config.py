@@ -53,7 +53,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     channels_last: bool = True
     num_workers: int | None = None
-    early_stopping: int | str | None = "auto"  # patience on validation loss; "auto": 2 without --epochs, else 5
+    early_stopping: int | str | None = "auto"  # patience on validation loss; "auto": 3 without --epochs, else 5
     cache_features: bool = True
     # decode + resize each split once into the shared pixel cache (features.PixelCache) and feed the frozen
     # feature extraction and every validation pass from it; runs with the same preprocessing (``compare``)
@@ -108,7 +108,7 @@ DEFAULT_EPOCHS = 5
 """Epochs of a run that trains end to end (or a head by epochs) when ``epochs`` is None: the budget within
 which early stopping (:data:`BUDGET_PATIENCE`) ends it and the best epoch is restored."""
 
-BUDGET_PATIENCE = 2
+BUDGET_PATIENCE = 3
 """``early_stopping="auto"`` without ``--epochs``: stop after this many epochs without a better validation loss."""
 
 GIVEN_PATIENCE = 5
