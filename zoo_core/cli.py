@@ -189,22 +189,20 @@ def _parse_weights(v: str) -> str | None:
     return None if v.lower() in ("none", "random") else v
 
 
-def _parse_lr(v: str) -> float | str:
-    if v == "auto":
-        return v
-    try:
-        return float(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--lr takes a number or 'auto', not {v!r}") from None
+def _or_auto(kind: type, flag: str, what: str) -> Any:
+    """An argparse type: ``auto`` as it is, else ``kind(value)`` (a one-line error naming ``flag``)."""
+    def parse(v: str) -> Any:
+        if v == "auto":
+            return v
+        try:
+            return kind(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} takes {what} or 'auto', not {v!r}") from None
+    return parse
 
 
-def _parse_patience(v: str) -> int | str:
-    if v == "auto":
-        return v
-    try:
-        return int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--early-stopping takes an integer or 'auto', not {v!r}") from None
+_parse_lr = _or_auto(float, "--lr", "a number")
+_parse_patience = _or_auto(int, "--early-stopping", "an integer")
 
 
 def _add_augment(p: argparse.ArgumentParser) -> None:
