@@ -1,4 +1,4 @@
-"""The benchmark scripts' code paths that a CPU-only machine can run: the CUDA pass benchmark's dry run."""
+"""The benchmarks' own logic: the CUDA pass benchmark's CPU dry run and no-GPU message, time-to-accuracy arithmetic."""
 
 from __future__ import annotations
 
@@ -32,3 +32,42 @@ def test_cuda_pass_vs_timm_without_a_gpu_says_so_in_one_line():
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "no CUDA GPU here" in proc.stderr and "--cpu" in proc.stderr
+
+
+def _bench_module():
+    import importlib.util
+
+    path = SCRIPT.with_name("transfer_vs_plain_loop.py")
+    spec = importlib.util.spec_from_file_location("transfer_vs_plain_loop", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _plain(accs, seconds, target, optimizer="sgd"):
+    hist = [{"epoch": i + 1, "val_acc": a, "cum_seconds": s} for i, (a, s) in enumerate(zip(accs, seconds))]
+    hit = next(({"epoch": h["epoch"], "seconds": h["cum_seconds"]} for h in hist if h["val_acc"] >= target), None)
+    return {"optimizer": optimizer, "lr": 1e-3, "history": hist, "reached": hit, "backbone_fingerprint": "x"}
+
+
+def test_time_to_accuracy_is_the_first_epoch_at_target_or_a_lower_bound():
+    b = _bench_module()
+    ours = {"wall_s": 10.0}
+    got = b.time_to_accuracy(_plain([0.5, 0.89, 0.95], [30, 60, 90], 0.89), ours)
+    assert (got["reached"], got["epoch"], got["seconds"], got["ratio"]) == (True, 2, 60, 6.0)
+    missed = b.time_to_accuracy(_plain([0.5, 0.6], [30, 60], 0.89), ours)
+    assert not missed["reached"] and missed["ratio"] == 6.0 and missed["ratio_text"] == "> 6.0x"
+
+
+def test_untimed_adam_only_stands_in_when_the_grid_never_reached_the_target():
+    b = _bench_module()
+    sgd = _plain([0.2, 0.2, 0.2], [30, 60, 90], 0.89)
+    grid = {"chosen_lr": 1e-3, "per_lr": [{"lr": 1e-3, "val_acc": [0.4, 0.6, 0.63], "reached_epoch": None,
+                                           "best_val_acc": 0.63}]}
+    adam = b.untimed_adam(grid, sgd)
+    assert adam["timed"] is False and [h["cum_seconds"] for h in adam["history"]] == [30, 60, 90]
+    assert [h["val_acc"] for h in adam["history"]] == [0.4, 0.6, 0.63] and adam["reached"] is None
+    grid["per_lr"][0].update(reached_epoch=3)
+    assert b.untimed_adam(grid, sgd) is None  # reached: it must be timed for real
+    grid["per_lr"][0].update(reached_epoch=None)
+    assert b.untimed_adam(grid, _plain([0.9], [30], 0.89)) is None  # the SGD loop stopped earlier
