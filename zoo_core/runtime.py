@@ -14,6 +14,7 @@ modes: each precision BatchNorm-folded first, eager last.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import sys
 from dataclasses import dataclass
@@ -155,19 +156,80 @@ def precision_candidates(precision: str, device: str | torch.device) -> list[str
 FOLD = "bnfold"
 """The pass mode that folds eval-mode BatchNorm into the preceding convolution (:mod:`zoo_core.cache.passes`)."""
 
-PASS_MODES = (FOLD, "eager")
-"""The pass modes extraction tries, preferred first; part of every feature cache key (:func:`feature_key`)."""
+INT8 = "int8"
+"""The pass mode that runs the backbone statically quantized to int8 in ONNX Runtime (:mod:`zoo_core.cache.int8`)."""
+
+PASS_MODES = (INT8, FOLD, "eager")
+"""Every pass mode extraction knows, preferred first; the ones a run tries are part of its feature cache key."""
+
+PASS_ENV = "BACKBONE_ZOO_PASS"
+"""Environment variable that pins the pass mode: ``auto`` (the default policy) or one of :data:`PASS_MODES`."""
+
+INT8_MIN_IMAGES = {"fp32": 1000, "bf16": 4000}
+"""Images from which ``auto`` tries the int8 pass, per resolved float precision (its setup has to pay back).
+
+The int8 pass first exports the backbone to ONNX, calibrates and quantizes it (about 10–20 s for a
+ResNet-18 on 2 cores) and then runs about 3× faster than the BatchNorm-folded fp32 pass, 1.3–2× faster
+than folded bf16 (README "Performance", ``benchmarks/pass_modes.py``); below these sizes the setup
+costs more than it saves.
+"""
+
+INT8_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+"""What the int8 pass needs (the ``export`` extra)."""
 
 
-def pass_candidates(precision: str, device: str | torch.device) -> list[tuple[str, str]]:
+def pinned_pass() -> str | None:
+    """The pass mode ``$BACKBONE_ZOO_PASS`` pins, or None for the automatic policy (unset, empty, ``auto``)."""
+    value = os.environ.get(PASS_ENV, "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value not in PASS_MODES:
+        raise ZooError(f"{PASS_ENV}={value!r} is not a pass mode; use auto, {', '.join(PASS_MODES)}")
+    return value
+
+
+def int8_pays_back(precision: str, device: str | torch.device, n_images: int | None) -> bool:
+    """Whether ``auto`` tries the int8 pass for ``n_images`` images on ``device`` (CPU only).
+
+    Only for ``precision="auto"``, with the packages installed (:data:`INT8_PACKAGES`) and at least
+    :data:`INT8_MIN_IMAGES` images for the precision ``auto`` resolves to.
+    """
+    if _PRECISIONS.get(str(precision).strip().lower()) != "auto" or torch.device(device).type != "cpu":
+        return False
+    resolved = resolve_precision(precision, device)
+    if n_images is None or n_images < INT8_MIN_IMAGES.get(resolved, sys.maxsize):
+        return False
+    from .onnxgraph import missing_packages
+
+    return not missing_packages(INT8_PACKAGES)
+
+
+def pass_candidates(precision: str, device: str | torch.device,
+                    n_images: int | None = None) -> list[tuple[str, str]]:
     """``(pass mode, precision)`` pairs to try, preferred first; the last is eager and the check's reference.
 
     Each precision of :func:`precision_candidates` is tried BatchNorm-folded first (no native bf16:
     ``[(bnfold, fp32), (eager, fp32)]``; native bf16: ``[(bnfold, bf16), (bnfold, fp32), (eager, fp32)]``);
-    explicit precisions get ``[(bnfold, P), (eager, P)]``. Folding is exact up to float rounding.
+    explicit precisions get ``[(bnfold, P), (eager, P)]``. ``auto`` on a CPU puts ``(int8, int8)`` first
+    when :func:`int8_pays_back` for ``n_images``. ``$BACKBONE_ZOO_PASS`` pins one mode (int8 then regardless
+    of size and precision; still checked against the eager reference).
     """
     precisions = precision_candidates(precision, device)
-    return [(FOLD, p) for p in precisions] + [("eager", precisions[-1])]
+    reference = ("eager", precisions[-1])
+    pinned = pinned_pass()
+    if pinned == "eager":
+        return [reference]
+    if pinned == INT8:
+        return [(INT8, INT8), reference]
+    pairs = [(FOLD, p) for p in precisions] + [reference]
+    if pinned is None and int8_pays_back(precision, device, n_images):
+        pairs.insert(0, (INT8, INT8))
+    return pairs
+
+
+def pass_modes(precision: str, device: str | torch.device, n_images: int | None = None) -> tuple[str, ...]:
+    """The pass modes :func:`pass_candidates` tries, in order, once each: what a feature cache key records."""
+    return tuple(dict.fromkeys(mode for mode, _ in pass_candidates(precision, device, n_images)))
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from torch import nn
 from .. import runtime
 from ..adapter import BackboneAdapter
 from ..distributed import DistContext
+from . import int8
 
 log = logging.getLogger(__name__)
 
@@ -150,18 +151,38 @@ def folded_pass(model: nn.Module, adapter: BackboneAdapter, device: torch.device
     return ForwardPass(f"{precision}+{runtime.FOLD}", precision, run)
 
 
+def int8_pass(model: nn.Module, adapter: BackboneAdapter, device: torch.device, precision: str) -> ForwardPass:
+    """``model``'s features int8-quantized in ONNX Runtime on the CPU (:mod:`zoo_core.cache.int8`).
+
+    The quantized session is made on the first batch it runs (export, calibration on that batch's first
+    images, quantization); ``precision`` is not used. Features come back as float32 on ``device``.
+    """
+    sessions: list[Any] = []
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if not sessions:
+            sessions.append(int8.quantized_session(model, adapter, x))
+        out = sessions[0].run(None, {"input": x.detach().to("cpu", torch.float32).contiguous().numpy()})[0]
+        return torch.from_numpy(out).to(device)
+
+    return ForwardPass(runtime.INT8, runtime.INT8, run)
+
+
 _BUILDERS: dict[str, Callable[[nn.Module, BackboneAdapter, torch.device, str], ForwardPass]] = {
-    "eager": eager_pass, runtime.FOLD: folded_pass}  # pass mode → builder (runtime.pass_candidates names them)
+    "eager": eager_pass, runtime.FOLD: folded_pass, runtime.INT8: int8_pass,
+}  # pass mode → builder (runtime.pass_candidates names them)
 
 
 def candidate_passes(model: nn.Module, adapter: BackboneAdapter, device: torch.device,
-                     precision: str) -> list[ForwardPass]:
-    """The passes to try for ``precision``, preferred first (see :func:`runtime.pass_candidates`).
+                     precision: str, n_images: int | None = None) -> list[ForwardPass]:
+    """The passes to try for ``precision`` and ``n_images`` images, preferred first (see
+    :func:`runtime.pass_candidates`).
 
     Every pass but the last is checked on the first batch against the last (eager, in the last
     candidate precision: fp32 for ``auto``), the reference and the fallback.
     """
-    return [_BUILDERS[mode](model, adapter, device, p) for mode, p in runtime.pass_candidates(precision, device)]
+    return [_BUILDERS[mode](model, adapter, device, p)
+            for mode, p in runtime.pass_candidates(precision, device, n_images)]
 
 
 def choose_pass(passes: list[ForwardPass], x: torch.Tensor | None, ctx: DistContext,
@@ -169,7 +190,7 @@ def choose_pass(passes: list[ForwardPass], x: torch.Tensor | None, ctx: DistCont
     """The pass to use and, when computed on the way, its features of the first batch ``x``.
 
     With one candidate it is used unchecked. Otherwise each earlier candidate is checked against the
-    last (eager fp32) on ``x`` and the first accepted wins; a rank without a batch (``x=None``) accepts
+    last (eager fp32) on ``x`` and the first accepted wins (one that raises is dropped with a warning); a rank without a batch (``x=None``) accepts
     the first. Every rank of ``ctx`` gets the same pass: the latest of the ranks' choices.
     """
     if len(passes) == 1:
@@ -180,7 +201,12 @@ def choose_pass(passes: list[ForwardPass], x: torch.Tensor | None, ctx: DistCont
         choice = last = len(passes) - 1
         computed[last] = exact = passes[last].run(x)
         for i, p in enumerate(passes[:last]):
-            computed[i] = p.run(x)
+            try:
+                computed[i] = p.run(x)
+            except Exception as exc:  # noqa: BLE001 - a faster pass that cannot run is dropped, never fatal
+                log.warning("precision %s: %s pass failed (%s); using %s", requested, p.name, _reason(exc),
+                            passes[i + 1].name)
+                continue
             verdict = runtime.check_pass(computed[i], exact, p.name)
             if verdict.accepted:
                 log.info("precision %s: %s", requested, verdict.message)
@@ -192,3 +218,11 @@ def choose_pass(passes: list[ForwardPass], x: torch.Tensor | None, ctx: DistCont
         log.info("precision %s: another rank rejected %s; using %s", requested, passes[choice].name,
                  passes[agreed].name)
     return passes[agreed], computed.get(agreed)
+
+
+def _reason(exc: BaseException) -> str:
+    """``Type: first line`` of the innermost cause of ``exc``, for a one-line log message."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[0][:200] if lines else 'no message'}"

@@ -20,7 +20,7 @@ from ..adapter import BackboneAdapter, DataConfig
 from ..distributed import DistContext
 from ..errors import TrainingError
 from ..freezing import count_parameters
-from ..runtime import resolve_precision
+from ..runtime import pass_modes, resolve_precision
 from . import report, steps
 from .checkpoint import checkpoint
 from .config import TrainConfig
@@ -36,7 +36,8 @@ def split_features(cfg: TrainConfig, split: Any, name: str, model: nn.Module, ad
     cache under the key a run of ``cfg`` uses (``compare --folds`` reads them back with this too)."""
     key = cache.feature_key(backbone=cfg.backbone, weights=str(cfg.weights), data_config=data_cfg,
                             fingerprint=split.fingerprint, split=name,
-                            precision=resolve_precision(cfg.precision, device))
+                            precision=resolve_precision(cfg.precision, device),
+                            pass_modes=pass_modes(cfg.precision, device, len(getattr(split, name))))
     cached = (cache.cache_root() / "features" / key).is_dir()  # then no pixels are needed
     pixels = None if cached else shared_pixels(cfg, split, name, data_cfg, ctx, quiet=quiet)
     return cache.extract_features(model, adapter, getattr(split, name), data_cfg, key=key,
