@@ -156,26 +156,27 @@ def precision_candidates(precision: str, device: str | torch.device) -> list[str
 FOLD = "bnfold"
 """The pass mode that folds eval-mode BatchNorm into the preceding convolution (:mod:`zoo_core.cache.passes`)."""
 
-INT8 = "int8"
-"""The pass mode that runs the backbone statically quantized to int8 in ONNX Runtime (:mod:`zoo_core.cache.int8`)."""
+ONNX = "onnx"
+"""The pass mode that runs the backbone's features graph exported to ONNX, fp32, in ONNX Runtime (:mod:`zoo_core.cache.onnxrt`)."""
 
-PASS_MODES = (INT8, FOLD, "eager")
+INT8 = "int8"
+"""The pass mode that runs that graph statically quantized to int8 in ONNX Runtime (:mod:`zoo_core.cache.onnxrt`)."""
+
+PASS_MODES = (INT8, ONNX, FOLD, "eager")
 """Every pass mode extraction knows, preferred first; the ones a run tries are part of its feature cache key."""
 
 PASS_ENV = "BACKBONE_ZOO_PASS"
 """Environment variable that pins the pass mode: ``auto`` (the default policy) or one of :data:`PASS_MODES`."""
 
-INT8_MIN_IMAGES = {"fp32": 1000, "bf16": 4000}
-"""Images from which ``auto`` tries the int8 pass, per resolved float precision (its setup has to pay back).
+ONNX_MIN_IMAGES = {"fp32": 1000, "bf16": 1000}
+"""Images from which ``auto`` tries the ONNX Runtime passes (int8, then fp32), per resolved float precision.
 
-The int8 pass first exports the backbone to ONNX, calibrates and quantizes it (about 10–20 s for a
-ResNet-18 on 2 cores) and then runs about 3× faster than the BatchNorm-folded fp32 pass, 1.3–2× faster
-than folded bf16 (README "Performance", ``benchmarks/pass_modes.py``); below these sizes the setup
-costs more than it saves.
+Their setup (export to ONNX, calibration and quantization, sessions) takes about 10–20 s for a ResNet-18
+on 2 cores, which a split this size pays back (README "Performance", ``benchmarks/pass_modes.py``).
 """
 
 INT8_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
-"""What the int8 pass needs (the ``export`` extra)."""
+"""What the ONNX Runtime passes need (the ``export`` extra)."""
 
 
 def pinned_pass() -> str | None:
@@ -188,16 +189,16 @@ def pinned_pass() -> str | None:
     return value
 
 
-def int8_pays_back(precision: str, device: str | torch.device, n_images: int | None) -> bool:
-    """Whether ``auto`` tries the int8 pass for ``n_images`` images on ``device`` (CPU only).
+def onnx_pays_back(precision: str, device: str | torch.device, n_images: int | None) -> bool:
+    """Whether ``auto`` tries the ONNX Runtime passes for ``n_images`` images on ``device`` (CPU only).
 
     Only for ``precision="auto"``, with the packages installed (:data:`INT8_PACKAGES`) and at least
-    :data:`INT8_MIN_IMAGES` images for the precision ``auto`` resolves to.
+    :data:`ONNX_MIN_IMAGES` images for the precision ``auto`` resolves to.
     """
     if _PRECISIONS.get(str(precision).strip().lower()) != "auto" or torch.device(device).type != "cpu":
         return False
     resolved = resolve_precision(precision, device)
-    if n_images is None or n_images < INT8_MIN_IMAGES.get(resolved, sys.maxsize):
+    if n_images is None or n_images < ONNX_MIN_IMAGES.get(resolved, sys.maxsize):
         return False
     from .onnxgraph import missing_packages
 
@@ -211,20 +212,20 @@ def pass_candidates(precision: str, device: str | torch.device,
     Each precision of :func:`precision_candidates` is tried BatchNorm-folded first (no native bf16:
     ``[(bnfold, fp32), (eager, fp32)]``; native bf16: ``[(bnfold, bf16), (bnfold, fp32), (eager, fp32)]``);
     explicit precisions get ``[(bnfold, P), (eager, P)]``. ``auto`` on a CPU puts ``(int8, int8)`` first
-    when :func:`int8_pays_back` for ``n_images``. ``$BACKBONE_ZOO_PASS`` pins one mode (int8 then regardless
-    of size and precision; still checked against the eager reference).
+    and ``(onnx, fp32)`` before the first fp32 pass when :func:`onnx_pays_back` for ``n_images``.
+    ``$BACKBONE_ZOO_PASS`` pins one mode, tried (regardless of size and precision) before the eager
+    reference: ``int8``, ``onnx``, ``bnfold`` (each precision) or ``eager`` (the reference alone).
     """
     precisions = precision_candidates(precision, device)
     reference = ("eager", precisions[-1])
+    folded = [(FOLD, p) for p in precisions]
     pinned = pinned_pass()
-    if pinned == "eager":
-        return [reference]
-    if pinned == INT8:
-        return [(INT8, INT8), reference]
-    pairs = [(FOLD, p) for p in precisions] + [reference]
-    if pinned is None and int8_pays_back(precision, device, n_images):
-        pairs.insert(0, (INT8, INT8))
-    return pairs
+    if pinned is not None:
+        return {INT8: [(INT8, INT8)], ONNX: [(ONNX, "fp32")], FOLD: folded, "eager": []}[pinned] + [reference]
+    if not onnx_pays_back(precision, device, n_images):
+        return folded + [reference]
+    first_fp32 = precisions.index("fp32") if "fp32" in precisions else len(precisions)
+    return [(INT8, INT8)] + folded[:first_fp32] + [(ONNX, "fp32")] + folded[first_fp32:] + [reference]
 
 
 def pass_modes(precision: str, device: str | torch.device, n_images: int | None = None) -> tuple[str, ...]:

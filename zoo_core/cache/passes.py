@@ -25,7 +25,7 @@ from torch import nn
 from .. import runtime
 from ..adapter import BackboneAdapter
 from ..distributed import DistContext
-from . import int8
+from . import onnxrt
 
 log = logging.getLogger(__name__)
 
@@ -151,26 +151,39 @@ def folded_pass(model: nn.Module, adapter: BackboneAdapter, device: torch.device
     return ForwardPass(f"{precision}+{runtime.FOLD}", precision, run)
 
 
-def int8_pass(model: nn.Module, adapter: BackboneAdapter, device: torch.device, precision: str) -> ForwardPass:
-    """``model``'s features int8-quantized in ONNX Runtime on the CPU (:mod:`zoo_core.cache.int8`).
-
-    The quantized session is made on the first batch it runs (export, calibration on that batch's first
-    images, quantization); ``precision`` is not used. Features come back as float32 on ``device``.
-    """
+def _session_pass(name: str, precision: str, graph: onnxrt.OnnxGraph, device: torch.device,
+                  int8: bool) -> ForwardPass:
+    """A pass running ``graph`` in an ONNX Runtime session made on the first batch it runs."""
     sessions: list[Any] = []
 
     def run(x: torch.Tensor) -> torch.Tensor:
         if not sessions:
-            sessions.append(int8.quantized_session(model, adapter, x))
-        out = sessions[0].run(None, {"input": x.detach().to("cpu", torch.float32).contiguous().numpy()})[0]
-        return torch.from_numpy(out).to(device)
+            sessions.append(graph.session(x, int8=int8))
+        return torch.from_numpy(sessions[0].run(None, {"input": onnxrt.as_input(x)})[0]).to(device)
 
-    return ForwardPass(runtime.INT8, runtime.INT8, run)
+    return ForwardPass(name, precision, run)
 
 
-_BUILDERS: dict[str, Callable[[nn.Module, BackboneAdapter, torch.device, str], ForwardPass]] = {
-    "eager": eager_pass, runtime.FOLD: folded_pass, runtime.INT8: int8_pass,
-}  # pass mode → builder (runtime.pass_candidates names them)
+def onnx_pass(model: nn.Module, adapter: BackboneAdapter, device: torch.device, precision: str, *,
+              graph: onnxrt.OnnxGraph | None = None) -> ForwardPass:
+    """``model``'s features exported to ONNX and run in ONNX Runtime on the CPU, fp32 (:mod:`.onnxrt`).
+
+    ``graph`` shares one export with the int8 pass; ``precision`` is not used (the graph computes in fp32).
+    """
+    return _session_pass(runtime.ONNX, "fp32", graph or onnxrt.OnnxGraph(model, adapter), device, int8=False)
+
+
+def int8_pass(model: nn.Module, adapter: BackboneAdapter, device: torch.device, precision: str, *,
+              graph: onnxrt.OnnxGraph | None = None) -> ForwardPass:
+    """``model``'s features int8-quantized in ONNX Runtime on the CPU (:mod:`.onnxrt`), calibrated on the
+    first batch it runs; ``graph`` shares one export with the fp32 ONNX pass, ``precision`` is not used."""
+    return _session_pass(runtime.INT8, runtime.INT8, graph or onnxrt.OnnxGraph(model, adapter), device, int8=True)
+
+
+_BUILDERS: dict[str, Callable[..., ForwardPass]] = {
+    "eager": eager_pass, runtime.FOLD: folded_pass, runtime.ONNX: onnx_pass, runtime.INT8: int8_pass,
+}  # pass mode → builder (model, adapter, device, precision) (runtime.pass_candidates names them)
+_SHARE_GRAPH = (runtime.INT8, runtime.ONNX)  # modes whose builders take one shared ``graph=``
 
 
 def candidate_passes(model: nn.Module, adapter: BackboneAdapter, device: torch.device,
@@ -181,7 +194,8 @@ def candidate_passes(model: nn.Module, adapter: BackboneAdapter, device: torch.d
     Every pass but the last is checked on the first batch against the last (eager, in the last
     candidate precision: fp32 for ``auto``), the reference and the fallback.
     """
-    return [_BUILDERS[mode](model, adapter, device, p)
+    graph = onnxrt.OnnxGraph(model, adapter)  # exported at most once, only if an ONNX Runtime pass runs
+    return [_BUILDERS[mode](model, adapter, device, p, **({"graph": graph} if mode in _SHARE_GRAPH else {}))
             for mode, p in runtime.pass_candidates(precision, device, n_images)]
 
 
