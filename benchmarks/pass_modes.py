@@ -17,7 +17,8 @@ Modes marked ``product`` are the passes :mod:`zoo_core.cache.passes` builds (eag
 the others are the alternatives evaluated for them and left out (``torch.compile``/inductor, PT2E int8
 from ``torchao`` + inductor, OpenVINO), each run only when its package is installed
 (``pip install torchao openvino`` for the last ones). ``auto`` is what extraction picks here for a split of
-``--auto-images`` images (``--no-native-bf16`` simulates a CPU without native bf16).
+``--auto-images`` images, and on a CPU with native bf16 also what it picks without (simulated;
+``--no-native-bf16`` simulates that for the whole run).
 
 **Decoding** (``--decode N``): N generated 500×375 JPEG photos decoded, resized and center-cropped to 224
 px as the pixel cache does (:class:`zoo_core.cache.PixelCache` through ``eval_transform``), with 0, 1 and
@@ -242,6 +243,9 @@ def auto_choice(model: nn.Module, adapter: BackboneAdapter, x: torch.Tensor, n_i
     return chosen.name, chosen.run
 
 
+has_native = runtime.cpu_has_native_bf16
+
+
 def speed(args: argparse.Namespace) -> dict[str, Any]:
     model, adapter = resnet18()
     batches = normalised_batches(args.images, args.batch_size, 224)
@@ -271,10 +275,14 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
         row["setup_s"] = time.perf_counter() - t
         row["rel_error"] = runtime.relative_error(f, exact)
         runs[name] = run
-    choice, run = auto_choice(copy.deepcopy(cl), adapter, batches[0], args.auto_images)
-    auto = f"auto ({args.auto_images} images) → {choice}"
-    runs[auto] = run
-    rows[auto] = {"product": True}
+    autos = {}
+    for simulated in ([False, True] if native else [False]):
+        if simulated:
+            runtime.cpu_has_native_bf16 = lambda: False  # as on an AVX2 CPU (benchmark only)
+        choice, run = auto_choice(copy.deepcopy(cl), adapter, batches[0], args.auto_images)
+        runtime.cpu_has_native_bf16 = has_native
+        auto = f"auto{' no-bf16 (simulated)' if simulated else ''} → {choice}"
+        runs[auto], rows[auto], autos[auto] = run, {"product": True}, choice
     for run in runs.values():
         run(batches[-1])  # warm-up (a short last batch too)
     rates = time_round_robin(runs, batches, args.repeats)
@@ -283,7 +291,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
         rows[name].update(img_s=rate, vs_plain=rate / rates["plain step"])
     print(f"\nspeed: resnet18, {args.images} images at 224 px, batch {args.batch_size}, {torch.get_num_threads()} "
           f"threads, best of {args.repeats} interleaved; native bf16: {native}"
-          f"{' (simulated off)' if args.no_native_bf16 else ''}")
+          f"{' (simulated off)' if args.no_native_bf16 else ''}; auto decides for a {args.auto_images}-image split")
     print(f"{'mode':<34} {'kind':<8} {'setup s':>8} {'img/s':>8} {'vs plain':>9} {'rel err':>9}  note")
     order = ["plain step"] + [k for k in rows if k != "plain step"]
     for name in order:
@@ -294,8 +302,9 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
                  f"{r['vs_plain']:8.2f}x" if "vs_plain" in r else f"{'-':>9}",
                  f"{r['rel_error']:9.2e}" if "rel_error" in r else f"{'':9}"]
         print(f"{name:<34} {kind:<8} {' '.join(cells)}  {r.get('note', '')}")
-    return {"rows": rows, "native_bf16": native, "threads": torch.get_num_threads(), "auto": choice,
-            "auto_img_s": rates[auto]}
+    first = next(iter(autos))
+    return {"rows": rows, "native_bf16": native, "threads": torch.get_num_threads(), "auto": autos[first],
+            "auto_img_s": rates[first], "auto_images": args.auto_images}
 
 
 # ---- decoding against the pass ------------------------------------------------------------------------
@@ -305,7 +314,7 @@ def decode(args: argparse.Namespace, pass_rate: float, pass_name: str) -> dict[s
     from zoo_core.cache.pixels import decode_workers
     from zoo_core.demo_data import DEMO_CLASSES, render_demo_image
 
-    cfg = DataConfig(input_size=(3, 224, 224), resize_size=256, interpolation="bilinear")
+    cfg = DataConfig(input_size=(3, 224, 224))  # resize 256, center crop 224, bilinear
     out: dict[str, Any] = {"images": args.decode, "pass": pass_name, "pass_img_s": pass_rate, "rows": {}}
     with tempfile.TemporaryDirectory(prefix="pass-modes-jpeg-") as tmp:
         files = []
@@ -447,7 +456,8 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.no_native_bf16:
-        runtime.cpu_has_native_bf16 = lambda: False  # benchmark only: as on an AVX2 CPU
+        global has_native
+        runtime.cpu_has_native_bf16 = has_native = lambda: False  # benchmark only: as on an AVX2 CPU
     if args.child:
         print(json.dumps(child_peak(args.child, args.images, args.batch_size)))
         return

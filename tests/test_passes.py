@@ -50,8 +50,8 @@ def test_onnx_runtime_passes_match_eager_fp32_share_one_export_and_leave_model_u
     x = torch.randn(12, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     exports = []
-    real = onnxrt.onnx_bytes
-    monkeypatch.setattr(onnxrt, "onnx_bytes", lambda *a, **k: exports.append(1) or real(*a, **k))
+    real = onnxrt.save_onnx
+    monkeypatch.setattr(onnxrt, "save_onnx", lambda *a, **k: exports.append(1) or real(*a, **k))
     exact = passes.eager_pass(model, adapter, CPU, "fp32").run(x)
     graph = onnxrt.OnnxGraph(model, adapter)
     fp32 = passes.onnx_pass(model, adapter, CPU, "fp32", graph=graph)

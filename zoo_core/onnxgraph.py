@@ -10,7 +10,8 @@ import contextlib
 import io
 import logging
 import warnings
-from typing import Iterator
+from pathlib import Path
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -42,14 +43,10 @@ def quiet_loggers(*names: str, level: int = logging.WARNING) -> Iterator[None]:
             lg.setLevel(lvl)
 
 
-def onnx_bytes(module: nn.Module, example: torch.Tensor, *, input_name: str = "input",
-               output_name: str = "output") -> bytes:
-    """``module`` (one tensor in, one out) as a serialised ONNX model whose first dimension is dynamic.
-
-    The exporter's own printing (its steps and, on failure, the whole graph), warnings and info logs are
-    kept out of the log. A missing package is a :class:`ZooError` with the install line; anything the exporter
-    raises is passed on (callers phrase their own one-line error).
-    """
+@contextlib.contextmanager
+def _exporting() -> Iterator[None]:
+    """The exporter's own printing (its steps and, on failure, the whole graph), warnings and info logs
+    kept out of the log; a missing package is a :class:`ZooError` with the install line."""
     missing = missing_packages()
     if missing:
         raise ZooError(f"ONNX export needs the onnx and onnxscript packages ({', '.join(missing)} missing): "
@@ -58,7 +55,29 @@ def onnx_bytes(module: nn.Module, example: torch.Tensor, *, input_name: str = "i
     with contextlib.redirect_stdout(noise), contextlib.redirect_stderr(noise), warnings.catch_warnings(), \
             quiet_loggers("onnxscript", "onnx_ir"):
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(module, (example,), dynamo=True, verbose=False, input_names=[input_name],
-                                    output_names=[output_name],
-                                    dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
-        return program.model_proto.SerializeToString()
+        yield
+
+
+def _program(module: nn.Module, example: torch.Tensor, input_name: str, output_name: str) -> Any:
+    return torch.onnx.export(module, (example,), dynamo=True, verbose=False, input_names=[input_name],
+                             output_names=[output_name], dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+
+
+def onnx_bytes(module: nn.Module, example: torch.Tensor, *, input_name: str = "input",
+               output_name: str = "output") -> bytes:
+    """``module`` (one tensor in, one out) as a serialised ONNX model whose first dimension is dynamic.
+
+    Quiet (see :func:`_exporting`); anything the exporter raises is passed on (callers phrase their own
+    one-line error).
+    """
+    with _exporting():
+        return _program(module, example, input_name, output_name).model_proto.SerializeToString()
+
+
+def save_onnx(module: nn.Module, example: torch.Tensor, path: Path, *, input_name: str = "input",
+              output_name: str = "output") -> Path:
+    """:func:`onnx_bytes` written to ``path``, the weights beside it in ``<path>.data`` (no serialised copy
+    of them in memory); ``path``."""
+    with _exporting():
+        _program(module, example, input_name, output_name).save(str(path), external_data=True)
+    return path
