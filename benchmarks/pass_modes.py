@@ -21,8 +21,8 @@ from ``torchao`` + inductor, OpenVINO), each run only when its package is instal
 ``--no-native-bf16`` simulates that for the whole run).
 
 **Decoding** (``--decode N``): N generated 500×375 JPEG photos decoded, resized and center-cropped to 224
-px as the pixel cache does (:class:`zoo_core.cache.PixelCache` through ``eval_transform``), with 0, 1 and
-the pixel cache's worker count, against the ``auto`` pass: which side is the slower one.
+px as the pixel cache does (:class:`zoo_core.cache.PixelCache` through ``eval_transform``), with 0, 1 and 2
+loader workers, against the ``auto`` pass: which side is the slower one.
 
 **Accuracy** (``--accuracy N``): real ImageNet weights (``efficientnet_lite0``, ``weights="DEFAULT"``,
 offline) on N generated demo images (half train, half val); features of each product mode (and PT2E int8
@@ -311,7 +311,6 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
 def decode(args: argparse.Namespace, pass_rate: float, pass_name: str) -> dict[str, Any]:
 
     from zoo_core import data
-    from zoo_core.cache.pixels import decode_workers
     from zoo_core.demo_data import DEMO_CLASSES, render_demo_image
 
     cfg = DataConfig(input_size=(3, 224, 224))  # resize 256, center crop 224, bilinear
@@ -330,7 +329,7 @@ def decode(args: argparse.Namespace, pass_rate: float, pass_name: str) -> dict[s
             def __getitem__(self, i: int) -> tuple[Any, int]:
                 return data.load_image(files[i]), 0
 
-        workers = sorted({0, 1, decode_workers(len(files))})
+        workers = sorted({0, 1, 2, data.auto_num_workers(len(files))})
         for w in workers:
             loader = data.make_loader(data.Transformed(Folder(), data.eval_transform(cfg)), batch_size=64,
                                       shuffle=False, num_workers=w)
@@ -341,7 +340,8 @@ def decode(args: argparse.Namespace, pass_rate: float, pass_name: str) -> dict[s
     print(f"\ndecode + resize + center crop alone ({args.decode} JPEG 500×375 → 224 px) vs the pass ({pass_name})")
     print(f"{'workers':>8} {'img/s':>8} {'vs pass':>8}")
     for w, rate in out["rows"].items():
-        mark = "  ← pixel cache default" if w == decode_workers(args.decode) else ""
+        default = w == data.auto_num_workers(args.decode)
+        mark = "  ← the pixel cache's default (data.auto_num_workers)" if default else ""
         print(f"{w:>8} {rate:8.1f} {rate / pass_rate:7.2f}x{mark}")
     print(f"{'pass':>8} {pass_rate:8.1f}")
     return out

@@ -8,7 +8,9 @@ A faster inference pass is never trusted blindly: ``precision_candidates("auto",
 ``auto`` tries (the resolved low precision first, fp32 as the fallback), and :func:`check_pass` accepts
 a pass only when its output on the first batch is finite and within :data:`PASS_TOLERANCE` of eager
 fp32 (feature extraction, :mod:`zoo_core.cache.passes`, applies it). ``pass_candidates`` adds the pass
-modes: each precision BatchNorm-folded first, eager last.
+modes: each precision BatchNorm-folded, eager last, and for ``auto`` on a CPU with enough images
+(:data:`ONNX_MIN_IMAGES`, :func:`onnx_pays_back`) the backbone in ONNX Runtime, int8 first and fp32 before
+the first fp32 pass; ``$BACKBONE_ZOO_PASS`` (:data:`PASS_ENV`) pins one mode.
 """
 
 from __future__ import annotations

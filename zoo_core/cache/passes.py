@@ -1,15 +1,18 @@
 """How the backbone runs during extraction: the model preparation and the candidate forward passes.
 
 A :class:`ForwardPass` turns a prepared (normalised, channels-last) batch into float32 features. The
-passes are eager ones per precision (:func:`eager_pass`) and the same with BatchNorm folded into the
-preceding convolutions (:func:`folded_pass`); :func:`candidate_passes` lists them, preferred first,
-with eager fp32 last (for ``auto``), and :func:`choose_pass` keeps the first whose features on the
-first batch pass :func:`zoo_core.runtime.check_pass` against eager fp32.
+passes are eager ones per precision (:func:`eager_pass`), the same with BatchNorm folded into the
+preceding convolutions (:func:`folded_pass`), and the backbone's features graph in ONNX Runtime, fp32
+(:func:`onnx_pass`) or int8-quantized (:func:`int8_pass`, :mod:`.onnxrt`); :func:`candidate_passes`
+lists the ones :func:`runtime.pass_candidates` names, preferred first, with eager fp32 last (for
+``auto``), and :func:`choose_pass` keeps the first whose features on the first batch pass
+:func:`zoo_core.runtime.check_pass` against eager fp32 (one that raises is dropped, with its reason).
 
-Adding a pass mode (``torch.compile``, int8, an inference runtime): write a builder
-``(model, adapter, device, precision) -> ForwardPass`` that prepares its own model (leaving the
-caller's untouched) and put it into ``_BUILDERS`` and :func:`runtime.pass_candidates` ahead of the
-eager passes; the check against eager fp32 and the fallback come for free.
+Adding a pass mode (``torch.compile``, another runtime): write a builder
+``(model, adapter, device, precision) -> ForwardPass`` that prepares its own model on the first batch it
+runs (leaving the caller's untouched) and put it into ``_BUILDERS``, :data:`runtime.PASS_MODES` and
+:func:`runtime.pass_candidates` ahead of the eager passes; the check against eager fp32 and the fallback
+come for free.
 """
 
 from __future__ import annotations

@@ -120,16 +120,6 @@ class PixelCache:
             yield torch.from_numpy(np.array(arr[i:j])), torch.from_numpy(self.labels[i:j])
 
 
-def decode_workers(num_items: int) -> int:
-    """Worker processes the pixel cache decodes ``num_items`` images with when not told: one per CPU (at most
-    8), none below 512 images.
-
-    Unlike a training loader (:func:`zoo_core.data.auto_num_workers` keeps a CPU for the model), the main
-    process only copies decoded batches into the memory map here, so every CPU decodes.
-    """
-    return 0 if num_items < data._SMALL_DATASET else max(1, min(data._cpu_count(), 8))
-
-
 def _decode_into(writer: EntryWriter, parts: dict[str, Any], dataset: Dataset, data_config: DataConfig,
                  split: str, num_workers: int | None, show: bool) -> np.ndarray:
     """Decode ``dataset`` through ``eval_transform`` into ``writer``'s ``pixels.npy``, commit; the labels."""
@@ -137,9 +127,8 @@ def _decode_into(writer: EntryWriter, parts: dict[str, Any], dataset: Dataset, d
     if n == 0:
         raise DataError(f"split {split!r} is empty; there is nothing to decode")
     shape = (n, data_config.input_size[0], *data_config.image_size)
-    workers = decode_workers(n) if num_workers is None else num_workers
     loader = data.make_loader(data.Transformed(dataset, data.eval_transform(data_config)), batch_size=64,
-                              shuffle=False, seed=0, num_workers=workers, device="cpu")
+                              shuffle=False, seed=0, num_workers=num_workers, device="cpu")
     t0 = time.perf_counter()
     images = writer.open_array("pixels.npy", shape, np.uint8)
     labels = np.empty(n, dtype=np.int64)
