@@ -25,8 +25,8 @@ px as the pixel cache does (:class:`zoo_core.cache.PixelCache` through ``eval_tr
 loader workers, against the ``auto`` pass: which side is the slower one.
 
 **Accuracy** (``--accuracy N``): real ImageNet weights (``efficientnet_lite0``, ``weights="DEFAULT"``,
-offline) on N generated demo images (half train, half val); features of each product mode (and PT2E int8
-when installed), the converged linear head (:func:`zoo_core.headfit.fit_linear_head`) fitted on each mode's
+offline) on N generated demo images (half train, half val); features of each product mode, of what ``auto``
+picks for N images, and of PT2E int8 when installed; the converged linear head (:func:`zoo_core.headfit.fit_linear_head`) fitted on each mode's
 train features, validation accuracy against the fp32 head's.
 
 **Memory** (``--memory``): each product mode, and the plain step, in a child process over the same
@@ -308,13 +308,14 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ---- decoding against the pass ------------------------------------------------------------------------
-def decode(args: argparse.Namespace, pass_rate: float, pass_name: str) -> dict[str, Any]:
-
+def decode(args: argparse.Namespace) -> dict[str, Any]:
+    """img/s of decoding alone per worker count; run before any mode starts thread pools (inductor and
+    OpenVINO ones do not survive the loader workers' fork)."""
     from zoo_core import data
     from zoo_core.demo_data import DEMO_CLASSES, render_demo_image
 
     cfg = DataConfig(input_size=(3, 224, 224))  # resize 256, center crop 224, bilinear
-    out: dict[str, Any] = {"images": args.decode, "pass": pass_name, "pass_img_s": pass_rate, "rows": {}}
+    out: dict[str, Any] = {"images": args.decode, "rows": {}}
     with tempfile.TemporaryDirectory(prefix="pass-modes-jpeg-") as tmp:
         files = []
         for i in range(args.decode):  # 500×375 photos, JPEG quality 90: what a typical folder holds
@@ -337,14 +338,21 @@ def decode(args: argparse.Namespace, pass_rate: float, pass_name: str) -> dict[s
             n = sum(len(x) for x, _ in loader)
             out["rows"][w] = n / (time.perf_counter() - t)
             del loader
-    print(f"\ndecode + resize + center crop alone ({args.decode} JPEG 500×375 → 224 px) vs the pass ({pass_name})")
+    return out
+
+
+def print_decode(out: dict[str, Any], pass_rate: float, pass_name: str) -> None:
+    """The decoding rates against the ``auto`` pass's."""
+    from zoo_core import data
+
+    out.update({"pass": pass_name, "pass_img_s": pass_rate})
+    print(f"\ndecode + resize + center crop alone ({out['images']} JPEG 500×375 → 224 px) vs the pass ({pass_name})")
     print(f"{'workers':>8} {'img/s':>8} {'vs pass':>8}")
     for w, rate in out["rows"].items():
-        default = w == data.auto_num_workers(args.decode)
+        default = w == data.auto_num_workers(out["images"])
         mark = "  ← the pixel cache's default (data.auto_num_workers)" if default else ""
         print(f"{w:>8} {rate:8.1f} {rate / pass_rate:7.2f}x{mark}")
     print(f"{'pass':>8} {pass_rate:8.1f}")
-    return out
 
 
 # ---- accuracy with real weights ------------------------------------------------------------------------
@@ -369,8 +377,15 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
             pairs = [(x, y) for x, y in loader]
             xs[part] = [data.normalize(x, dc).contiguous(memory_format=torch.channels_last) for x, _ in pairs]
             ys[part] = torch.cat([torch.as_tensor(y) for _, y in pairs])
-    modes = {"eager fp32": product("eager", "fp32"), "bnfold fp32": product(runtime.FOLD, "fp32"),
-             "onnx fp32 (ORT)": product(runtime.ONNX, "fp32"), "int8 (ORT)": product(runtime.INT8, "fp32")}
+    n_images = len(ys["train"]) + len(ys["val"])
+
+    def auto(net: nn.Module, adapter: BackboneAdapter, x: torch.Tensor) -> Run:
+        name, run = auto_choice(net, adapter, x, n_images)
+        print(f"auto for {n_images} images picks {name}")
+        return run
+
+    modes = {"eager fp32": product("eager", "fp32"), "onnx fp32 (ORT)": product(runtime.ONNX, "fp32"),
+             "int8 (ORT)": product(runtime.INT8, "fp32"), f"auto ({n_images})": auto}
     if runtime.cpu_has_native_bf16():
         modes["bnfold bf16"] = product(runtime.FOLD, "bf16")
     if not missing(("torchao",)):
@@ -397,9 +412,9 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
     n_val = len(ys["val"])
     print(f"\naccuracy: {name} (ImageNet weights), demo shapes, {len(ys['train'])} train / {n_val} val images "
           f"(1 image = {100 / n_val:.2f} points), converged linear head per mode")
-    print(f"{'mode':<16} {'val acc %':>9} {'Δ points':>9} {'rel err':>9} {'fp32 head agrees %':>19}")
+    print(f"{'mode':<18} {'val acc %':>9} {'Δ points':>9} {'rel err':>9} {'fp32 head agrees %':>19}")
     for mode, r in rows.items():
-        print(f"{mode:<16} {r['val_acc']:9.2f} {r['val_acc'] - rows['eager fp32']['val_acc']:+9.2f} "
+        print(f"{mode:<18} {r['val_acc']:9.2f} {r['val_acc'] - rows['eager fp32']['val_acc']:+9.2f} "
               f"{r['rel_error']:9.2e} {r['fp32_head_agree']:19.2f}")
     return {"backbone": name, "train": len(ys["train"]), "val": n_val, "rows": rows}
 
@@ -463,9 +478,11 @@ def main() -> None:
         return
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"{os.cpu_count()} CPUs")
+    decoded = decode(args) if args.decode and not args.no_speed else None
     results: dict[str, Any] = {"speed": speed(args)} if not args.no_speed else {}
-    if args.decode and not args.no_speed:
-        results["decode"] = decode(args, results["speed"]["auto_img_s"], results["speed"]["auto"])
+    if decoded is not None:
+        print_decode(decoded, results["speed"]["auto_img_s"], results["speed"]["auto"])
+        results["decode"] = decoded
     if args.accuracy:
         results["accuracy"] = accuracy(args)
     if args.memory:
