@@ -170,11 +170,13 @@ PASS_MODES = (INT8, ONNX, FOLD, "eager")
 PASS_ENV = "BACKBONE_ZOO_PASS"
 """Environment variable that pins the pass mode: ``auto`` (the default policy) or one of :data:`PASS_MODES`."""
 
-ONNX_MIN_IMAGES = {"fp32": 1000, "bf16": 1000}
+ONNX_MIN_IMAGES = {"fp32": 1000, "bf16": 2500}
 """Images from which ``auto`` tries the ONNX Runtime passes (int8, then fp32), per resolved float precision.
 
-Their setup (export to ONNX, calibration and quantization, sessions) takes about 10–20 s for a ResNet-18
-on 2 cores, which a split this size pays back (README "Performance", ``benchmarks/pass_modes.py``).
+Their setup (export to ONNX, calibration and quantization, sessions: 7–10 s for a ResNet-18 on 2 cores)
+pays back from about 450 images against the folded fp32 pass and about 1,300 against folded bf16 (int8
+runs 3.7× and 1.9× as fast there; README "Performance", ``benchmarks/pass_modes.py``); the thresholds
+leave a margin of about two.
 """
 
 INT8_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
