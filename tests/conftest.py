@@ -14,6 +14,7 @@ import torch
 
 import zoo_core
 from zoo_core.plugins import ENV_VAR
+from zoo_core.runtime import PASS_ENV
 
 # Tiny models on a shared 2-core box: intra-op threads cost more in spin-waiting than they save.
 torch.set_num_threads(1)
@@ -45,6 +46,7 @@ def zoo_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monke
     monkeypatch.setenv("BACKBONE_ZOO_CACHE", str(paths.zoo_cache))
     monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
     monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.delenv(PASS_ENV, raising=False)  # a pinned extraction pass must not leak in either
     if hf_constants is not None:
         monkeypatch.setattr(hf_constants, "HF_HOME", str(paths.hf_home))
         monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(paths.hf_hub_cache))

@@ -22,7 +22,6 @@ logits in the order of ``classes``; the sidecar spells the preprocessing out.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -39,6 +38,7 @@ from . import __version__
 from . import data as zdata
 from .errors import ZooError
 from .inference import ZooClassifier, checkpoint_path, load
+from .onnxgraph import onnx_bytes
 from .util import atomic_write_bytes, atomic_write_text
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
@@ -208,24 +208,14 @@ class Exported:
 
 def _onnx(clf: ZooClassifier, example: torch.Tensor) -> Exported:
     """The ONNX file (torch.export-based exporter, dynamic batch) and an onnxruntime session over it."""
-    try:
-        import onnx  # noqa: F401 - the exporter needs both; fail here with the install line
-        import onnxscript  # noqa: F401
-    except ImportError as exc:
-        raise ZooError(f"ONNX export needs the onnx and onnxscript packages ({exc.name} is missing): "
-                       "pip install 'backbone-zoo[export]'") from None
     size = sum(p.numel() * p.element_size() for p in clf.model.parameters())
     if size > _ONNX_MAX_BYTES:
         raise ZooError(f"{clf.backbone}: {size / 2**30:.1f} GiB of weights do not fit one ONNX file (2 GiB); "
                        "use --format torchscript")
-    noise = io.StringIO()
-    try:  # the exporter prints its steps and, on failure, the whole graph: keep them out of the log
-        with contextlib.redirect_stdout(noise), contextlib.redirect_stderr(noise), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(clf.model, (example,), dynamo=True, verbose=False, input_names=["input"],
-                                        output_names=["logits"],
-                                        dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
-            blob = program.model_proto.SerializeToString()
+    try:
+        blob = onnx_bytes(clf.model, example, input_name="input", output_name="logits")
+    except ZooError:
+        raise
     except Exception as exc:  # noqa: BLE001 - torch.export raises many kinds; all mean "cannot export"
         raise _cannot_export(clf.backbone, "onnx", exc) from exc
     try:

@@ -8,12 +8,15 @@ A faster inference pass is never trusted blindly: ``precision_candidates("auto",
 ``auto`` tries (the resolved low precision first, fp32 as the fallback), and :func:`check_pass` accepts
 a pass only when its output on the first batch is finite and within :data:`PASS_TOLERANCE` of eager
 fp32 (feature extraction, :mod:`zoo_core.cache.passes`, applies it). ``pass_candidates`` adds the pass
-modes: each precision BatchNorm-folded first, eager last.
+modes: each precision BatchNorm-folded, eager last, and for ``auto`` on a CPU with enough images
+(:data:`ONNX_MIN_IMAGES`, :func:`onnx_pays_back`) the backbone in ONNX Runtime, int8 first and fp32 before
+the first fp32 pass; ``$BACKBONE_ZOO_PASS`` (:data:`PASS_ENV`) pins one mode.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import sys
 from dataclasses import dataclass
@@ -155,19 +158,83 @@ def precision_candidates(precision: str, device: str | torch.device) -> list[str
 FOLD = "bnfold"
 """The pass mode that folds eval-mode BatchNorm into the preceding convolution (:mod:`zoo_core.cache.passes`)."""
 
-PASS_MODES = (FOLD, "eager")
-"""The pass modes extraction tries, preferred first; part of every feature cache key (:func:`feature_key`)."""
+ONNX = "onnx"
+"""The pass mode that runs the backbone's features graph exported to ONNX, fp32, in ONNX Runtime (:mod:`zoo_core.cache.onnxrt`)."""
+
+INT8 = "int8"
+"""The pass mode that runs that graph statically quantized to int8 in ONNX Runtime (:mod:`zoo_core.cache.onnxrt`)."""
+
+PASS_MODES = (INT8, ONNX, FOLD, "eager")
+"""Every pass mode extraction knows, preferred first; the ones a run tries are part of its feature cache key."""
+
+PASS_ENV = "BACKBONE_ZOO_PASS"
+"""Environment variable that pins the pass mode: ``auto`` (the default policy) or one of :data:`PASS_MODES`."""
+
+ONNX_MIN_IMAGES = {"fp32": 1000, "bf16": 2500}
+"""Images from which ``auto`` tries the ONNX Runtime passes (int8, then fp32), per resolved float precision.
+
+Their setup (export to ONNX, calibration and quantization, sessions: 7–10 s for a ResNet-18 on 2 cores)
+pays back from about 450 images against the folded fp32 pass and about 1,300 against folded bf16 (int8
+runs 3.7× and 1.9× as fast there; README "Performance", ``benchmarks/pass_modes.py``); the thresholds
+leave a margin of about two.
+"""
+
+INT8_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+"""What the ONNX Runtime passes need (the ``export`` extra)."""
 
 
-def pass_candidates(precision: str, device: str | torch.device) -> list[tuple[str, str]]:
+def pinned_pass() -> str | None:
+    """The pass mode ``$BACKBONE_ZOO_PASS`` pins, or None for the automatic policy (unset, empty, ``auto``)."""
+    value = os.environ.get(PASS_ENV, "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value not in PASS_MODES:
+        raise ZooError(f"{PASS_ENV}={value!r} is not a pass mode; use auto, {', '.join(PASS_MODES)}")
+    return value
+
+
+def onnx_pays_back(precision: str, device: str | torch.device, n_images: int | None) -> bool:
+    """Whether ``auto`` tries the ONNX Runtime passes for ``n_images`` images on ``device`` (CPU only).
+
+    Only for ``precision="auto"``, with the packages installed (:data:`INT8_PACKAGES`) and at least
+    :data:`ONNX_MIN_IMAGES` images for the precision ``auto`` resolves to.
+    """
+    if _PRECISIONS.get(str(precision).strip().lower()) != "auto" or torch.device(device).type != "cpu":
+        return False
+    resolved = resolve_precision(precision, device)
+    if n_images is None or n_images < ONNX_MIN_IMAGES.get(resolved, sys.maxsize):
+        return False
+    from .onnxgraph import missing_packages
+
+    return not missing_packages(INT8_PACKAGES)
+
+
+def pass_candidates(precision: str, device: str | torch.device,
+                    n_images: int | None = None) -> list[tuple[str, str]]:
     """``(pass mode, precision)`` pairs to try, preferred first; the last is eager and the check's reference.
 
     Each precision of :func:`precision_candidates` is tried BatchNorm-folded first (no native bf16:
     ``[(bnfold, fp32), (eager, fp32)]``; native bf16: ``[(bnfold, bf16), (bnfold, fp32), (eager, fp32)]``);
-    explicit precisions get ``[(bnfold, P), (eager, P)]``. Folding is exact up to float rounding.
+    explicit precisions get ``[(bnfold, P), (eager, P)]``. ``auto`` on a CPU puts ``(int8, int8)`` first
+    and ``(onnx, fp32)`` before the first fp32 pass when :func:`onnx_pays_back` for ``n_images``.
+    ``$BACKBONE_ZOO_PASS`` pins one mode, tried (regardless of size and precision) before the eager
+    reference: ``int8``, ``onnx``, ``bnfold`` (each precision) or ``eager`` (the reference alone).
     """
     precisions = precision_candidates(precision, device)
-    return [(FOLD, p) for p in precisions] + [("eager", precisions[-1])]
+    reference = ("eager", precisions[-1])
+    folded = [(FOLD, p) for p in precisions]
+    pinned = pinned_pass()
+    if pinned is not None:
+        return {INT8: [(INT8, INT8)], ONNX: [(ONNX, "fp32")], FOLD: folded, "eager": []}[pinned] + [reference]
+    if not onnx_pays_back(precision, device, n_images):
+        return folded + [reference]
+    first_fp32 = precisions.index("fp32") if "fp32" in precisions else len(precisions)
+    return [(INT8, INT8)] + folded[:first_fp32] + [(ONNX, "fp32")] + folded[first_fp32:] + [reference]
+
+
+def pass_modes(precision: str, device: str | torch.device, n_images: int | None = None) -> tuple[str, ...]:
+    """The pass modes :func:`pass_candidates` tries, in order, once each: what a feature cache key records."""
+    return tuple(dict.fromkeys(mode for mode, _ in pass_candidates(precision, device, n_images)))
 
 
 @dataclass(frozen=True)

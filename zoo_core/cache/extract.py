@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from .. import data
+from .. import data, runtime
 from ..adapter import BackboneAdapter, DataConfig
 from ..distributed import DistContext, all_gather_rows, shard_range
 from ..errors import DataError, ZooError
@@ -61,6 +61,7 @@ class _Shard:
     dim: int
     precision: str  # the precision of the pass that ran
     seconds: float
+    pass_name: str = ""  # the pass that ran (ForwardPass.name: "int8", "fp32+bnfold", …)
 
 
 def open_features(key: str, model_fp: str) -> FeatureSet | None:
@@ -125,12 +126,13 @@ def extract_features(model: nn.Module, adapter: BackboneAdapter, dataset: Datase
     alloc = partial(_buffer, writer, n) if not ctx.enabled else partial(_buffer, None, len(rows))
     try:
         with inference_setup(model, dev), progress_bar(len(rows), desc, progress) as bar:
-            shard = _run_shard(model, adapter, dev, precision, data_config, batches, rows, ctx, bar.update, alloc)
+            shard = _run_shard(model, adapter, dev, precision, data_config, batches, rows, ctx, bar.update, alloc,
+                               n_images=n)
         feats, labels = _gather(ctx, shard, n, writer, want=hit is None)
         if ctx.is_main:
             log.info("extracted %d × %d features%s in %.1fs (%.1f img/s, %s, %s)", n, shard.dim,
                      f" on {ctx.world_size} ranks" if ctx.enabled else "", shard.seconds,
-                     n / max(shard.seconds, 1e-9), shard.precision, dev)
+                     n / max(shard.seconds, 1e-9), shard.pass_name, dev)
         if writer is not None:
             feats = _commit(writer, key, shard, labels, model_fp, dev, ctx)
     except BaseException:
@@ -148,8 +150,8 @@ def extract_features(model: nn.Module, adapter: BackboneAdapter, dataset: Datase
         log.warning("rank %d cannot read the feature cache entry rank 0 wrote (%s); extracting locally",
                     ctx.rank, entry_dir("features", str(key)))
         return extract_features(model, adapter, dataset, data_config, key=None, batch_size=batch_size, device=dev,
-                                precision=shard.precision, num_workers=num_workers, progress=False, pixels=pixels,
-                                transform=transform)
+                                precision=precision if shard.precision == runtime.INT8 else shard.precision,
+                                num_workers=num_workers, progress=False, pixels=pixels, transform=transform)
     return FeatureSet(opened.features, opened.labels, from_cache=False, path=opened.path)
 
 
@@ -159,7 +161,8 @@ def _commit(writer: EntryWriter, key: Any, shard: _Shard, labels: np.ndarray, mo
     parts = getattr(key, "parts", {})
     final = writer.commit({
         "parts": parts, "backbone": parts.get("backbone"), "n": len(labels), "dim": shard.dim, "dtype": "float32",
-        "precision": shard.precision, "model_fingerprint": model_fp, "seconds": round(shard.seconds, 3),
+        "precision": shard.precision, "pass": shard.pass_name, "model_fingerprint": model_fp,
+        "seconds": round(shard.seconds, 3),
         "device": str(dev), **({"world_size": ctx.world_size} if ctx.enabled else {})}, labels)
     shard.features = None  # drop the write map (world size 1); hand out the committed file instead
     return np.load(final / "features.npy", mmap_mode="c")
@@ -204,8 +207,11 @@ def _buffer(writer: EntryWriter | None, n: int, dim: int) -> np.ndarray:
 
 def _run_shard(model: nn.Module, adapter: BackboneAdapter, dev: torch.device, precision: str,
                data_config: DataConfig, batches: Batches, rows: range, ctx: DistContext,
-               advance: Callable[[int], Any], alloc: Callable[[int], np.ndarray]) -> _Shard:
-    """Run the chosen pass over this rank's batches, streaming its rows into ``alloc(D)``."""
+               advance: Callable[[int], Any], alloc: Callable[[int], np.ndarray], *, n_images: int) -> _Shard:
+    """Run the chosen pass over this rank's batches, streaming its rows into ``alloc(D)``.
+
+    ``n_images`` (all ranks' rows) is what decides which passes are worth trying (``pass_candidates``).
+    """
     def prepare(x: torch.Tensor) -> torch.Tensor:
         x = data.normalize(x.to(dev, non_blocking=True), data_config)
         return x.contiguous(memory_format=torch.channels_last)
@@ -214,7 +220,7 @@ def _run_shard(model: nn.Module, adapter: BackboneAdapter, dev: torch.device, pr
     it = iter(batches)
     first = next(it, None)
     x0 = prepare(first[0]) if first is not None else None
-    fwd, f0 = choose_pass(candidate_passes(model, adapter, dev, precision), x0, ctx,
+    fwd, f0 = choose_pass(candidate_passes(model, adapter, dev, precision, n_images), x0, ctx,
                           str(precision).strip().lower())
     out: np.ndarray | None = None
     labels = np.empty(len(rows), dtype=np.int64)
@@ -237,7 +243,7 @@ def _run_shard(model: nn.Module, adapter: BackboneAdapter, dev: torch.device, pr
         shard = f" shard {rows.start}–{rows.stop}" if ctx.enabled else ""
         raise DataError(f"the dataset{shard} yielded {i} items but has length {len(rows)}")
     dim = int(out.shape[1]) if out is not None else 0
-    return _Shard(out, labels, dim, fwd.precision, time.perf_counter() - t0)
+    return _Shard(out, labels, dim, fwd.precision, time.perf_counter() - t0, fwd.name)
 
 
 def _gather(ctx: DistContext, shard: _Shard, n: int, writer: EntryWriter | None,

@@ -89,8 +89,9 @@ def feature_key(*, backbone: str, weights: str | os.PathLike | None, data_config
     :param weights: ``"DEFAULT"``, ``None``/``"None"``, a weight tag, or a local checkpoint path (its
         contents are hashed, so an overwritten file misses).
     :param precision: the *resolved* precision (``resolve_precision(...)``), not ``"auto"``.
-    :param pass_modes: the pass modes extraction tries (``runtime.PASS_MODES``), so entries made by
-        another way of running the backbone never mix.
+    :param pass_modes: the pass modes extraction tries, ``runtime.pass_modes(requested precision, device,
+        number of images)`` (what a training run passes; the default names every mode), so entries made
+        under another pass policy (say ``auto`` with int8 against an explicit ``fp32``) never mix.
     """
     parts = {
         "format": FORMAT_VERSION, "kind": "features", "backbone": backbone,

@@ -1,15 +1,18 @@
 """How the backbone runs during extraction: the model preparation and the candidate forward passes.
 
 A :class:`ForwardPass` turns a prepared (normalised, channels-last) batch into float32 features. The
-passes are eager ones per precision (:func:`eager_pass`) and the same with BatchNorm folded into the
-preceding convolutions (:func:`folded_pass`); :func:`candidate_passes` lists them, preferred first,
-with eager fp32 last (for ``auto``), and :func:`choose_pass` keeps the first whose features on the
-first batch pass :func:`zoo_core.runtime.check_pass` against eager fp32.
+passes are eager ones per precision (:func:`eager_pass`), the same with BatchNorm folded into the
+preceding convolutions (:func:`folded_pass`), and the backbone's features graph in ONNX Runtime, fp32
+(:func:`onnx_pass`) or int8-quantized (:func:`int8_pass`, :mod:`.onnxrt`); :func:`candidate_passes`
+lists the ones :func:`runtime.pass_candidates` names, preferred first, with eager fp32 last (for
+``auto``), and :func:`choose_pass` keeps the first whose features on the first batch pass
+:func:`zoo_core.runtime.check_pass` against eager fp32 (one that raises is dropped, with its reason).
 
-Adding a pass mode (``torch.compile``, int8, an inference runtime): write a builder
-``(model, adapter, device, precision) -> ForwardPass`` that prepares its own model (leaving the
-caller's untouched) and put it into ``_BUILDERS`` and :func:`runtime.pass_candidates` ahead of the
-eager passes; the check against eager fp32 and the fallback come for free.
+Adding a pass mode (``torch.compile``, another runtime): write a builder
+``(model, adapter, device, precision) -> ForwardPass`` that prepares its own model on the first batch it
+runs (leaving the caller's untouched) and put it into ``_BUILDERS``, :data:`runtime.PASS_MODES` and
+:func:`runtime.pass_candidates` ahead of the eager passes; the check against eager fp32 and the fallback
+come for free.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from torch import nn
 from .. import runtime
 from ..adapter import BackboneAdapter
 from ..distributed import DistContext
+from . import onnxrt
 
 log = logging.getLogger(__name__)
 
@@ -150,18 +154,52 @@ def folded_pass(model: nn.Module, adapter: BackboneAdapter, device: torch.device
     return ForwardPass(f"{precision}+{runtime.FOLD}", precision, run)
 
 
-_BUILDERS: dict[str, Callable[[nn.Module, BackboneAdapter, torch.device, str], ForwardPass]] = {
-    "eager": eager_pass, runtime.FOLD: folded_pass}  # pass mode → builder (runtime.pass_candidates names them)
+def _session_pass(name: str, precision: str, graph: onnxrt.OnnxGraph, device: torch.device,
+                  int8: bool) -> ForwardPass:
+    """A pass running ``graph`` in an ONNX Runtime session made on the first batch it runs."""
+    sessions: list[Any] = []
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if not sessions:
+            sessions.append(graph.session(x, int8=int8))
+        return torch.from_numpy(sessions[0].run(None, {"input": onnxrt.as_input(x)})[0]).to(device)
+
+    return ForwardPass(name, precision, run)
+
+
+def onnx_pass(model: nn.Module, adapter: BackboneAdapter, device: torch.device, precision: str, *,
+              graph: onnxrt.OnnxGraph | None = None) -> ForwardPass:
+    """``model``'s features exported to ONNX and run in ONNX Runtime on the CPU, fp32 (:mod:`.onnxrt`).
+
+    ``graph`` shares one export with the int8 pass; ``precision`` is not used (the graph computes in fp32).
+    """
+    return _session_pass(runtime.ONNX, "fp32", graph or onnxrt.OnnxGraph(model, adapter), device, int8=False)
+
+
+def int8_pass(model: nn.Module, adapter: BackboneAdapter, device: torch.device, precision: str, *,
+              graph: onnxrt.OnnxGraph | None = None) -> ForwardPass:
+    """``model``'s features int8-quantized in ONNX Runtime on the CPU (:mod:`.onnxrt`), calibrated on the
+    first batch it runs; ``graph`` shares one export with the fp32 ONNX pass, ``precision`` is not used."""
+    return _session_pass(runtime.INT8, runtime.INT8, graph or onnxrt.OnnxGraph(model, adapter), device, int8=True)
+
+
+_BUILDERS: dict[str, Callable[..., ForwardPass]] = {
+    "eager": eager_pass, runtime.FOLD: folded_pass, runtime.ONNX: onnx_pass, runtime.INT8: int8_pass,
+}  # pass mode → builder (model, adapter, device, precision) (runtime.pass_candidates names them)
+_SHARE_GRAPH = (runtime.INT8, runtime.ONNX)  # modes whose builders take one shared ``graph=``
 
 
 def candidate_passes(model: nn.Module, adapter: BackboneAdapter, device: torch.device,
-                     precision: str) -> list[ForwardPass]:
-    """The passes to try for ``precision``, preferred first (see :func:`runtime.pass_candidates`).
+                     precision: str, n_images: int | None = None) -> list[ForwardPass]:
+    """The passes to try for ``precision`` and ``n_images`` images, preferred first (see
+    :func:`runtime.pass_candidates`).
 
     Every pass but the last is checked on the first batch against the last (eager, in the last
     candidate precision: fp32 for ``auto``), the reference and the fallback.
     """
-    return [_BUILDERS[mode](model, adapter, device, p) for mode, p in runtime.pass_candidates(precision, device)]
+    graph = onnxrt.OnnxGraph(model, adapter)  # exported at most once, only if an ONNX Runtime pass runs
+    return [_BUILDERS[mode](model, adapter, device, p, **({"graph": graph} if mode in _SHARE_GRAPH else {}))
+            for mode, p in runtime.pass_candidates(precision, device, n_images)]
 
 
 def choose_pass(passes: list[ForwardPass], x: torch.Tensor | None, ctx: DistContext,
@@ -169,7 +207,7 @@ def choose_pass(passes: list[ForwardPass], x: torch.Tensor | None, ctx: DistCont
     """The pass to use and, when computed on the way, its features of the first batch ``x``.
 
     With one candidate it is used unchecked. Otherwise each earlier candidate is checked against the
-    last (eager fp32) on ``x`` and the first accepted wins; a rank without a batch (``x=None``) accepts
+    last (eager fp32) on ``x`` and the first accepted wins (one that raises is dropped with a warning); a rank without a batch (``x=None``) accepts
     the first. Every rank of ``ctx`` gets the same pass: the latest of the ranks' choices.
     """
     if len(passes) == 1:
@@ -180,7 +218,12 @@ def choose_pass(passes: list[ForwardPass], x: torch.Tensor | None, ctx: DistCont
         choice = last = len(passes) - 1
         computed[last] = exact = passes[last].run(x)
         for i, p in enumerate(passes[:last]):
-            computed[i] = p.run(x)
+            try:
+                computed[i] = p.run(x)
+            except Exception as exc:  # noqa: BLE001 - a faster pass that cannot run is dropped, never fatal
+                log.warning("precision %s: %s pass failed (%s); using %s", requested, p.name, _reason(exc),
+                            passes[i + 1].name)
+                continue
             verdict = runtime.check_pass(computed[i], exact, p.name)
             if verdict.accepted:
                 log.info("precision %s: %s", requested, verdict.message)
@@ -192,3 +235,11 @@ def choose_pass(passes: list[ForwardPass], x: torch.Tensor | None, ctx: DistCont
         log.info("precision %s: another rank rejected %s; using %s", requested, passes[choice].name,
                  passes[agreed].name)
     return passes[agreed], computed.get(agreed)
+
+
+def _reason(exc: BaseException) -> str:
+    """``Type: first line`` of the innermost cause of ``exc``, for a one-line log message."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[0][:200] if lines else 'no message'}"

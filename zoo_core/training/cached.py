@@ -21,7 +21,7 @@ from ..adapter import BackboneAdapter, DataConfig
 from ..distributed import DistContext
 from ..errors import TrainingError
 from ..freezing import count_parameters
-from ..runtime import resolve_precision
+from ..runtime import pass_modes, resolve_precision
 from . import report, steps
 from .checkpoint import checkpoint
 from .config import TrainConfig
@@ -40,16 +40,17 @@ def split_features(cfg: TrainConfig, split: Any, name: str, model: nn.Module, ad
     the evaluation view, of the images ``rows`` (a subsample that depends only on the split: it is in the key
     by its size), under a key of their own."""
     part = name if view is None else f"{name}+{view}-view" + ("" if rows is None else f"@{len(rows)}")
-    key = None
-    if cfg.cache_features:
-        key = cache.feature_key(backbone=cfg.backbone, weights=str(cfg.weights), data_config=data_cfg,
-                                fingerprint=split.fingerprint, split=part, precision=resolve_precision(cfg.precision, device))
     images, transform, pixels = getattr(split, name), None, None
     if view is not None:
         images = images if rows is None else Subset(images, list(rows))
         images = zaug.SeededView(images, zaug.check_view(data_cfg, view), zaug.VIEW_SEED)
         transform = zaug.as_is
-    elif key is None or not (cache.cache_root() / "features" / key).is_dir():  # a hit needs no pixels
+    key = None
+    if cfg.cache_features:
+        key = cache.feature_key(backbone=cfg.backbone, weights=str(cfg.weights), data_config=data_cfg,
+                                fingerprint=split.fingerprint, split=part, precision=resolve_precision(cfg.precision, device),
+                                pass_modes=pass_modes(cfg.precision, device, len(images)))
+    if view is None and (key is None or not (cache.cache_root() / "features" / key).is_dir()):  # a hit: no pixels
         pixels = shared_pixels(cfg, split, name, data_cfg, ctx, quiet=quiet)
     return cache.extract_features(model, adapter, images, data_cfg, key=key, batch_size=cfg.batch_size,
                                   device=device, precision=cfg.precision, pixels=pixels, transform=transform,
