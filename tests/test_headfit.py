@@ -335,7 +335,8 @@ def probe_runs(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
         for name in ("train", "val"):
             key = cache.feature_key(backbone="resnet18", weights=str(ckpt), data_config=dc,
                                     fingerprint=split.fingerprint, split=name,
-                                    precision=runtime.resolve_precision("auto", "cpu"))
+                                    precision=runtime.resolve_precision("auto", "cpu"),
+                                    pass_modes=runtime.pass_modes("auto", "cpu", len(getattr(split, name))))
             fx[name] = cache.extract_features(model, adapter, getattr(split, name), dc, key=key, progress=False)
             assert fx[name].from_cache, "the probe must use the trainer's cached features"
         xtr, ytr = fx["train"].features.numpy(), fx["train"].labels.numpy()
