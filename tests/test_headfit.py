@@ -19,7 +19,7 @@ from PIL import Image
 
 import zoo_core
 from zoo_core.errors import DataError
-from zoo_core.headfit import DEFAULT_C_GRID, HeadFit, fit_linear_head, stratified_split
+from zoo_core.headfit import DEFAULT_C_GRID, HeadFit, fit_linear_head, objective, stratified_split
 from zoo_core.headfit import grid as headfit_grid
 from zoo_core.headfit.precond import LowRank, Precond, correlation
 from zoo_core.headfit.split import stratified_subsample
@@ -217,6 +217,31 @@ def test_converges_on_badly_conditioned_features() -> None:
     assert fit.info["refit"]["optimality"] < 0.05 or fit.info["refit"]["stop"] != "max_iter"
 
 
+def nearly_dead_channel(n: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
+    """Overlapping blobs plus a channel that is almost dead on the training rows (std ~1e-5, the others ~1)
+    and happens to track class 0 there: a pooled CNN feature of a far domain."""
+    x, y = blobs(n=n, d=16, k=3, spread=1.0, seed=3)
+    g = torch.Generator().manual_seed(4)
+    x[:, 15] = 1e-5 * (y == 0).float() + 1e-7 * torch.randn(n, generator=g)
+    return x, y
+
+
+@pytest.mark.parametrize("floor", [objective.STD_FLOOR, 0.0])
+def test_a_nearly_dead_feature_cannot_blow_up_an_unseen_images_logits(
+        floor: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(objective, "STD_FLOOR", floor)
+    x, y = nearly_dead_channel()
+    fit = fit_linear_head(x, y, 3, seed=0)
+    awake = x[:20].clone()
+    awake[:, 15] = 1.0  # the channel wakes up on images unlike the training set
+    logits = awake @ fit.weight.T + fit.bias
+    if floor:
+        assert float(logits.abs().max()) < 50 and fit.info["std_floor"].startswith(str(floor))
+        assert float(fit.weight[:, 15].abs().max()) < 100
+    else:  # the plain standardisation this guards against: the channel's raw weight is enormous
+        assert float(logits.abs().max()) > 1000
+
+
 def test_one_class_fits_only_the_bias() -> None:
     x = torch.randn(20, 4)
     fit = fit_linear_head(x, torch.zeros(20, dtype=torch.long), 1)
@@ -276,8 +301,8 @@ def make_overlap_folder(root: Path) -> Path:
 
 
 def sklearn_probe(xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
-    """The tuned scikit-learn linear probe under the same protocol: standardised features, the same
-    stratified inner split and C grid, the same rule (lowest inner-val loss among the C values within one
+    """The tuned scikit-learn linear probe under the same protocol: standardised features (each std floored
+    at ``STD_FLOOR`` x the median, as ours), the same stratified inner split and C grid, the same rule (lowest inner-val loss among the C values within one
     standard error of the best inner-val accuracy), then a refit on all training features."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
@@ -285,6 +310,8 @@ def sklearn_probe(xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray, seed: int) 
     from threadpoolctl import threadpool_limits
 
     scaler = StandardScaler().fit(xtr)
+    std = xtr.std(0)
+    scaler.scale_ = np.maximum(scaler.scale_, objective.STD_FLOOR * np.median(std[std > 1e-7 * std.max()]))
     z, zva = scaler.transform(xtr), scaler.transform(xva)
     tr, va = (i.numpy() for i in stratified_split(torch.as_tensor(ytr), K, 0.2, seed))
     scores = []

