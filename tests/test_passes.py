@@ -166,3 +166,32 @@ def test_extraction_drops_int8_for_the_onnx_pass_when_it_is_too_far_and_records_
     assert meta["pass"] == "onnx" and meta["precision"] == "fp32" and meta["parts"]["pass"] == "int8+onnx+bnfold+eager"
     ref = cache.extract_features(model, adapter, ds, dc, batch_size=8, precision="fp32", num_workers=0, progress=False)
     torch.testing.assert_close(fs.features, ref.features, atol=1e-4, rtol=1e-4)
+
+
+def test_the_pass_is_checked_once_per_model_and_weights(monkeypatch, caplog):
+    """The second split (or a check view) of the same backbone reuses the verdict: no second check, no warning
+    repeated; other weights are checked again."""
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    model, adapter, _ = _model()
+    dc = DataConfig(input_size=(3, 32, 32))
+    checks = []
+    real_check = runtime.check_pass
+    monkeypatch.setattr(runtime, "check_pass", lambda *a, **k: checks.append(a[2]) or real_check(*a, **k))
+
+    def extract(seed: int) -> cache.FeatureSet:
+        ds = FakeData(size=10, image_size=(3, 40, 40), num_classes=3, random_offset=seed)
+        key = feature_key(backbone="resnet18", weights=None, data_config=dc, fingerprint=f"f{seed}", split="train",
+                          precision="fp32", pass_modes=runtime.pass_modes("auto", "cpu", len(ds)))
+        return cache.extract_features(model, adapter, ds, dc, key=key, batch_size=4, precision="auto",
+                                      num_workers=0, progress=False)
+
+    first = extract(1)
+    assert checks == ["fp32+bnfold"]
+    second = extract(2)
+    assert checks == ["fp32+bnfold"]  # the same model and weights: the verdict is reused
+    assert json.loads((second.path / "meta.json").read_text())["pass"] == "fp32+bnfold"
+    assert not torch.equal(first.features, second.features)
+    with torch.no_grad():
+        model.layer4[0].conv1.weight.mul_(1.5)  # other weights: checked again
+    extract(3)
+    assert checks == ["fp32+bnfold", "fp32+bnfold"]

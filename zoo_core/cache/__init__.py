@@ -50,12 +50,12 @@ from .keys import (
     pixel_key,
     weights_identity,
 )
-from .passes import ForwardPass, candidate_passes, choose_pass
+from .passes import ForwardPass, candidate_passes, choose_pass, choose_pass_once
 from .pixels import PixelCache
 from .store import KINDS, cache_summary, clear_cache
 
 __all__ = [
     "FORMAT_VERSION", "KINDS", "FeatureKey", "FeatureSet", "ForwardPass", "PixelCache", "cache_root",
-    "cache_summary", "candidate_passes", "choose_pass", "clear_cache", "extract_features", "feature_key",
+    "cache_summary", "candidate_passes", "choose_pass", "choose_pass_once", "clear_cache", "extract_features", "feature_key",
     "model_fingerprint", "open_features", "pixel_key", "weights_identity",
 ]

@@ -25,7 +25,7 @@ from ..adapter import BackboneAdapter, DataConfig
 from ..distributed import DistContext, all_gather_rows, shard_range
 from ..errors import DataError, ZooError
 from .keys import FeatureKey, model_fingerprint
-from .passes import candidate_passes, choose_pass, inference_setup
+from .passes import candidate_passes, choose_pass_once, inference_setup
 from .pixels import PixelCache
 from .store import EntryWriter, entry_dir, labels_array, open_entry, progress_bar
 
@@ -127,7 +127,7 @@ def extract_features(model: nn.Module, adapter: BackboneAdapter, dataset: Datase
     try:
         with inference_setup(model, dev), progress_bar(len(rows), desc, progress) as bar:
             shard = _run_shard(model, adapter, dev, precision, data_config, batches, rows, ctx, bar.update, alloc,
-                               n_images=n)
+                               n_images=n, state=f"{model_fp}@{dev}" if model_fp else "")
         feats, labels = _gather(ctx, shard, n, writer, want=hit is None)
         if ctx.is_main:
             log.info("extracted %d × %d features%s in %.1fs (%.1f img/s, %s, %s)", n, shard.dim,
@@ -207,10 +207,12 @@ def _buffer(writer: EntryWriter | None, n: int, dim: int) -> np.ndarray:
 
 def _run_shard(model: nn.Module, adapter: BackboneAdapter, dev: torch.device, precision: str,
                data_config: DataConfig, batches: Batches, rows: range, ctx: DistContext,
-               advance: Callable[[int], Any], alloc: Callable[[int], np.ndarray], *, n_images: int) -> _Shard:
+               advance: Callable[[int], Any], alloc: Callable[[int], np.ndarray], *, n_images: int,
+               state: str = "") -> _Shard:
     """Run the chosen pass over this rank's batches, streaming its rows into ``alloc(D)``.
 
-    ``n_images`` (all ranks' rows) is what decides which passes are worth trying (``pass_candidates``).
+    ``n_images`` (all ranks' rows) is what decides which passes are worth trying (``pass_candidates``);
+    ``state`` (the model's fingerprint and device) lets a later split reuse the pass checked on this one.
     """
     def prepare(x: torch.Tensor) -> torch.Tensor:
         x = data.normalize(x.to(dev, non_blocking=True), data_config)
@@ -220,8 +222,8 @@ def _run_shard(model: nn.Module, adapter: BackboneAdapter, dev: torch.device, pr
     it = iter(batches)
     first = next(it, None)
     x0 = prepare(first[0]) if first is not None else None
-    fwd, f0 = choose_pass(candidate_passes(model, adapter, dev, precision, n_images), x0, ctx,
-                          str(precision).strip().lower())
+    fwd, f0 = choose_pass_once(model, state, candidate_passes(model, adapter, dev, precision, n_images), x0, ctx,
+                               str(precision).strip().lower())
     out: np.ndarray | None = None
     labels = np.empty(len(rows), dtype=np.int64)
     i = 0

@@ -7,6 +7,8 @@ preceding convolutions (:func:`folded_pass`), and the backbone's features graph 
 lists the ones :func:`runtime.pass_candidates` names, preferred first, with eager fp32 last (for
 ``auto``), and :func:`choose_pass` keeps the first whose features on the first batch pass
 :func:`zoo_core.runtime.check_pass` against eager fp32 (one that raises is dropped, with its reason).
+:func:`choose_pass_once` remembers that verdict per model and weights, so the next split (or the
+augmentation check's views) of the same backbone skips the check and its extra passes.
 
 Adding a pass mode (``torch.compile``, another runtime): write a builder
 ``(model, adapter, device, precision) -> ForwardPass`` that prepares its own model on the first batch it
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -235,6 +238,28 @@ def choose_pass(passes: list[ForwardPass], x: torch.Tensor | None, ctx: DistCont
         log.info("precision %s: another rank rejected %s; using %s", requested, passes[choice].name,
                  passes[agreed].name)
     return passes[agreed], computed.get(agreed)
+
+
+_VERDICTS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, ...], str]] = weakref.WeakKeyDictionary()
+
+
+def choose_pass_once(model: nn.Module, state: str, passes: list[ForwardPass], x: torch.Tensor | None,
+                     ctx: DistContext, requested: str) -> tuple[ForwardPass, torch.Tensor | None]:
+    """:func:`choose_pass`, checked once per ``model`` object and ``state`` (its weights' fingerprint and
+    the device; ``""``: always check): a later call with the same candidates takes the pass chosen then.
+
+    Every rank makes the same calls in the same order, so the ranks skip the check together.
+    """
+    key = (state, requested, *(p.name for p in passes))
+    if state and key in _VERDICTS.get(model, {}):
+        name = _VERDICTS[model][key]
+        chosen = next(p for p in passes if p.name == name)
+        log.debug("precision %s: %s, as chosen on an earlier split of this model", requested, name)
+        return chosen, None
+    fwd, f0 = choose_pass(passes, x, ctx, requested)
+    if state:
+        _VERDICTS.setdefault(model, {})[key] = fwd.name
+    return fwd, f0
 
 
 def _reason(exc: BaseException) -> str:
