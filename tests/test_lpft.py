@@ -19,6 +19,7 @@ from test_trainer import FAST, TIMING, assert_same_state, interrupt_at, no_plots
 
 import zoo_core
 from zoo_core import augment as zaug
+from zoo_core.comparison import leaderboard
 from zoo_core.rundir import load_checkpoint
 from zoo_core.training import cached, config, steps
 from zoo_core.training import probe as lpft
@@ -158,6 +159,10 @@ def test_a_compare_that_runs_feature_extraction_gives_the_probe_its_features(tmp
     assert probe["features_from_cache"]  # extracted once, by the feature-extraction entry
     fe = next(e for e in board.entries if e.strategy == "feature-extraction")
     assert probe["row"]["val_acc"] == pytest.approx(fe.val_acc, abs=1e-6)  # the same converged head fit
+    # the learning curves start the fine-tune at the probe (epoch 0); feature extraction has its one epoch
+    assert [r["epoch"] for r in leaderboard.curve(ft)] == [0] + [r["epoch"] for r in ft.history]
+    assert leaderboard.curve(ft)[0]["val_acc"] == probe["row"]["val_acc"]
+    assert [r["epoch"] for r in leaderboard.curve(fe)] == [1]
 
 
 def test_default_finetune_is_not_below_feature_extraction_on_data_that_needs_adaptation(tmp_path: Path) -> None:

@@ -188,6 +188,19 @@ def cell(key: str, row: dict[str, Any]) -> str:
     return str(v)
 
 
+def curve(entry: Entry) -> list[dict[str, Any]]:
+    """``entry.history`` for the learning curves, with an LP-FT run's probe (its ``config.json``) as epoch 0:
+    where fine-tuning started, so a curve that never rises above it shows that it did not pay."""
+    if not entry.run_dir:
+        return list(entry.history)
+    try:
+        probe = json.loads((Path(entry.run_dir) / "config.json").read_text()).get("probe") or {}
+    except (OSError, ValueError, AttributeError):
+        probe = {}
+    row = probe.get("row") if isinstance(probe, dict) else None
+    return ([row] if isinstance(row, dict) else []) + list(entry.history)
+
+
 def write_outputs(board: Leaderboard, split: Any) -> None:
     """``leaderboard.md``, ``.csv`` (lists space-separated), ``.json``, the plots and ``report.html``, into ``board.out_dir``."""
     out = board.out_dir
@@ -214,5 +227,5 @@ def write_outputs(board: Leaderboard, split: Any) -> None:
     plots.scatter(points, "params", "acc", out / "accuracy_vs_params.png", xlabel="parameters (log)",
                   ylabel="validation top-1 (95 % interval)", title="accuracy vs model size", logx=True,
                   yerr=interval)
-    plots.curves_overlay({e.label: e.history for e in ok}, out / "learning_curves.png")
+    plots.curves_overlay({e.label: curve(e) for e in ok}, out / "learning_curves.png")
     html_report.write_report(out)  # report.html: the files above and the run directories, in one page

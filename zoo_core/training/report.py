@@ -212,7 +212,8 @@ def write_outputs(state: RunState, result: TrainResult, val: ValPredictions) -> 
         "per_class": table, "confusion_matrix": matrix, "classes": classes, "random_init": cfg.weights is None,
         "tensorboard": None if state.log.dir is None else str(state.log.dir)})
     title = f"{cfg.backbone} [{cfg.strategy}]"
-    plots.learning_curves(history, run.file("curves.png"), title)
+    start = (result.config.get("probe") or {}).get("row")  # LP-FT: the probe is epoch 0
+    plots.learning_curves(([start] if start else []) + list(history), run.file("curves.png"), title)
     plots.confusion_matrix(matrix, classes, run.file("confusion.png"), f"{title} — validation")
     plots.top_losses(worst_images(state.split.val, rows), run.file("top_losses.png"), f"{title} — top losses")
     if state.head_fit and history:  # the converged head fit's one "epoch" never went through the loop
