@@ -39,9 +39,11 @@ from ..stats import mcnemar_exact
 from . import cached, report
 from .setup import RunState
 
-CHECK_IMAGES = 500
+CHECK_IMAGES = 250
 """The augmentation check sees at most this many training (side probe) and validation images (a stratified,
-fixed subsample), so its cost stays small next to fine-tuning on large data."""
+fixed subsample), so its cost stays small next to fine-tuning on large data. 250 rather than 500 took LP-FT
+on 1,346 digits at 224 px from 1.49x to 1.32x the old fine-tune's wall time with the same verdicts (crop
+-19 points, p=1e-11; flip -52 points, p=4e-31)."""
 
 SIGNIFICANCE = 0.05
 """An augmentation is dropped only when its drop is also significant at this level (exact McNemar)."""
