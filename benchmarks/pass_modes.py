@@ -63,6 +63,7 @@ from zoo_core.adapter import BackboneAdapter, DataConfig  # noqa: E402
 from zoo_core.distributed import DistContext  # noqa: E402
 
 passes = importlib.import_module("zoo_core.cache.passes")
+onnxrt = importlib.import_module("zoo_core.cache.onnxrt")
 CPU = torch.device("cpu")
 Run = Callable[[torch.Tensor], torch.Tensor]
 
@@ -87,15 +88,7 @@ def normalised_batches(n: int, batch: int, size: int) -> list[torch.Tensor]:
 
 
 # ---- the modes ---------------------------------------------------------------------------------------
-class Features(nn.Module):
-    """``adapter.features(model, x)`` as a module (what the exporters and compilers trace)."""
-
-    def __init__(self, model: nn.Module, adapter: BackboneAdapter) -> None:
-        super().__init__()
-        self.model, self.adapter = model, adapter
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.adapter.features(self.model, x)
+Features = onnxrt.FeaturesModule  # adapter.features(model, x) as a module: what the exporters and compilers trace
 
 
 def _exported(model: nn.Module, adapter: BackboneAdapter, x: torch.Tensor) -> nn.Module:

@@ -44,7 +44,7 @@ them raise the peak memory of extraction; the check on the whole first batch jud
 _ONNX_MAX_BYTES = 2 * 1024**3 - 2**24  # protobuf's limit for one ONNX file, less room for the graph
 
 
-class _Features(nn.Module):
+class FeaturesModule(nn.Module):
     """``adapter.features(model, x)`` as a module, so the exporter traces exactly what the head reads."""
 
     def __init__(self, model: nn.Module, adapter: BackboneAdapter) -> None:
@@ -92,7 +92,7 @@ class OnnxGraph:
         example = torch.from_numpy(as_input(x[:2])).expand(2, *x.shape[1:])  # 2: torch.export fixes a size 1
         folder = Path(tempfile.mkdtemp(prefix="zoo-onnx-"))
         weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)
-        save_onnx(_Features(self.model, self.adapter), example, folder / "float.onnx", output_name="features")
+        save_onnx(FeaturesModule(self.model, self.adapter), example, folder / "float.onnx", output_name="features")
         self._dir = folder
         return folder / "float.onnx"
 
