@@ -60,7 +60,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from zoo_core import registry, runtime  # noqa: E402
 from zoo_core.adapter import BackboneAdapter, DataConfig  # noqa: E402
+from zoo_core.comparison.measure import hwm_mb  # noqa: E402
 from zoo_core.distributed import DistContext  # noqa: E402
+from zoo_core.onnxgraph import missing_packages  # noqa: E402
 
 passes = importlib.import_module("zoo_core.cache.passes")
 onnxrt = importlib.import_module("zoo_core.cache.onnxrt")
@@ -100,7 +102,7 @@ def _exported(model: nn.Module, adapter: BackboneAdapter, x: torch.Tensor) -> nn
 
 
 def _autocast(bf16: bool) -> contextlib.AbstractContextManager:
-    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    return runtime.autocast(CPU, "bf16" if bf16 else "fp32")
 
 
 def compile_mode(bf16: bool) -> Callable[[nn.Module, BackboneAdapter, torch.Tensor], Run]:
@@ -194,8 +196,7 @@ MODES: dict[str, tuple[Callable[..., Run], bool, tuple[str, ...], bool]] = {
 }
 
 
-def missing(packages: tuple[str, ...]) -> list[str]:
-    return [p for p in packages if importlib.util.find_spec(p) is None]
+missing = missing_packages  # the packages of a tuple that are not installed here
 
 
 def plain_step(model: nn.Module, batch: int) -> Run:
@@ -426,9 +427,7 @@ def child_peak(mode: str, images: int, batch: int) -> dict[str, Any]:
         run = MODES[mode][0](model, adapter, batches[0])
     for b in batches:
         run(b)
-    with open("/proc/self/status") as f:
-        hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
-    return {"mode": mode, "peak_rss_mib": hwm / 1024}
+    return {"mode": mode, "peak_rss_mib": hwm_mb()}
 
 
 def memory(args: argparse.Namespace) -> dict[str, Any]:

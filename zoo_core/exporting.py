@@ -38,7 +38,7 @@ from . import __version__
 from . import data as zdata
 from .errors import ZooError
 from .inference import ZooClassifier, checkpoint_path, load
-from .onnxgraph import onnx_bytes
+from .onnxgraph import MAX_BYTES, onnx_bytes, weight_bytes
 from .util import atomic_write_bytes, atomic_write_text
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
@@ -48,7 +48,6 @@ PARITY_TOLERANCE = 1e-3
 """Largest ``max |exported - pytorch|`` logit difference accepted, relative to ``max(1, max |pytorch|)``."""
 
 PARITY_IMAGES = 8  # validation images in the parity batch
-_ONNX_MAX_BYTES = 2 * 1024**3 - 2**24  # protobuf's limit for one file, less room for the graph
 _NOISE_SEED = 0
 
 
@@ -208,8 +207,8 @@ class Exported:
 
 def _onnx(clf: ZooClassifier, example: torch.Tensor) -> Exported:
     """The ONNX file (torch.export-based exporter, dynamic batch) and an onnxruntime session over it."""
-    size = sum(p.numel() * p.element_size() for p in clf.model.parameters())
-    if size > _ONNX_MAX_BYTES:
+    size = weight_bytes(clf.model)
+    if size > MAX_BYTES:
         raise ZooError(f"{clf.backbone}: {size / 2**30:.1f} GiB of weights do not fit one ONNX file (2 GiB); "
                        "use --format torchscript")
     try:

@@ -1,7 +1,7 @@
-"""A module as an ONNX graph in memory: torch's ``torch.export``-based exporter, quiet, dynamic batch.
+"""A module as an ONNX graph, in memory or on disk: torch's ``torch.export``-based exporter, quiet, dynamic batch.
 
-Used by ``zoo export --format onnx`` (:mod:`zoo_core.exporting`) and by the int8 extraction pass
-(:mod:`zoo_core.cache.int8`). Needs the ``onnx`` and ``onnxscript`` packages (the ``export`` extra).
+Used by ``zoo export --format onnx`` (:mod:`zoo_core.exporting`) and by the ONNX Runtime extraction passes
+(:mod:`zoo_core.cache.onnxrt`). Needs the ``onnx`` and ``onnxscript`` packages (the ``export`` extra).
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ from torch import nn
 
 from .errors import ZooError
 
+MAX_BYTES = 2 * 1024**3 - 2**24
+"""Protobuf's limit for one ONNX file, less room for the graph: larger weights do not fit one file."""
+
 INSTALL_HINT = "pip install 'backbone-zoo[export]'"
 """What installs the ONNX packages (``onnx``, ``onnxscript``, ``onnxruntime``)."""
 
@@ -27,6 +30,11 @@ def missing_packages(names: tuple[str, ...] = ("onnx", "onnxscript")) -> list[st
     import importlib.util
 
     return [n for n in names if importlib.util.find_spec(n) is None]
+
+
+def weight_bytes(module: nn.Module) -> int:
+    """Bytes of ``module``'s parameters (what an ONNX file of it holds), to compare with :data:`MAX_BYTES`."""
+    return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
 @contextlib.contextmanager

@@ -34,14 +34,12 @@ from torch import nn
 from .. import runtime
 from ..adapter import BackboneAdapter
 from ..errors import ZooError
-from ..onnxgraph import INSTALL_HINT, missing_packages, quiet_loggers, save_onnx
+from ..onnxgraph import INSTALL_HINT, MAX_BYTES, missing_packages, quiet_loggers, save_onnx, weight_bytes
 
 CALIBRATION_IMAGES = 4
 """Images of the first batch that set the int8 activation ranges. The calibration keeps every intermediate
 output of every calibration image in memory (about 24 MiB per 224 px image for a ResNet-18), so more of
 them raise the peak memory of extraction; the check on the whole first batch judges the result."""
-
-_ONNX_MAX_BYTES = 2 * 1024**3 - 2**24  # protobuf's limit for one ONNX file, less room for the graph
 
 
 class FeaturesModule(nn.Module):
@@ -87,7 +85,7 @@ class OnnxGraph:
         missing = missing_packages(runtime.INT8_PACKAGES)
         if missing:
             raise ZooError(f"the ONNX Runtime passes need {', '.join(missing)}: {INSTALL_HINT}")
-        if sum(p.numel() * p.element_size() for p in self.model.parameters()) > _ONNX_MAX_BYTES:
+        if weight_bytes(self.model) > MAX_BYTES:
             raise ZooError("the weights do not fit one ONNX file (2 GiB)")
         example = torch.from_numpy(as_input(x[:2])).expand(2, *x.shape[1:])  # 2: torch.export fixes a size 1
         folder = Path(tempfile.mkdtemp(prefix="zoo-onnx-"))

@@ -210,8 +210,9 @@ def choose_pass(passes: list[ForwardPass], x: torch.Tensor | None, ctx: DistCont
     """The pass to use and, when computed on the way, its features of the first batch ``x``.
 
     With one candidate it is used unchecked. Otherwise each earlier candidate is checked against the
-    last (eager fp32) on ``x`` and the first accepted wins (one that raises is dropped with a warning); a rank without a batch (``x=None``) accepts
-    the first. Every rank of ``ctx`` gets the same pass: the latest of the ranks' choices.
+    last (eager fp32) on ``x`` and the first accepted wins (one that raises is dropped with a warning); a
+    rank without a batch (``x=None``) accepts the first. Every rank of ``ctx`` gets the same pass: the
+    latest of the ranks' choices.
     """
     if len(passes) == 1:
         return passes[0], None

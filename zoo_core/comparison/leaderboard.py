@@ -20,6 +20,7 @@ from typing import Any
 
 from .. import html_report, plots
 from ..stats import TIE_ALPHA
+from ..training.report import probe_start
 from ..util import atomic_write_text
 from ..weights import RANDOM_INIT
 
@@ -194,11 +195,10 @@ def curve(entry: Entry) -> list[dict[str, Any]]:
     if not entry.run_dir:
         return list(entry.history)
     try:
-        probe = json.loads((Path(entry.run_dir) / "config.json").read_text()).get("probe") or {}
-    except (OSError, ValueError, AttributeError):
-        probe = {}
-    row = probe.get("row") if isinstance(probe, dict) else None
-    return ([row] if isinstance(row, dict) else []) + list(entry.history)
+        record = json.loads((Path(entry.run_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        record = {}
+    return (probe_start(record) if isinstance(record, dict) else []) + list(entry.history)
 
 
 def write_outputs(board: Leaderboard, split: Any) -> None:

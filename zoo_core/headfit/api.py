@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from ..errors import DataError
+from . import objective
 from .grid import GRID_MAX_TRAIN, GridResult, search_c
-from .objective import STD_FLOOR, Problem, moments
+from .objective import Problem, moments
 from .precond import PRECOND_MAX_DIM, Correlation, LowRank, sample_correlation
 from .solver import Solve, fit_l2
 from .split import stratified_split
@@ -292,7 +293,7 @@ def fit_linear_head(x: torch.Tensor, y: torch.Tensor, num_classes: int, *, l2: f
         "class_weight": class_weight if isinstance(class_weight, str) or class_weight is None else "custom",
         "sample_weight": sample_weight is not None, "classes_without_samples": absent,
         "preconditioner": "correlation-cholesky" if use_pre else f"none (D > {PRECOND_MAX_DIM})",
-        "std_floor": f"{STD_FLOOR} x median feature std",
+        "std_floor": f"{objective.STD_FLOOR} x median feature std",  # read at call time, as moments() does
     }
     ws = torch.zeros(k, d, dtype=torch.float64, device=x.device)
     b = torch.zeros(k, dtype=torch.float64, device=x.device)

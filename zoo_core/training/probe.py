@@ -14,11 +14,12 @@ get the converged linear head (:func:`zoo_core.training.cached.converge_head`). 
   a probe's top-1 on the validation images seen through it is no more than
   :data:`zoo_core.augment.CHECK_TOLERANCE` below its top-1 without it, or the drop is not significant (exact
   McNemar test, :data:`SIGNIFICANCE`); a dropped crop is checked again as a ``mild-crop``. Crops are checked
-  with the probe above on one seeded random crop per image; flips with a *side* probe, fit on the left halves of the training images and scored on the left
-  halves of the mirrored validation images (:data:`zoo_core.augment.CHECKS` says why). A mirrored arrow
-  changes its label, a mirrored cat does not: the check finds which on the user's own data. Each view costs
-  one backbone pass over the validation images (the side probe one over the training images too), cached
-  like any other features.
+  with the probe above on one seeded random crop per image; flips with a *side* probe, fit on the left halves
+  of the training images and scored on the left halves of the mirrored validation images
+  (:data:`zoo_core.augment.CHECKS` says why). A mirrored arrow changes its label, a mirrored cat does not: the
+  check finds which on the user's own data. Each view costs one backbone pass over at most
+  :data:`CHECK_IMAGES` validation images (the side probe one over as many training images too), cached like
+  any other features.
 
 Everything here runs under a forked RNG, so a cache hit or miss does not change the run's random numbers;
 a resumed run reads its probe and its augmentation decision back from ``config.json``.

@@ -177,12 +177,19 @@ def worst_images(dataset: Any, rows: list[dict[str, Any]], k: int = TOP_LOSSES) 
     return [{**r, "load": loader(r["index"])} for r in sorted(rows, key=lambda r: (-r["loss"], r["index"]))[:k]]
 
 
+def probe_start(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """``[the probe's metrics row]`` of an LP-FT run's ``config.json`` record (its epoch 0), else ``[]``."""
+    probe = record.get("probe")
+    row = probe.get("row") if isinstance(probe, dict) else None
+    return [row] if isinstance(row, dict) else []
+
+
 def finish(state: RunState, trained: Trained, val: ValPredictions, train_seconds: float) -> TrainResult:
     """The result of the run; rank 0 writes its files (:func:`write_outputs`)."""
     cfg, run, classes = state.cfg, state.run, state.split.classes
     history, best = trained.history, trained.best
-    start = [(trained.record.get("probe") or {}).get("row") or {}]  # LP-FT: the probe is epoch 0
-    best_row = next((r for r in start + history if r.get("epoch") == best["epoch"]), history[-1] if history else {})
+    best_row = next((r for r in probe_start(trained.record) + history if r.get("epoch") == best["epoch"]),
+                    history[-1] if history else {})
     metrics = {k: best_row.get(k) for k in _METRICS if best_row.get(k) is not None}
     total, trainable = count_parameters(state.model)
     trainable = max((r.get("trainable_params", 0) for r in history), default=trainable)
@@ -212,8 +219,7 @@ def write_outputs(state: RunState, result: TrainResult, val: ValPredictions) -> 
         "per_class": table, "confusion_matrix": matrix, "classes": classes, "random_init": cfg.weights is None,
         "tensorboard": None if state.log.dir is None else str(state.log.dir)})
     title = f"{cfg.backbone} [{cfg.strategy}]"
-    start = (result.config.get("probe") or {}).get("row")  # LP-FT: the probe is epoch 0
-    plots.learning_curves(([start] if start else []) + list(history), run.file("curves.png"), title)
+    plots.learning_curves(probe_start(result.config) + list(history), run.file("curves.png"), title)
     plots.confusion_matrix(matrix, classes, run.file("confusion.png"), f"{title} — validation")
     plots.top_losses(worst_images(state.split.val, rows), run.file("top_losses.png"), f"{title} — top losses")
     if state.head_fit and history:  # the converged head fit's one "epoch" never went through the loop
