@@ -34,7 +34,7 @@ from torchvision.datasets import FakeData
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from zoo_core import cache, runtime  # noqa: E402
-from zoo_core.adapter import BackboneAdapter, DataConfig  # noqa: E402
+from zoo_core.backbones.adapter import BackboneAdapter, DataConfig  # noqa: E402
 
 
 def time_round_robin(variants: list[tuple[str, object, list]], repeats: int) -> dict[str, float]:

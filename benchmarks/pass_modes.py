@@ -59,7 +59,7 @@ from torch import nn  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from zoo_core import registry, runtime  # noqa: E402
-from zoo_core.adapter import BackboneAdapter, DataConfig  # noqa: E402
+from zoo_core.backbones.adapter import BackboneAdapter, DataConfig  # noqa: E402
 from zoo_core.comparison.measure import hwm_mb  # noqa: E402
 from zoo_core.distributed import DistContext  # noqa: E402
 from zoo_core.onnxgraph import missing_packages  # noqa: E402

@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import zoo_core  # noqa: E402
 from zoo_core import WeightsError, hookimpl  # noqa: E402
-from zoo_core.adapter import DataConfig  # noqa: E402
+from zoo_core.backbones.adapter import DataConfig  # noqa: E402
 from zoo_core.demo_data import make_demo_dataset  # noqa: E402
 from zoo_core.stats import kendall_tau, spearman_rho  # noqa: E402
 

@@ -122,7 +122,7 @@ def resolve_weights(backbone: str, requested: str) -> tuple[str | None, str]:
     if backbone == "resnet18":  # torchvision would try to download; look for its checkpoint instead
         from torchvision.models import ResNet18_Weights
 
-        from zoo_core.weights import torch_hub_checkpoint
+        from zoo_core.backbones.weights import torch_hub_checkpoint
 
         ckpt = torch_hub_checkpoint(ResNet18_Weights.DEFAULT.url)
         if ckpt.is_file():
@@ -395,7 +395,7 @@ def run_passes(cfg: dict) -> dict:
 
     from zoo_core import cache, runtime
     from zoo_core import data as zdata
-    from zoo_core.adapter import DataConfig
+    from zoo_core.backbones.adapter import DataConfig
     from zoo_core.cache import passes as zpasses
     from zoo_core.distributed import DistContext
 

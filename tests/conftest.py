@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import zoo_core
-from zoo_core.plugins import ENV_VAR
+from zoo_core.backbones.manager import ENV_VAR
 from zoo_core.runtime import PASS_ENV
 
 # Tiny models on a shared 2-core box: intra-op threads cost more in spin-waiting than they save.
@@ -132,8 +132,8 @@ def install_dist(
 def skip_run_plots(monkeypatch: pytest.MonkeyPatch) -> None:
     """Skip each run's own curves/confusion/top-losses PNGs (slow to draw; tests/test_trainer.py and
     tests/test_mistakes.py cover them)."""
-    import zoo_core.plots
+    import zoo_core.outputs.plots
 
-    monkeypatch.setattr(zoo_core.plots, "learning_curves", lambda *a, **k: None)
-    monkeypatch.setattr(zoo_core.plots, "confusion_matrix", lambda *a, **k: None)
-    monkeypatch.setattr(zoo_core.plots, "top_losses", lambda *a, **k: None)
+    monkeypatch.setattr(zoo_core.outputs.plots, "learning_curves", lambda *a, **k: None)
+    monkeypatch.setattr(zoo_core.outputs.plots, "confusion_matrix", lambda *a, **k: None)
+    monkeypatch.setattr(zoo_core.outputs.plots, "top_losses", lambda *a, **k: None)

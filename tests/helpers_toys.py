@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo_core import BackboneAdapter, hookimpl
+from zoo_core.backbones.freezing import freeze_stages, replace_linear_head
 from zoo_core.errors import WeightsError
-from zoo_core.freezing import freeze_stages, replace_linear_head
 
 NOISE_DIMS = 16
 

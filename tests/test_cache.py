@@ -15,7 +15,7 @@ from torchvision.datasets import FakeData
 
 import zoo_core
 from zoo_core import cache, data, runtime
-from zoo_core.adapter import DataConfig
+from zoo_core.backbones.adapter import DataConfig
 from zoo_core.distributed import DistContext
 
 CFG = DataConfig(input_size=(3, 32, 32))

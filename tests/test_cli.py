@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from zoo_core import cli
-from zoo_core.tables import format_pairs, format_table, format_value, human_count
+from zoo_core.outputs.tables import format_pairs, format_table, format_value, human_count
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

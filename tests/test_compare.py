@@ -18,11 +18,12 @@ from PIL import Image
 from torch import nn
 
 import zoo_core
-from zoo_core import BackboneAdapter, cache, comparison, hookimpl, registry, stats
+from zoo_core import BackboneAdapter, cache, comparison, hookimpl, stats
 from zoo_core import data as zdata
+from zoo_core.backbones import registry
+from zoo_core.backbones.freezing import freeze_stages, replace_linear_head
 from zoo_core.comparison import run as compare_run
 from zoo_core.errors import UnknownBackboneError, WeightsError, ZooError
-from zoo_core.freezing import freeze_stages, replace_linear_head
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("accuracy_vs_speed.png", "accuracy_vs_params.png", "learning_curves.png")

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import zoo_core
-from zoo_core import freezing
+from zoo_core.backbones import freezing
 from zoo_core.testing import adapter_names_for_tests, check_adapter, check_plugin
 
 BACKBONES = ["resnet18", "vgg11_bn", "timm/test_resnet", "timm/test_vit", "timm/test_efficientnet", "efficientnet_lite0"]

@@ -66,7 +66,7 @@ def test_demo_compares_one_backbone_per_plugin_and_marks_random_init(
 def test_demo_uses_large_weights_only_when_cached(zoo_home) -> None:
     from torchvision.models import VGG11_Weights
 
-    from zoo_core.weights import torch_hub_checkpoint
+    from zoo_core.backbones.weights import torch_hub_checkpoint
 
     assert "vgg11" in demo.ONLY_IF_CACHED and "vgg11" not in demo.demo_backbones()
     assert "efficientnet_lite0" in demo.demo_backbones() and "resnet18" in demo.demo_backbones()

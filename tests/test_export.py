@@ -21,7 +21,7 @@ from torchvision.transforms import InterpolationMode, v2
 
 import zoo_core
 from zoo_core import exporting
-from zoo_core.adapter import DataConfig
+from zoo_core.backbones.adapter import DataConfig
 from zoo_core.inference import ZooClassifier
 
 pytestmark = pytest.mark.usefixtures("skip_run_plots")

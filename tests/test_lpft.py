@@ -68,7 +68,7 @@ def test_parse_policy_accepts_the_spellings_of_the_cli_and_python() -> None:
 def test_check_views_are_deterministic_and_mirror_exactly() -> None:
     from PIL import Image
 
-    from zoo_core.adapter import DataConfig
+    from zoo_core.backbones.adapter import DataConfig
 
     cfg = DataConfig(input_size=(3, 32, 32), crop_pct=1.0)
     img = Image.fromarray(torch.randint(0, 256, (48, 40, 3), dtype=torch.uint8).numpy())

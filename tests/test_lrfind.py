@@ -16,8 +16,8 @@ from helpers_images import make_folder
 from PIL import Image
 
 import zoo_core
-from zoo_core import plots
 from zoo_core.errors import TrainingError
+from zoo_core.outputs import plots
 from zoo_core.training.lrfind import lr_find, suggest_lr
 
 KW = dict(weights=None, image_size=32, num_workers=0, batch_size=16, precision="fp32", device="cpu",

@@ -16,7 +16,7 @@ from torchvision.datasets import FakeData
 
 import zoo_core
 from zoo_core import data as zdata
-from zoo_core import plots
+from zoo_core.outputs import plots
 from zoo_core.rundir import RunDir
 from zoo_core.training import report
 

@@ -12,8 +12,9 @@ import torch
 import torchvision
 from torchvision.datasets import FakeData
 
-from zoo_core import cache, onnxgraph, registry, runtime
-from zoo_core.adapter import DataConfig
+from zoo_core import cache, onnxgraph, runtime
+from zoo_core.backbones import registry
+from zoo_core.backbones.adapter import DataConfig
 from zoo_core.cache import feature_key
 from zoo_core.distributed import DistContext
 

@@ -3,21 +3,25 @@ duplicates, and the hook spec itself."""
 
 from __future__ import annotations
 
+import ast
 import importlib.metadata as md
 import inspect
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pluggy
 import pytest
 from torch import nn
 
 import zoo_core
-from zoo_core import cli, hookimpl, hookspecs
+import zoo_core.plugin_kit
+from zoo_core import cli, hookimpl
+from zoo_core.backbones import hookspecs
+from zoo_core.backbones.registry import REGISTRY, BackboneRegistry, get_plugin_manager
 from zoo_core.errors import DuplicateBackboneError, UnknownBackboneError
-from zoo_core.plugins import get_plugin_manager
 from zoo_core.testing import check_adapter
 
 BUILTINS = {"resnet": "zoo-resnet", "vgg": "zoo-vgg", "timm": "zoo-timm"}
@@ -26,8 +30,7 @@ BUILTINS = {"resnet": "zoo-resnet", "vgg": "zoo-vgg", "timm": "zoo-timm"}
 TOY_PLUGIN = '''
 from torch import nn
 
-from zoo_core import BackboneAdapter, hookimpl
-from zoo_core.freezing import freeze_stages, replace_linear_head
+from zoo_core.plugin_kit import BackboneAdapter, freeze_stages, hookimpl, replace_linear_head
 
 
 class ToyNet(nn.Module):
@@ -67,7 +70,7 @@ def register_backbones(register):
 '''
 
 
-def _report() -> dict[str, zoo_core.plugins.PluginRecord]:
+def _report() -> dict[str, zoo_core.backbones.manager.PluginRecord]:
     return {r.name: r for r in zoo_core.plugins_report()}
 
 
@@ -389,3 +392,46 @@ def test_hook_register_backbones(add_plugin) -> None:
     assert zoo_core.create("two_c", weights=None, num_classes=3)[-1].out_features == 3
     zoo_core.list_backbones()
     assert len(calls) == 1  # the registry is built once, not per lookup
+
+
+# ---- the registry object and the plugin kit -------------------------------------------------------------
+def test_a_second_registry_keeps_its_own_plugins(add_plugin) -> None:
+    other = BackboneRegistry()
+    other.register_plugin(_plugin("solo_a", "solo_b"), name="solo")
+    assert other.list_backbones("solo_*") == ["solo_a", "solo_b"] and other.get_adapter("solo_b")[1] == "solo"
+    assert "resnet18" in other.list_backbones()  # it loaded the entry points itself
+    assert zoo_core.list_backbones("solo_*") == []  # the default registry never saw it
+    add_plugin(_plugin("solo_a"), name="default-solo")
+    assert REGISTRY.owners("solo_a")[0][1] == "default-solo" and other.owners("solo_a")[0][1] == "solo"
+    other.unregister_plugin("solo")
+    assert other.list_backbones("solo_*") == [] and zoo_core.list_backbones("solo_*") == ["solo_a"]
+
+
+def _zoo_core_imports(path: Path) -> list[str]:
+    """Every zoo_core module ``path`` imports, at any level (function-level imports too)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.split(".")[0] == "zoo_core"]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "zoo_core":
+            found += [node.module] if node.module != "zoo_core" else [f"zoo_core.{a.name}" for a in node.names]
+    return found
+
+
+def test_builtin_plugins_import_only_the_plugin_kit() -> None:
+    root = Path(__file__).resolve().parents[1] / "plugins"
+    sources = sorted(root.glob("*/zoo_*/**/*.py"))
+    imports = {p.relative_to(root).as_posix(): _zoo_core_imports(p) for p in sources}
+    assert {p.split("/")[0] for p, found in imports.items() if found} == {"effnet_lite", "resnet", "timm", "vgg"}
+    wrong = {p: [m for m in found if m != "zoo_core.plugin_kit"] for p, found in imports.items()}
+    assert not {p: m for p, m in wrong.items() if m}, "plugins must import zoo_core only through zoo_core.plugin_kit"
+
+
+def test_plugin_kit_documents_every_name() -> None:
+    kit = zoo_core.plugin_kit
+    doc = kit.__doc__ or ""
+    for name in kit.__all__:
+        assert hasattr(kit, name), f"plugin_kit.__all__ names {name!r}, which it does not define"
+        assert f"* ``{name}`` — " in doc, f"the plugin_kit docstring has no line for {name!r}"
+    public = {n for n in vars(kit) if not n.startswith("_")} - {"annotations"}  # annotations: from __future__
+    assert public == set(kit.__all__), "every public name of the plugin kit is in __all__ and documented"

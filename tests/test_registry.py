@@ -8,7 +8,7 @@ import pytest
 
 import zoo_core
 from zoo_core import UnknownBackboneError, ZooError
-from zoo_core.adapter import IMAGENET_MEAN, IMAGENET_STD
+from zoo_core.backbones.adapter import IMAGENET_MEAN, IMAGENET_STD
 
 VGG = ["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"]
 

@@ -4,6 +4,7 @@ pipe (no extra Python package): every image loads, the leaderboard table renders
 
 from __future__ import annotations
 
+import ast
 import base64
 import fcntl
 import io
@@ -21,8 +22,8 @@ from helpers_images import make_folder
 from PIL import Image
 
 import zoo_core
-from zoo_core import html_report
 from zoo_core.cli import main
+from zoo_core.outputs import html_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -187,3 +188,19 @@ def test_zoo_report_rebuilds_and_escapes(dirs: tuple[Path, Path], tmp_path: Path
     assert main(["report", str(tmp_path / "gone")]) == 2
     assert "neither leaderboard.json nor ranking.json" in capsys.readouterr().err
     assert html_report.write_report(moved) == moved / "report.html"
+
+
+def test_outputs_import_nothing_of_comparison_or_ranking() -> None:
+    """compare and rank import the outputs room, so it must not import them back (not even inside a function)."""
+    folder = Path(html_report.__file__).parent
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                target = "." * node.level + (node.module or "")
+                names = [target + ("" if target.endswith(".") else ".") + a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            bad = [n for n in names if any(part in ("comparison", "ranking") for part in n.split("."))]
+            assert not bad, f"{path.name} imports {bad}"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from zoo_core import logme as lm
+from zoo_core.ranking import logme as lm
 from zoo_core.stats import kendall_tau, mcnemar_exact, spearman_rho, wilson_interval
 
 

@@ -18,7 +18,7 @@ from torch import nn
 
 import zoo_core
 from zoo_core import BackboneAdapter, hookimpl, strategies
-from zoo_core.freezing import freeze_stages, replace_linear_head
+from zoo_core.backbones.freezing import freeze_stages, replace_linear_head
 
 pytestmark = pytest.mark.usefixtures("skip_run_plots")
 FAST = {"weights": None, "image_size": 32, "progress": False}

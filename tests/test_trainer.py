@@ -20,8 +20,9 @@ from PIL import Image
 from torch import nn
 
 import zoo_core
-from zoo_core import DataError, TrainingError, ZooError, plots, strategies
+from zoo_core import DataError, TrainingError, ZooError, strategies
 from zoo_core import data as zdata
+from zoo_core.outputs import plots
 from zoo_core.rundir import load_checkpoint
 from zoo_core.training import report, steps
 

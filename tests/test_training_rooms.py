@@ -25,8 +25,8 @@ from torch import nn
 
 import zoo_core
 from zoo_core import ZooError, strategies
-from zoo_core.adapter import DataConfig
-from zoo_core.freezing import (
+from zoo_core.backbones.adapter import DataConfig
+from zoo_core.backbones.freezing import (
     count_parameters,
     default_stages,
     freeze_stages,
@@ -276,7 +276,7 @@ def test_load_rejects_folders_and_checkpoints_that_are_not_runs(tmp_path: Path) 
         zoo_core.load(tmp_path / "x.pt")
 
 
-# ---- zoo_core.freezing --------------------------------------------------------------------------------------
+# ---- zoo_core.backbones.freezing --------------------------------------------------------------------------------------
 def test_frozen_stage_keeps_bn_statistics_and_weights_through_a_train_step() -> None:
     model = Tiny()
     stages = default_stages(model, "fc")

@@ -13,7 +13,7 @@ from torchvision.models import ResNet18_Weights, resnet18
 
 import zoo_core
 from zoo_core import WeightsError
-from zoo_core.weights import read_state_dict, torch_hub_checkpoint
+from zoo_core.backbones.weights import read_state_dict, torch_hub_checkpoint
 
 FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from .adapter import BackboneAdapter, BackboneInfo, DataConfig
+from .backbones.adapter import BackboneAdapter, BackboneInfo, DataConfig
+from .backbones.hookspecs import hookimpl, hookspec
+from .backbones.models import create, info
+from .backbones.registry import (
+    get_adapter,
+    list_backbones,
+    plugins_report,
+    register_plugin,
+    reload_plugins,
+    unregister_plugin,
+)
 from .errors import (
     DataError,
     DuplicateBackboneError,
@@ -17,10 +27,6 @@ from .errors import (
     WeightsError,
     ZooError,
 )
-from .hookspecs import hookimpl, hookspec
-from .models import create, info
-from .plugins import register_plugin, reload_plugins, unregister_plugin
-from .registry import get_adapter, list_backbones, plugins_report
 
 __version__ = "0.1.0"
 

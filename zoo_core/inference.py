@@ -16,11 +16,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import data as zdata
-from . import registry
-from . import weights as wts
-from .adapter import DataConfig
+from .backbones import registry
+from .backbones import weights as wts
+from .backbones.adapter import DataConfig
+from .backbones.models import create
 from .errors import ZooError
-from .models import create
 from .rundir import load_checkpoint
 from .util import atomic_write_text
 

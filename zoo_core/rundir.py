@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
+from .backbones.weights import load_refusal
 from .errors import ZooError
 from .util import atomic_write, atomic_write_text, remove_stale_temps
-from .weights import load_refusal
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

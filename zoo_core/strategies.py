@@ -22,9 +22,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .adapter import BackboneAdapter
+from .backbones.adapter import BackboneAdapter
+from .backbones.freezing import Stages, lock_norm_statistics, stage_index, unfreeze_all
 from .errors import ZooError
-from .freezing import Stages, lock_norm_statistics, stage_index, unfreeze_all
 
 
 @dataclass(frozen=True)

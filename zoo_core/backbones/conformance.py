@@ -1,4 +1,4 @@
-"""Conformance kit for adapter authors: one call checks an adapter end to end.
+"""Conformance kit for adapter authors (public path :mod:`zoo_core.testing`): one call checks an adapter end to end.
 
 ```python
 from zoo_core.testing import check_adapter
@@ -24,11 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from . import hookspecs
+from ..util import few, under
 from .adapter import BackboneAdapter, DataConfig
-from .plugins import register_checked, short_error
+from .manager import new_plugin_manager, register_checked, short_error
 from .registry import get_adapter
-from .util import few, under
 
 __all__ = ["adapter_names_for_tests", "check_adapter", "check_plugin"]
 
@@ -79,11 +78,8 @@ class _Check:
             raise self.fail("head_name(model)", f"head {head_name!r} has no parameters")
         return head_name, head, params
 
-    def trainable(self, model: nn.Module) -> set[str]:
-        return {n for n, p in model.named_parameters() if p.requires_grad}
-
     def expect_trainable(self, step: str, model: nn.Module, expected: set[str]) -> None:
-        got = self.trainable(model)
+        got = {n for n, p in model.named_parameters() if p.requires_grad}
         extra, missing = got - expected, expected - got
         if extra:
             raise self.fail(step, f"left {len(extra)} parameter(s) trainable that should be frozen: {few(extra, 6, sort=True)}")
@@ -134,21 +130,15 @@ def _check_replace_head(check: _Check, model: nn.Module, x: torch.Tensor, n: int
         except AssertionError as exc:
             raise AssertionError(f"{exc}{hint}") from exc.__cause__
     head_now = check.call("head_name(model)", check.adapter.head_name, model)
-    out = getattr(_submodule(model, head_now), "out_features", n)
+    out = getattr(dict(model.named_modules()).get(head_now) if isinstance(head_now, str) else None, "out_features", n)
     if out != n:
         raise check.fail(step, f"the logits have {n} outputs, but the head module has out_features={out}"
                          + hint.replace(repr(head_name), repr(head_now)))
     return model
 
 
-def _submodule(model: nn.Module, name: object) -> nn.Module | None:
-    try:
-        return model.get_submodule(name) if isinstance(name, str) else None
-    except AttributeError:
-        return None
-
-
 def _check_stages(check: _Check, model: nn.Module, head_name: str) -> list[tuple[str, list[str]]]:
+    """``stages(model)`` partitions the non-head parameters into named, non-empty, disjoint stages."""
     stages = check.call("stages(model)", check.adapter.stages, model)
     step = "stages(model)"
     if not isinstance(stages, (list, tuple)) or not stages:
@@ -182,77 +172,56 @@ def _check_stages(check: _Check, model: nn.Module, head_name: str) -> list[tuple
     return out
 
 
-def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: t.detach().clone() for n, t in model.state_dict().items()}
-
-
 def _train_steps(check: _Check, model: nn.Module, x: torch.Tensor, num_classes: int, steps: int) -> None:
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=0.1)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     y = torch.arange(x.shape[0]) % num_classes
     model.train()
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
-        out = check.logits("train step", model, x, num_classes)
-        loss = F.cross_entropy(out, y)
+        loss = F.cross_entropy(check.logits("train step", model, x, num_classes), y)
         check.call("train step (backward)", loss.backward)
         opt.step()
 
 
-def _check_frozen_step(
-    check: _Check,
-    model: nn.Module,
-    x: torch.Tensor,
-    num_classes: int,
-    steps: int,
-    frozen_members: set[str],
-    head_params: set[str],
-    k: int,
-) -> None:
-    step = f"train step after freeze(model, {k})"
-    before = _snapshot(model)
-    _train_steps(check, model, x, num_classes, steps)
-    after = model.state_dict()
-    changed = {n for n in before if not torch.equal(before[n], after[n])}
-
-    frozen_params = {n for n, p in model.named_parameters() if not p.requires_grad}
-    moved = changed & frozen_params
-    if moved:
-        raise check.fail(step, f"changed frozen parameter(s) {few(moved, 6, sort=True)}")
-
-    frozen_buffers = {n for n, _ in model.named_buffers() if n in frozen_members}
+def _frozen_buffers(model: nn.Module, frozen_members: set[str]) -> set[str]:
+    """Buffers a frozen stage lists, and those of each norm layer whose parameters are frozen (or that it lists)."""
+    out = {n for n, _ in model.named_buffers() if n in frozen_members}
     for mname, mod in model.named_modules():
         if not isinstance(mod, _NormBase):
             continue
         own = list(mod.parameters(recurse=False))
         frozen = all(not p.requires_grad for p in own) if own else mname in frozen_members
         if frozen:
-            frozen_buffers |= {f"{mname}.{b}" if mname else b for b, _ in mod.named_buffers(recurse=False)}
-    moved = changed & frozen_buffers
+            out |= {f"{mname}.{b}" if mname else b for b, _ in mod.named_buffers(recurse=False)}
+    return out
+
+
+def _check_frozen_step(check: _Check, model: nn.Module, x: torch.Tensor, num_classes: int, steps: int,
+                       frozen_members: set[str], head_params: set[str], k: int) -> None:
+    """SGD steps under ``model.train()`` after ``freeze(model, k)`` change the head and nothing frozen."""
+    step = f"train step after freeze(model, {k})"
+    before = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    _train_steps(check, model, x, num_classes, steps)
+    after = model.state_dict()
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    frozen_params = {n for n, p in model.named_parameters() if not p.requires_grad}
+    moved = changed & frozen_params
+    if moved:
+        raise check.fail(step, f"changed frozen parameter(s) {few(moved, 6, sort=True)}")
+    moved = changed & _frozen_buffers(model, frozen_members)
     if moved:
         modules = sorted({n.rpartition(".")[0] for n in moved})
         training = [m for m in modules if model.get_submodule(m).training]
-        why = (
-            f"; {few(training, 6, sort=True)} stayed in training mode under model.train() — lock frozen "
-            "BatchNorm layers with zoo_core.freezing.lock_eval (freeze_stages does this)"
-            if training else ""
-        )
+        why = (f"; {few(training, 6, sort=True)} stayed in training mode under model.train() — lock frozen "
+               "BatchNorm layers with zoo_core.plugin_kit.lock_eval (freeze_stages does this)" if training else "")
         raise check.fail(step, f"changed buffer(s) of frozen layers: {few(moved, 6, sort=True)}{why}")
-
     if not changed & head_params:
         raise check.fail(step, f"no head parameter changed ({few(head_params, 6, sort=True)}); is the head trainable?")
 
 
-def check_adapter(
-    adapter_or_name: BackboneAdapter | type[BackboneAdapter] | str,
-    name: str | None = None,
-    *,
-    num_classes: int = 3,
-    image_size: int = 32,
-    batch_size: int = 2,
-    steps: int = 2,
-    seed: int = 0,
-) -> None:
+def check_adapter(adapter_or_name: BackboneAdapter | type[BackboneAdapter] | str, name: str | None = None, *,
+                  num_classes: int = 3, image_size: int = 32, batch_size: int = 2, steps: int = 2,
+                  seed: int = 0) -> None:
     """Check one backbone of an adapter against the plugin contract; raise ``AssertionError`` if not met.
 
     :param adapter_or_name: an adapter (instance or class), or a registered backbone name.
@@ -269,18 +238,28 @@ def check_adapter(
     ``(B, head.in_features)`` and the head applied to it gives the model's logits; a state dict saved
     with ``torch.save`` loads with ``weights_only=True`` into a fresh model with identical outputs.
     """
+    adapter, name = _resolve(adapter_or_name, name)
+    check = _check_static(adapter, name, batch_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        _run(check, num_classes, image_size, steps)
+
+
+def _resolve(adapter_or_name: BackboneAdapter | type[BackboneAdapter] | str,
+             name: str | None) -> tuple[BackboneAdapter, str | None]:
+    """The adapter to check, and the backbone name when one was given."""
     if isinstance(adapter_or_name, str):
         if name not in (None, adapter_or_name):
             raise ValueError(f"pass either a backbone name or an adapter and a name, not {adapter_or_name!r} and {name!r}")
-        adapter, _ = get_adapter(adapter_or_name)
-        name = adapter_or_name
-    elif isinstance(adapter_or_name, type):
-        adapter = adapter_or_name()
-    else:
-        adapter = adapter_or_name
+        return get_adapter(adapter_or_name)[0], adapter_or_name
+    adapter = adapter_or_name() if isinstance(adapter_or_name, type) else adapter_or_name
     if not isinstance(adapter, BackboneAdapter):
         raise AssertionError(f"check_adapter: {adapter!r} is not a zoo_core.BackboneAdapter subclass instance")
+    return adapter, name
 
+
+def _check_static(adapter: BackboneAdapter, name: str | None, batch_size: int) -> _Check:
+    """``names()``, ``family`` and ``available_weights(name)``, before any model is built."""
     names = list(adapter.names())
     if not names or not all(isinstance(n, str) and n for n in names):
         raise AssertionError(f"check_adapter({type(adapter).__name__}): names() must be non-empty strings, got {names[:5]!r}")
@@ -296,10 +275,7 @@ def check_adapter(
     weights = check.call("available_weights(name)", adapter.available_weights, name)
     if not isinstance(weights, list) or not all(isinstance(w, str) for w in weights):
         raise check.fail("available_weights(name)", f"must return a list of str, got {weights!r}")
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        _run(check, num_classes, image_size, steps)
+    return check
 
 
 def _run(check: _Check, num_classes: int, image_size: int, steps: int) -> None:
@@ -314,15 +290,7 @@ def _run(check: _Check, num_classes: int, image_size: int, steps: int) -> None:
 
     head_name, head, head_params = check.head(model)
     stages = _check_stages(check, model, head_name)
-
-    expected = {0: set(head_params), 1: set(head_params)}
-    expected[1] |= {n for n, _ in model.named_parameters() if n in set(stages[-1][1])}
-    for k in (0, 1):
-        step = f"freeze(model, {k})"
-        model = check.module(step, check.call(step, adapter.freeze, model, k), "freeze must return the model")
-        what = "only the head" if k == 0 else f"the head and the last stage {stages[-1][0]!r}"
-        check.expect_trainable(f"{step} (expected {what} to train)", model, expected[k])
-
+    model = _check_freeze(check, model, stages, head_params)
     for k in (1, 0):
         model = adapter.freeze(model, k)
         frozen_members = {m for _, members in stages[: len(stages) - k] for m in members}
@@ -331,35 +299,60 @@ def _run(check: _Check, num_classes: int, image_size: int, steps: int) -> None:
     model.eval()
     with torch.no_grad():
         logits = check.logits("eval forward", model, x, num_classes)
-        feats = check.call("features(model, x)", adapter.features, model, x)
-        if not isinstance(feats, torch.Tensor):
-            raise check.fail("features(model, x)", f"returned {type(feats).__name__}, expected a tensor")
-        dim = getattr(head, "in_features", None)
-        want = (x.shape[0], dim) if dim is not None else (x.shape[0], feats.shape[-1])
-        if tuple(feats.shape) != want or feats.ndim != 2:
-            raise check.fail("features(model, x)", f"has shape {tuple(feats.shape)}, expected {want} "
-                             f"(batch, in_features of head {head_name!r})")
-        if isinstance(head, nn.Linear):
-            from_feats = head(feats)
-            if not torch.allclose(from_feats, logits, rtol=1e-4, atol=1e-4 * (1 + logits.abs().max().item())):
-                diff = (from_feats - logits).abs().max().item()
-                raise check.fail("features(model, x)", f"head(features) differs from model(x) by up to {diff:.3g}: "
-                                 "features must be exactly what the head receives")
+        _check_features(check, model, x, logits, head_name, head)
+        _check_round_trip(check, model, x, logits, num_classes)
 
-        buf = io.BytesIO()
-        torch.save(model.state_dict(), buf)
-        buf.seek(0)
-        step = "state_dict round trip"
-        state = check.call(step + " (torch.load weights_only=True)", torch.load, buf, map_location="cpu",
-                           weights_only=True)
-        fresh = check.call(step + " (create)", adapter.create, name, weights=None, num_classes=num_classes)
-        check.call(step + " (load_state_dict)", fresh.load_state_dict, state)
-        fresh.eval()
-        again = check.logits(step, fresh, x, num_classes)
-        if not torch.equal(again, logits):
-            diff = (again - logits).abs().max().item()
-            raise check.fail(step, f"a fresh model loaded with the saved state dict gives other outputs "
-                             f"(max difference {diff:.3g}); is some state kept outside the state dict?")
+
+def _check_freeze(check: _Check, model: nn.Module, stages: list[tuple[str, list[str]]],
+                  head_params: set[str]) -> nn.Module:
+    """``freeze(model, 0)`` leaves only the head trainable, ``freeze(model, 1)`` the head and the last stage."""
+    expected = {0: set(head_params), 1: set(head_params)}
+    expected[1] |= {n for n, _ in model.named_parameters() if n in set(stages[-1][1])}
+    for k in (0, 1):
+        step = f"freeze(model, {k})"
+        model = check.module(step, check.call(step, check.adapter.freeze, model, k), "freeze must return the model")
+        what = "only the head" if k == 0 else f"the head and the last stage {stages[-1][0]!r}"
+        check.expect_trainable(f"{step} (expected {what} to train)", model, expected[k])
+    return model
+
+
+def _check_features(check: _Check, model: nn.Module, x: torch.Tensor, logits: torch.Tensor,
+                    head_name: str, head: nn.Module) -> None:
+    """``features(model, x)`` is ``(batch, head.in_features)`` and is exactly what the head receives."""
+    step = "features(model, x)"
+    feats = check.call(step, check.adapter.features, model, x)
+    if not isinstance(feats, torch.Tensor):
+        raise check.fail(step, f"returned {type(feats).__name__}, expected a tensor")
+    dim = getattr(head, "in_features", None)
+    want = (x.shape[0], dim) if dim is not None else (x.shape[0], feats.shape[-1])
+    if tuple(feats.shape) != want or feats.ndim != 2:
+        raise check.fail(step, f"has shape {tuple(feats.shape)}, expected {want} "
+                         f"(batch, in_features of head {head_name!r})")
+    if isinstance(head, nn.Linear):
+        from_feats = head(feats)
+        if not torch.allclose(from_feats, logits, rtol=1e-4, atol=1e-4 * (1 + logits.abs().max().item())):
+            diff = (from_feats - logits).abs().max().item()
+            raise check.fail(step, f"head(features) differs from model(x) by up to {diff:.3g}: "
+                             "features must be exactly what the head receives")
+
+
+def _check_round_trip(check: _Check, model: nn.Module, x: torch.Tensor, logits: torch.Tensor,
+                      num_classes: int) -> None:
+    """A state dict saved with ``torch.save`` loads (``weights_only=True``) into a fresh model, same outputs."""
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    step = "state_dict round trip"
+    state = check.call(step + " (torch.load weights_only=True)", torch.load, buf, map_location="cpu",
+                       weights_only=True)
+    fresh = check.call(step + " (create)", check.adapter.create, check.name, weights=None, num_classes=num_classes)
+    check.call(step + " (load_state_dict)", fresh.load_state_dict, state)
+    fresh.eval()
+    again = check.logits(step, fresh, x, num_classes)
+    if not torch.equal(again, logits):
+        diff = (again - logits).abs().max().item()
+        raise check.fail(step, f"a fresh model loaded with the saved state dict gives other outputs "
+                         f"(max difference {diff:.3g}); is some state kept outside the state dict?")
 
 
 def adapter_names_for_tests(
@@ -375,12 +368,11 @@ def adapter_names_for_tests(
 def check_plugin(plugin: object) -> list[BackboneAdapter]:
     """Check a plugin module (or object) the way the core loads it; return the adapters it registers.
 
-    Its hookimpls must match :mod:`zoo_core.hookspecs` (a misspelt hook or argument fails), its
+    Its hookimpls must match :mod:`zoo_core.backbones.hookspecs` (a misspelt hook or argument fails), its
     ``register_backbones`` must register at least one ``BackboneAdapter``, and no backbone name may be
     registered twice.
     """
-    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
-    pm.add_hookspecs(hookspecs)
+    pm = new_plugin_manager()
     try:
         register_checked(pm, plugin, name="plugin-under-test")
     except pluggy.PluginValidationError as exc:

@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 from torch import nn
 
-from .util import under
+from ..util import under
 
 Stages = list[tuple[str, list[str]]]
 """Ordered input→output list of ``(stage name, names)``; names are parameter, buffer and leaf

@@ -1,4 +1,9 @@
-"""The plugin manager: loads ``backbone_zoo`` entry points through pluggy and records each plugin."""
+"""Plugin loading through pluggy: which ``backbone_zoo`` entry points load, and how a plugin's failure is told.
+
+Stateless helpers; :class:`zoo_core.backbones.registry.BackboneRegistry` owns the one ``PluginManager``
+and what it loaded. ``BACKBONE_ZOO_PLUGINS`` (a comma list of entry-point or distribution names, or empty
+for none) restricts which entry points load.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ from . import hookspecs
 
 ENTRY_POINT_GROUP = "backbone_zoo"
 ENV_VAR = "BACKBONE_ZOO_PLUGINS"
+# frames in these folders are the machinery, not the plugin: error locations skip them
+_MACHINERY = tuple(os.path.dirname(m.__file__) + os.sep for m in (hookspecs, pluggy, importlib))
 
 
 @dataclass
@@ -43,13 +50,20 @@ class PluginRecord:
         }
 
 
-_pm: pluggy.PluginManager | None = None  # the one manager, built on first use
-_load_errors: dict[str, PluginRecord] = {}  # entry points that failed to import, by name
-_unmatched: list[str] = []  # names in BACKBONE_ZOO_PLUGINS that no installed entry point has
-_installed: list[str] = []  # every installed entry-point name, whether or not it was allowed to load
-_listeners: list[Any] = []  # callables run when the set of plugins changes
-# frames in these folders are the machinery, not the plugin: error locations skip them
-_MACHINERY = tuple(os.path.dirname(m.__file__) + os.sep for m in (hookspecs, pluggy, importlib))
+@dataclass
+class EntryPoints:
+    """What one read of the ``backbone_zoo`` entry points found."""
+
+    chosen: list[md.EntryPoint]  # allowed by BACKBONE_ZOO_PLUGINS, sorted by name
+    installed: list[str]  # every installed entry-point name, whether or not it was allowed to load
+    unmatched: list[str]  # names in BACKBONE_ZOO_PLUGINS that no installed entry point has
+
+
+def new_plugin_manager() -> pluggy.PluginManager:
+    """An empty ``PluginManager`` that knows the hook specs."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    return pm
 
 
 def allowed_plugins() -> set[str] | None:
@@ -64,43 +78,29 @@ def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _entry_points() -> list[md.EntryPoint]:
-    """The allowed entry points; records the installed names and the allowed names that match none."""
+def entry_points() -> EntryPoints:
+    """The installed entry points and the ones ``BACKBONE_ZOO_PLUGINS`` allows."""
     eps = list(md.entry_points(group=ENTRY_POINT_GROUP))
     allowed = allowed_plugins()
     wanted = None if allowed is None else {_canonical(a): a for a in allowed}
-    _installed[:] = sorted({ep.name for ep in eps})
     chosen, matched = [], set()
     for ep in eps:
         keys = {_canonical(ep.name)} | ({_canonical(ep.dist.name)} if ep.dist else set())
         if wanted is None or keys & set(wanted):
             chosen.append(ep)
             matched |= keys
-    _unmatched[:] = [] if wanted is None else sorted(v for k, v in wanted.items() if k not in matched)
-    return sorted(chosen, key=lambda ep: ep.name)
+    unmatched = [] if wanted is None else sorted(v for k, v in wanted.items() if k not in matched)
+    return EntryPoints(sorted(chosen, key=lambda ep: ep.name), sorted({ep.name for ep in eps}), unmatched)
 
 
-def unmatched_plugins() -> list[str]:
-    """Names in ``BACKBONE_ZOO_PLUGINS`` that match no installed entry point or distribution."""
-    get_plugin_manager()
-    return list(_unmatched)
-
-
-def installed_plugins() -> list[str]:
-    """Every installed ``backbone_zoo`` entry-point name (allowed to load or not)."""
-    get_plugin_manager()
-    return list(_installed)
-
-
-def selection_note() -> str | None:
+def selection_note(found: EntryPoints) -> str | None:
     """One sentence on what ``BACKBONE_ZOO_PLUGINS`` does right now (``None`` when it is unset)."""
     raw = os.environ.get(ENV_VAR)
     if raw is None:
         return None
-    missing = unmatched_plugins()
-    installed = ", ".join(installed_plugins()) or "none"
-    if missing:
-        return (f"{ENV_VAR}={raw!r} names no installed plugin called {', '.join(map(repr, missing))} "
+    installed = ", ".join(found.installed) or "none"
+    if found.unmatched:
+        return (f"{ENV_VAR}={raw!r} names no installed plugin called {', '.join(map(repr, found.unmatched))} "
                 f"(installed: {installed}); fix the name, or unset {ENV_VAR} to load every plugin")
     return f"{ENV_VAR}={raw!r} limits which plugins load (installed: {installed})"
 
@@ -171,35 +171,28 @@ def register_checked(pm: pluggy.PluginManager, plugin: object, name: str | None 
     return registered
 
 
-def get_plugin_manager() -> pluggy.PluginManager:
-    """Return the plugin manager, loading the entry-point plugins on first call.
+def load_entry_points(pm: pluggy.PluginManager, found: EntryPoints) -> dict[str, PluginRecord]:
+    """Load each chosen entry point on its own into ``pm``; return a record per entry point that failed.
 
-    Each entry point is loaded on its own, so one that fails to import is recorded (see
-    :func:`zoo_core.plugins_report`) and the others still load.
+    One that fails to import or to validate (even one calling ``sys.exit()``) is unregistered and
+    recorded, and the others still load; ``pm.check_pending()`` runs after each.
     """
-    global _pm
-    if _pm is not None:
-        return _pm
-    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
-    pm.add_hookspecs(hookspecs)
-    _load_errors.clear()
-    for ep in _entry_points():
+    errors: dict[str, PluginRecord] = {}
+    for ep in found.chosen:
         try:
             _load_entry_point(pm, ep.name)
-        except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken plugin (even one calling
-            # sys.exit() at import) must not break the others
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken plugin must not break the others
             if pm.get_plugin(ep.name) is not None:
                 pm.unregister(name=ep.name)
             dist = ep.dist
-            _load_errors[ep.name] = PluginRecord(
+            errors[ep.name] = PluginRecord(
                 name=ep.name,
                 distribution=dist.name if dist else None,
                 version=dist.version if dist else None,
                 error=f"failed to load {ep.value!r}: {short_error(exc)}",
             )
     check_pending(pm)
-    _pm = pm
-    return pm
+    return errors
 
 
 def _load_entry_point(pm: pluggy.PluginManager, name: str) -> None:
@@ -216,46 +209,3 @@ def distribution_of(pm: pluggy.PluginManager, plugin: object) -> tuple[str | Non
         if loaded is plugin:
             return dist.project_name, dist.version
     return None, None
-
-
-def load_errors() -> list[PluginRecord]:
-    """Records of entry points that could not be imported."""
-    get_plugin_manager()
-    return list(_load_errors.values())
-
-
-def on_change(callback: Any) -> None:
-    """Call ``callback()`` whenever plugins are registered, unregistered or reloaded."""
-    _listeners.append(callback)
-
-
-def _changed() -> None:
-    for cb in _listeners:
-        cb()
-
-
-def register_plugin(plugin: object, name: str | None = None) -> str:
-    """Register an in-process plugin object (a module or class with hookimpls); return its name."""
-    pm = get_plugin_manager()
-    registered = register_checked(pm, plugin, name=name)
-    _changed()
-    return registered or (name or pm.get_name(plugin) or "")
-
-
-def unregister_plugin(name_or_plugin: str | object) -> None:
-    """Remove a plugin registered with :func:`register_plugin` (or loaded from an entry point)."""
-    pm = get_plugin_manager()
-    if isinstance(name_or_plugin, str):
-        pm.unregister(name=name_or_plugin)
-    else:
-        pm.unregister(plugin=name_or_plugin)
-    _changed()
-
-
-def reload_plugins() -> None:
-    """Forget every loaded plugin and re-read the entry points (e.g. after a pip install)."""
-    global _pm
-    _pm = None
-    _load_errors.clear()
-    _unmatched.clear()
-    _changed()

@@ -8,8 +8,8 @@ import torchvision
 from torch import nn
 from torchvision.models import get_model, get_model_weights
 
+from ..errors import WeightsError
 from .adapter import BackboneAdapter, DataConfig
-from .errors import WeightsError
 from .weights import offline_hint, torch_hub_checkpoint
 
 

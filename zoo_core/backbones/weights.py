@@ -11,8 +11,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from .errors import WeightsError
-from .util import few
+from ..errors import WeightsError
+from ..util import few
 
 RANDOM_INIT = "RANDOM INIT"  # how tables and logs label a model that runs without pretrained weights
 

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from .. import data, runtime
-from ..adapter import BackboneAdapter, DataConfig
+from ..backbones.adapter import BackboneAdapter, DataConfig
 from ..distributed import DistContext, all_gather_rows, shard_range
 from ..errors import DataError, ZooError
 from .keys import FeatureKey, model_fingerprint

@@ -12,11 +12,11 @@ import torch
 import torchvision
 from torch import nn
 
-from ..adapter import BackboneAdapter, DataConfig
-from ..registry import get_adapter
+from ..backbones.adapter import BackboneAdapter, DataConfig
+from ..backbones.registry import get_adapter
+from ..backbones.weights import is_local_path
 from ..runtime import PASS_MODES
 from ..util import digest, under
-from ..weights import is_local_path
 
 FORMAT_VERSION = 1  # part of every key and every meta.json; bump it to invalidate all existing entries
 _file_hashes: dict[tuple[str, int, int, int], str] = {}  # (path, size, mtime_ns, inode) → sha256

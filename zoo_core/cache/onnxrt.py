@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .. import runtime
-from ..adapter import BackboneAdapter
+from ..backbones.adapter import BackboneAdapter
 from ..errors import ZooError
 from ..onnxgraph import INSTALL_HINT, MAX_BYTES, missing_packages, quiet_loggers, save_onnx, weight_bytes
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .. import runtime
-from ..adapter import BackboneAdapter
+from ..backbones.adapter import BackboneAdapter
 from ..distributed import DistContext
 from . import onnxrt
 

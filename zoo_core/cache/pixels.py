@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .. import data
-from ..adapter import DataConfig
+from ..backbones.adapter import DataConfig
 from ..errors import DataError
 from .keys import pixel_key
 from .store import EntryWriter, entry_dir, labels_array, open_entry, progress_bar

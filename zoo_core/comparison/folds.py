@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from .. import augment as zaug
-from .. import headfit, registry
+from .. import headfit
+from ..backbones import registry
 from ..errors import ZooError
 from ..inference import load
 from ..strategies import get_strategy

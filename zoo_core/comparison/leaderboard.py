@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import html_report, plots
+from ..backbones.weights import RANDOM_INIT
+from ..outputs import html_report, plots
+from ..outputs.tables import leaderboard_cell
 from ..stats import TIE_ALPHA
 from ..training.report import probe_start
 from ..util import atomic_write_text
-from ..weights import RANDOM_INIT
 
 COLUMNS = [  # leaderboard table column → header
     ("rank", "#"), ("backbone", "backbone"), ("strategy", "strategy"), ("val_acc", "top-1"),
@@ -119,7 +120,7 @@ class Leaderboard:
         shown = {"run_dir": markdown, "val_top5": _any(rows, "val_top5"), "vs_1": _any(rows, "p_vs_1"),
                  "folds": _any(rows, "folds_mean")}
         cols = [c for c in COLUMNS if shown.get(c[0], True)]
-        cells = [[h for _, h in cols]] + [[cell(k, r) for k, _ in cols] for r in rows]
+        cells = [[h for _, h in cols]] + [[leaderboard_cell(k, r) for k, _ in cols] for r in rows]
         if markdown:
             lines = ["| " + " | ".join(c) + " |" for c in cells]
             lines.insert(1, "|" + "|".join("---" for _ in cols) + "|")
@@ -161,32 +162,6 @@ class Leaderboard:
 
 def _any(rows: list[dict[str, Any]], key: str) -> bool:
     return any(r.get(key) is not None for r in rows)
-
-
-def _p(p: float) -> str:
-    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
-
-
-def cell(key: str, row: dict[str, Any]) -> str:
-    """One table cell of ``row`` (``vs_1`` and ``folds`` are drawn from several fields)."""
-    v = row.get(key)
-    if key == "val_acc" and v is not None and row["top1_low"] is not None:
-        return f"{v:.4f} ({row['top1_low']:.3f}-{row['top1_high']:.3f})"
-    if key == "vs_1":
-        if row["p_vs_1"] is None:
-            return "-"
-        return f"tied, {_p(row['p_vs_1'])}" if row["tied_with_1"] else _p(row["p_vs_1"])
-    if key == "folds":
-        return "-" if row["folds_mean"] is None else f"{row['folds_mean']:.4f} ± {row['folds_std']:.4f}"
-    if v is None:
-        return "-"
-    if key in ("val_acc", "val_top5", "val_loss"):
-        return f"{v:.4f}"
-    if key in ("total_params", "trainable_params"):
-        return f"{v / 1e6:.2f}M" if v >= 1e5 else f"{v:,}"
-    if key in ("train_seconds", "infer_images_per_s", "peak_mem_mb"):
-        return f"{v:.1f}"
-    return str(v)
 
 
 def curve(entry: Entry) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """What one compare call will run, decided before any data is touched: :func:`make_plan` → :class:`Plan`.
 
-Backbone names, glob patterns and a family expand into a de-duplicated list (:func:`zoo_core.registry.expand_backbones`),
+Backbone names, glob patterns and a family expand into a de-duplicated list (:func:`zoo_core.backbones.registry.expand_backbones`),
 strategies into canonical names; every option is checked (unknown training options, options compare
 sets itself, the entry limit, the fold count), and one base :class:`~zoo_core.training.TrainConfig`
 holds what every entry shares. The plan's ``entries`` are the backbone × strategy pairs in run order: a
@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
+from ..backbones.registry import expand_backbones
 from ..errors import ZooError
-from ..registry import expand_backbones
 from ..runtime import pick_device
 from ..strategies import get_strategy
 from ..training import TrainConfig

@@ -37,13 +37,13 @@ import torch
 
 from .. import augment as zaug
 from .. import data as zdata
-from .. import registry
+from ..backbones import registry
+from ..backbones.weights import RANDOM_INIT, is_local_path, weights_label
 from ..errors import WeightsError
 from ..runtime import pick_device
 from ..strategies import get_strategy
 from ..training import TrainConfig, data_config_for, shared_pixels, train
 from ..util import atomic_write_text
-from ..weights import RANDOM_INIT, is_local_path, weights_label
 from . import folds as zfolds
 from . import markers, measure, significance
 from .folds import check_folds

@@ -5,7 +5,8 @@ beside it, each entry's ``curves.png`` and ``confusion.png`` in its run director
 ``--select`` ranked first. A rank folder: ``ranking.json`` and ``score_vs_speed.png``. Images are embedded
 as ``data:`` URIs; there is no script, no stylesheet or font from elsewhere, nothing fetched: the file
 opens offline and can be mailed on its own. All text is escaped (:func:`html.escape`) and the file is
-written atomically. The module reads files only; it imports nothing of ``comparison`` or ``ranking``.
+written atomically. The module reads those files only; it imports nothing of ``comparison`` or ``ranking``
+(the cells are formatted by :mod:`.tables`, as the terminal tables are).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from .errors import ZooError
-from .util import atomic_write_text
-from .weights import RANDOM_INIT
+from ..backbones.weights import RANDOM_INIT
+from ..errors import ZooError
+from ..util import atomic_write_text
+from .tables import leaderboard_cell, ranking_cell
 
 REPORT = "report.html"
 COMPARE_PLOTS = (("accuracy_vs_speed.png", "accuracy vs inference speed"),
@@ -92,9 +94,7 @@ RANK_KEYS = ("rank", "backbone", "score", "spread", "logme", "logme_std", "probe
 
 def compare_row(r: dict[str, Any]) -> list[str]:
     """The cells of one leaderboard row, as the terminal table formats them, and McNemar's discordant counts."""
-    from .comparison.leaderboard import cell  # here, not at the top: compare imports this module
-
-    cells = [cell(k, r) for k in COMPARE_KEYS]
+    cells = [leaderboard_cell(k, r) for k in COMPARE_KEYS]
     if r.get("p_vs_1") is not None:
         cells[COMPARE_KEYS.index("vs_1")] += f" ({r.get('only_1_right')} vs {r.get('only_this_right')})"
     return cells
@@ -177,9 +177,7 @@ def rank_body(folder: Path, level: int = 2) -> str:
     """A ranking's table (both scores with their spreads over the folds), notes and plot."""
     ranking = json.loads((folder / "ranking.json").read_text())
     rows = ranking.get("entries", [])
-    from .ranking.results import cell  # here, not at the top: rank imports this module
-
-    cells = [[cell(k, r.get(k)) for k in RANK_KEYS] for r in rows]
+    cells = [[ranking_cell(k, r.get(k)) for k in RANK_KEYS] for r in rows]
     h = f"h{min(level + 1, 6)}"
     notes = [f"Data: {ranking.get('data')} — {ranking.get('summary')}. Ordered by {ranking.get('score')}; ± is "
              f"the standard deviation over the {ranking.get('folds')} folds."]

@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 from typing import Any, Sequence
 
-from .util import atomic_write_bytes
+from ..util import atomic_write_bytes
 
 
 def _pyplot():

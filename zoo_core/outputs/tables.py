@@ -1,4 +1,5 @@
-"""Plain-text tables and key/value blocks for the CLI (no dependencies, no colours)."""
+"""Plain-text tables and key/value blocks for the CLI, and the cells of the leaderboard and ranking tables
+(shared by their terminal, Markdown and HTML forms; no dependencies, no colours)."""
 
 from __future__ import annotations
 
@@ -65,3 +66,41 @@ def human_count(n: int) -> str:
         if abs(n) >= div:
             return f"{n / div:.1f}{unit}"
     return str(n)
+
+
+def _p(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+def leaderboard_cell(key: str, row: Mapping[str, Any]) -> str:
+    """One leaderboard cell of ``row`` (a ``Leaderboard.rows()`` dict; ``vs_1`` and ``folds`` are drawn from
+    several fields)."""
+    v = row.get(key)
+    if key == "val_acc" and v is not None and row["top1_low"] is not None:
+        return f"{v:.4f} ({row['top1_low']:.3f}-{row['top1_high']:.3f})"
+    if key == "vs_1":
+        if row["p_vs_1"] is None:
+            return "-"
+        return f"tied, {_p(row['p_vs_1'])}" if row["tied_with_1"] else _p(row["p_vs_1"])
+    if key == "folds":
+        return "-" if row["folds_mean"] is None else f"{row['folds_mean']:.4f} ± {row['folds_std']:.4f}"
+    if v is None:
+        return "-"
+    if key in ("val_acc", "val_top5", "val_loss"):
+        return f"{v:.4f}"
+    if key in ("total_params", "trainable_params"):
+        return f"{v / 1e6:.2f}M" if v >= 1e5 else f"{v:,}"
+    if key in ("train_seconds", "infer_images_per_s", "peak_mem_mb"):
+        return f"{v:.1f}"
+    return str(v)
+
+
+def ranking_cell(key: str, v: Any) -> str:
+    """The ranking table's text for value ``v`` of column ``key``."""
+    if v is None:
+        return "-"
+    if key in ("score", "spread", "logme", "logme_std", "probe_acc", "probe_std"):
+        return f"{v:.4f}"
+    if key in ("extract_images_per_s", "seconds"):
+        return f"{v:.1f}"
+    return str(v)

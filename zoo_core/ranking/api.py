@@ -19,8 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import data as zdata
+from ..backbones.registry import expand_backbones
 from ..errors import ZooError
-from ..registry import expand_backbones
 from ..runtime import pick_device, resolve_precision
 from ..util import atomic_write_text
 from .features import RANK_OPTIONS, candidate_config, extract, predecode, subsample

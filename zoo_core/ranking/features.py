@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from .. import registry
+from ..backbones import registry
+from ..backbones.weights import RANDOM_INIT, is_local_path, weights_label
 from ..cache import FeatureSet
 from ..data import DataSplit
 from ..errors import DataError, WeightsError
@@ -30,7 +31,6 @@ from ..headfit.split import stratified_subsample
 from ..training import TrainConfig, build_run, data_config_for, shared_pixels
 from ..training.cached import extract as extract_run_features
 from ..util import digest
-from ..weights import RANDOM_INIT, is_local_path, weights_label
 
 RANK_OPTIONS = ("weights", "image_size", "batch_size", "device", "precision", "seed", "val_fraction",
                 "num_workers", "download", "data_root")

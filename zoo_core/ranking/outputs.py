@@ -7,9 +7,9 @@ import csv
 import io
 import json
 
-from .. import html_report, plots
+from ..backbones.weights import RANDOM_INIT
+from ..outputs import html_report, plots
 from ..util import atomic_write_text
-from ..weights import RANDOM_INIT
 from .results import FIELDS, SCORE_HEADERS, Ranking
 
 PLOT = "score_vs_speed.png"  # the plot: primary score vs extraction images/s, points numbered by rank

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..tables import format_table
-from ..weights import RANDOM_INIT
+from ..backbones.weights import RANDOM_INIT
+from ..outputs.tables import format_table, ranking_cell
 
 SCORE_HEADERS = {"logme": "LogME", "probe": "probe top-1"}  # score name → column header
 FIELDS = ("rank", "backbone", "status", "weights", "score", "spread", "logme", "logme_std", "probe_acc",
@@ -53,17 +53,6 @@ def order(entries: list[RankEntry], score: str) -> list[RankEntry]:
     return sorted(entries, key=lambda e: (not e.ok, -(e.score(score)[0] or 0.0), -(e.score(other)[0] or 0.0)))
 
 
-def cell(key: str, v: Any) -> str:
-    """The ranking table's text for value ``v`` of column ``key``."""
-    if v is None:
-        return "-"
-    if key in ("score", "spread", "logme", "logme_std", "probe_acc", "probe_std"):
-        return f"{v:.4f}"
-    if key in ("extract_images_per_s", "seconds"):
-        return f"{v:.1f}"
-    return str(v)
-
-
 @dataclass
 class Ranking:
     """All entries, best first by ``score``, and what they were computed on."""
@@ -99,7 +88,7 @@ class Ranking:
     def table(self, markdown: bool = False) -> str:
         """The ranking as an aligned text table (or Markdown), then the random-init and failure notes."""
         cols = self.columns()
-        cells = [{k: cell(k, v) for k, v in row.items()} for row in self.rows()]
+        cells = [{k: ranking_cell(k, v) for k, v in row.items()} for row in self.rows()]
         if markdown:
             lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
             lines += ["| " + " | ".join(c[k] for k, _ in cols) + " |" for c in cells]

@@ -1,6 +1,6 @@
 """The scores of one backbone's frozen features, without fine-tuning: LogME and the k-fold linear probe.
 
-* **LogME** (You et al., ICML 2021; :func:`zoo_core.logme.logme`): the maximised evidence of Bayesian linear
+* **LogME** (You et al., ICML 2021; :func:`zoo_core.ranking.logme.logme`): the maximised evidence of Bayesian linear
   regression from the features to each one-vs-rest target, per sample, averaged over classes. One
   eigendecomposition, no training; higher is better; comparable between backbones on one dataset only.
 * **probe**: the accuracy of the converged linear probe (:func:`zoo_core.headfit.fit_linear_head`, the head a
@@ -25,7 +25,7 @@ import torch
 
 from .. import headfit
 from ..errors import DataError
-from ..logme import logme
+from .logme import logme
 
 SCORES = ("logme", "probe")
 """The scores a ranking can be ordered by (``score=``, ``--score``)."""

@@ -17,10 +17,10 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from .. import augment as zaug
 from .. import cache, headfit, strategies
-from ..adapter import BackboneAdapter, DataConfig
+from ..backbones.adapter import BackboneAdapter, DataConfig
+from ..backbones.freezing import count_parameters
 from ..distributed import DistContext
 from ..errors import TrainingError
-from ..freezing import count_parameters
 from ..runtime import pass_modes, resolve_precision
 from . import report, steps
 from .checkpoint import checkpoint

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 from torch.utils.data import Dataset, Sampler
 
 from .. import data as zdata
-from ..adapter import BackboneAdapter, DataConfig
+from ..backbones.adapter import BackboneAdapter, DataConfig
 from ..cache import PixelCache
 from ..distributed import DistContext, DistributedEpochSampler, ShardSampler, epoch_permutation
 from .config import TrainConfig

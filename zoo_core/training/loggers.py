@@ -20,8 +20,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .. import plots
 from ..errors import ZooError
+from ..outputs import plots
 from .config import TrainConfig
 
 """The values ``TrainConfig.log`` (``--log``) takes besides None."""

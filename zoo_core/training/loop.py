@@ -21,9 +21,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import strategies
+from ..backbones.freezing import count_parameters
 from ..distributed import DistContext
 from ..errors import TrainingError
-from ..freezing import count_parameters
 from . import report, steps
 from .checkpoint import Checkpoints, Resume
 from .config import TrainConfig, patience

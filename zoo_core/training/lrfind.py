@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .. import data as zdata
 from .. import strategies
-from ..plots import _pyplot, _save
+from ..outputs.plots import _pyplot, _save
 from ..util import atomic_write_text
 from .config import TrainConfig, replace_options
 from .probe import with_probe

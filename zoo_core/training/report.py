@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 
 from .. import augment as zaug
 from .. import data as zdata
-from .. import plots
-from ..freezing import count_parameters
+from ..backbones.freezing import count_parameters
+from ..outputs import plots
 from .config import TrainResult, flag
 from .setup import RunState, Trained
 

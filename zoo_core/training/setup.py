@@ -19,11 +19,12 @@ from torch import nn
 
 from .. import augment as zaug
 from .. import data as zdata
-from .. import registry, strategies
-from ..adapter import BackboneAdapter, DataConfig
+from .. import strategies
+from ..backbones import registry
+from ..backbones.adapter import BackboneAdapter, DataConfig
+from ..backbones.freezing import Stages
+from ..backbones.models import create
 from ..distributed import DistContext, per_rank_batch
-from ..freezing import Stages
-from ..models import create
 from ..rundir import RunDir
 from ..runtime import autocast_for, pick_device, seed_everything, training_precision
 from .config import DEFAULT_EPOCHS, TrainConfig, check_stages, resolve_config

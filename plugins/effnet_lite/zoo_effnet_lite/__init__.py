@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 from torch import nn
 from zoo_timm import PREFIX, TimmAdapter
 
-from zoo_core import DataConfig, WeightsError, hookimpl
+from zoo_core.plugin_kit import DataConfig, WeightsError, hookimpl
 
 from .weights import SHIPPED, cache_path, installed_version, load_pretrained, read_cached, shipped_file
 

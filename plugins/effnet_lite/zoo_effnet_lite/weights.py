@@ -39,8 +39,7 @@ import timm
 import torch
 from torch import nn
 
-from zoo_core import DataConfig, WeightsError
-from zoo_core.util import atomic_write_bytes, atomic_write_text, few
+from zoo_core.plugin_kit import DataConfig, WeightsError, atomic_write_bytes, atomic_write_text, few
 
 log = logging.getLogger("zoo_effnet_lite")
 

@@ -12,10 +12,17 @@ from timm.models import get_pretrained_cfg
 from timm.models._manipulate import group_with_matcher
 from torch import nn
 
-from zoo_core import BackboneAdapter, DataConfig, WeightsError, hookimpl
-from zoo_core.freezing import Stages, find_head, member_names
-from zoo_core.util import under
-from zoo_core.weights import offline_hint
+from zoo_core.plugin_kit import (
+    BackboneAdapter,
+    DataConfig,
+    Stages,
+    WeightsError,
+    find_head,
+    hookimpl,
+    member_names,
+    offline_hint,
+    under,
+)
 
 PREFIX = "timm/"
 

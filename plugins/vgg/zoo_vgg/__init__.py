@@ -6,8 +6,7 @@ from typing import Callable
 
 from torch import nn
 
-from zoo_core import hookimpl
-from zoo_core.torchvision_family import TorchvisionAdapter
+from zoo_core.plugin_kit import TorchvisionAdapter, hookimpl
 
 
 class VGGAdapter(TorchvisionAdapter):
