@@ -88,7 +88,8 @@ def measure(args: argparse.Namespace, root: Path) -> dict:
     import torch
 
     import zoo_core
-    from zoo_core import registry, runtime
+    from zoo_core import runtime
+    from zoo_core.backbones import registry
     from zoo_core.cache import PixelCache, extract_features
     from zoo_core.cache import passes as zpasses
     from zoo_core.data import normalize

@@ -168,7 +168,7 @@ def _split_and_workers(cfg: dict) -> tuple[Any, int, int]:
 
 
 def _adapter(cfg: dict) -> Any:
-    from zoo_core import registry
+    from zoo_core.backbones import registry
 
     return registry.get_adapter(cfg["backbone"])[0]
 

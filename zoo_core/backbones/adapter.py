@@ -81,7 +81,7 @@ class BackboneAdapter:
     """Create, freeze and re-head the backbones of one family.
 
     A minimal adapter implements :meth:`names` and :meth:`create`, and usually :meth:`replace_head`
-    and :meth:`freeze`; everything else has a default built on :mod:`zoo_core.freezing` that works for
+    and :meth:`freeze`; everything else has a default built on :mod:`zoo_core.backbones.freezing` that works for
     any model whose head is its last ``nn.Linear``. ``create`` receives ``weights`` as ``"DEFAULT"``,
     ``None`` or one of :meth:`available_weights`; local checkpoint paths are loaded by the core.
     """
