@@ -12,7 +12,8 @@ from typing import Any
 
 from ..errors import ZooError
 from ..rundir import load_checkpoint
-from .config import DEFAULT_EPOCHS, RESUMABLE, TrainConfig, data_label, flag, replace_options, resolve_config
+from .config import DEFAULT_EPOCHS, RESUMABLE, TrainConfig, data_label, replace_options, resolve_config
+from .options import flag
 
 
 def last_checkpoint(run: Path) -> Path:
