@@ -149,11 +149,44 @@ def test_python_values_of_the_wrong_kind_and_unknown_names(tmp_path: Path, data2
     assert not (tmp_path / "runs").exists()
 
 
-def test_every_option_has_a_rule() -> None:
-    from zoo_core.training.config import _RULES
+def test_every_option_is_declared_with_a_help_and_a_rule_its_default_passes() -> None:
+    import dataclasses
 
-    assert set(_RULES) == set(TrainConfig.__dataclass_fields__)
-    assert set(RESUMABLE) < set(TrainConfig.__dataclass_fields__)
+    from zoo_core.training.config import OPTIONS
+    from zoo_core.training.options import Option
+
+    fields = dataclasses.fields(TrainConfig)
+    assert list(OPTIONS) == [f.name for f in fields]
+    for f in fields:
+        o = f.metadata.get("option")
+        assert isinstance(o, Option), f"TrainConfig.{f.name} is not declared with option(...)"
+        assert o.help.strip() and o.allowed.strip(), f"TrainConfig.{f.name} lacks a help text or what it allows"
+        assert o.check(f.default), f"TrainConfig.{f.name}'s default fails its own rule"
+        assert not o.check(object()), f"TrainConfig.{f.name}'s rule accepts anything"
+    assert set(RESUMABLE) < set(OPTIONS)
+
+
+@pytest.mark.parametrize("command, takes", [
+    ("train", lambda name, o: o.cli),
+    ("compare", lambda name, o: o.cli and name not in ("strategy", "out_dir", "run_name")),
+    ("rank", lambda name, o: o.rank),
+    ("lr-find", lambda name, o: o.cli and o.lr_find),
+])
+def test_each_command_offers_the_training_options_its_policy_says_with_their_help(command: str, takes: Any) -> None:
+    from zoo_core.cli import build_parser
+    from zoo_core.ranking import RANK_OPTIONS
+    from zoo_core.training.config import OPTIONS
+
+    assert set(RANK_OPTIONS) == {name for name, o in OPTIONS.items() if o.rank}
+    sub = next(a for a in build_parser()._actions if a.choices)
+    helps: dict[str, Any] = {}
+    for a in sub.choices[command]._actions:
+        if a.option_strings:
+            helps.setdefault(a.dest, a.help)  # --augment's, not --no-augment's
+    for name, o in OPTIONS.items():
+        if name not in ("backbone", "data"):  # every command has these as arguments of its own
+            assert (name in helps) == takes(name, o), f"zoo {command} and {flag(name)}"
+            assert name not in helps or helps[name] == o.help
 
 
 def test_validate_gives_plain_numbers_and_accepts_the_edges() -> None:
@@ -265,7 +298,7 @@ def test_resume_refuses_other_changes_and_names_what_can_change(tmp_path: Path, 
     line = one_line_error(err)
     assert code == 2 and "cannot change --augment (None → True), --max-steps (None → 1)" in line
     assert "a resume may change only " + ", ".join(map(flag, RESUMABLE)) + "." in line
-    assert "--epochs, --lr, --early-stopping" in line
+    assert "--epochs, --lr, " in line and "--early-stopping" in line
     assert {p.name: p.read_bytes() for p in r.run_dir.iterdir() if p.is_file()} == files  # nothing touched
     again = zoo_core.train(resume=r.run_dir, batch_size=8, strategy="linear", progress=False)  # same values: fine
     assert len(again.history) == 2

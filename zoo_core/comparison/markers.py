@@ -15,12 +15,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..training import TrainConfig
+from ..training.config import OPTIONS
 from ..util import atomic_write_text
 from .leaderboard import Entry
 
 MARKER = "entry.json"
-_NOT_SIGNED = ("progress", "out_dir", "run_name", "num_workers", "backbone", "strategy", "data", "share_decoding",
-               "log", "log_dir")  # options that do not change an entry's result
+_NOT_SIGNED = tuple(name for name, o in OPTIONS.items() if not o.signed)  # they do not change an entry's result
 
 
 def signature(backbone: str, strategy: str, fingerprint: str, cfg: TrainConfig) -> str:

@@ -30,11 +30,12 @@ from ..errors import DataError, WeightsError
 from ..headfit.split import stratified_subsample
 from ..training import TrainConfig, build_run, data_config_for, shared_pixels
 from ..training.cached import extract as extract_run_features
+from ..training.config import OPTIONS
 from ..util import digest
 
-RANK_OPTIONS = ("weights", "image_size", "batch_size", "device", "precision", "seed", "val_fraction",
-                "num_workers", "download", "data_root")
-"""The :class:`~zoo_core.TrainConfig` fields ``rank`` takes (the ones that decide the features)."""
+RANK_OPTIONS = tuple(name for name, o in OPTIONS.items() if o.rank)
+"""The :class:`~zoo_core.TrainConfig` fields ``rank`` takes (the ones that decide the features; ``rank=True``
+in their :class:`~zoo_core.training.options.Option`)."""
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 ``train(backbone, data, strategy=..., epochs=...)`` runs ``cfg → build_run → RunState → (end-to-end
 path | cached-feature path) → report → TrainResult``; ``docs/ARCHITECTURE.md`` (Training) maps the rooms:
 
+- :mod:`.options` — one home per option: what each :class:`TrainConfig` field carries (help, rule, policies);
 - :mod:`.config` — :class:`TrainConfig`, :class:`TrainResult`, option checks, run names;
+- :mod:`.resume` — the config of a resumed run (:func:`~.resume.resumed_config`);
 - :mod:`.setup` — :class:`RunState` and :func:`build_run` (data, model, device, precision, choices);
 - :mod:`.inputs` — data config, shared pixels, evaluation datasets, :class:`EpochSampler`;
 - :mod:`.lrfind` — the LR range test (:func:`lr_find`, ``--lr auto``);

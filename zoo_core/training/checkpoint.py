@@ -24,7 +24,7 @@ from ..distributed import DistContext
 from ..errors import ZooError
 from ..rundir import load_checkpoint
 from ..util import few
-from .config import last_checkpoint
+from .resume import last_checkpoint
 from .setup import RunState
 
 

@@ -1,6 +1,9 @@
 """What a run is asked to do: :class:`TrainConfig` (saved in ``config.json``), what it returns
 (:class:`TrainResult`), and the checks and names derived from a config before any work starts.
 
+Each field is declared once with its help, rule and policies (:mod:`.options`); :data:`OPTIONS` and
+:data:`RESUMABLE` here, the CLI flags, compare's signature and ``RANK_OPTIONS`` are read from those records.
+
 Nothing here mutates a config: every resolved value comes back in a new one (``dataclasses.replace``).
 """
 
@@ -8,71 +11,145 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
-import math
 import numbers
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from .. import augment as zaug
 from .. import strategies
 from ..errors import ZooError
-from ..rundir import load_checkpoint
+from .options import (
+    BOOLEAN,
+    FOLDER,
+    PATH,
+    Option,
+    auto_or,
+    flag,
+    integer,
+    kind,
+    number,
+    one_of,
+    option,
+    options_of,
+    weights_arg,
+)
+
+HEAD_INITS = ("probe", "random")  # what ``head_init`` may name (zoo_core.training.probe)
+BN_STATS = ("auto", "frozen", "update")  # what ``bn_stats`` may name
+LOGGERS = ("tensorboard",)  # what ``log`` may name (zoo_core.training.loggers implements each)
+_NAME = (lambda v: isinstance(v, str) and bool(v), "a backbone name (see `zoo list`)")
+_INTEGER = (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool), "an integer")
+_NOT_EMPTY = (lambda v: isinstance(v, PATH) and bool(os.fspath(v)), "a folder")
+_DIRECTORY_NAME = (lambda v: v is None or (isinstance(v, str) and bool(v) and not set("/\\\0") & set(v)),
+                   "a folder name without path separators")
+_PATIENCE = (lambda v: v == "auto" or integer(0, optional=True)[0](v), "an integer >= 0 or 'auto'")
+_LR = (number(0, above=True, optional=True)[0], "a number > 0 or 'auto'")  # 'auto' passes before the rules
 
 
 @dataclass
 class TrainConfig:
-    """Everything a run depends on; saved as ``config.json`` in the run directory."""
+    """Everything a run depends on; saved as ``config.json`` in the run directory.
 
-    backbone: str = "resnet18"
-    data: str = ""  # image folder, built-in dataset name, or "<object>" for a Dataset passed in
-    strategy: str = "feature-extraction"
-    epochs: int | None = None  # None: converged head fit (feature-extraction) or 5 epochs
-    batch_size: int = 32
-    lr: float | str | None = None  # head learning rate; None: 1e-3 AdamW / 1e-2 SGD; "auto": LR range test
-    backbone_lr_mult: float = 0.1  # backbone stages get this fraction of the head's LR …
-    layer_decay: float = 0.7  # … times this per stage further from the head
-    weight_decay: float = 0.05
-    optimizer: str = "adamw"  # or "sgd" (momentum 0.9)
-    momentum: float = 0.9
-    warmup_epochs: float = 0.5
-    label_smoothing: float = 0.0
-    trainable_stages: int = 1  # for the "finetune" strategy
-    head_epochs: int = 1  # for the "gradual" strategy
-    head_init: str = "probe"  # strategies that train the backbone start from the linear probe's head, or "random"
-    bn_stats: str = "auto"  # BatchNorm statistics while the backbone trains: frozen | update | auto (frozen from the probe)
-    augment: bool | str | None = None  # None/"auto": each augmentation checked on the data (off for feature extraction)
-    weights: str | None = "DEFAULT"
-    image_size: int | None = None  # override the backbone's input size (e.g. 32 for quick tests)
-    val_fraction: float = 0.2
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    channels_last: bool = True
-    num_workers: int | None = None
-    early_stopping: int | str | None = "auto"  # patience on validation loss; "auto": 3 without --epochs, else 5
-    cache_features: bool = True
+    Each field is one option, declared once with everything about it (:func:`~.options.option`: help, rule,
+    resume / signature / rank / lr-find policy); :data:`OPTIONS` lists them and the rest is derived."""
+
+    backbone: str = option("resnet18", "backbone name, e.g. resnet18 or timm/efficientnet_b0", _NAME,
+                           cli=False, signed=False)
+    data: str = option("", "image folder, built-in dataset name, or '<object>' for a Dataset passed in",
+                       kind(str, what="a folder or a dataset name"), cli=False, signed=False)
+    strategy: str = option("feature-extraction", "feature-extraction | finetune | full | gradual (default: "
+                           "feature-extraction)", kind(str, what=f"one of {', '.join(strategies.STRATEGIES)}"),
+                           signed=False)
+    epochs: int | None = option(None, "epochs (default: converged head fit for feature-extraction, else 5)",
+                                integer(1, optional=True), resumable=True, lr_find=False)
+    batch_size: int = option(32, "global batch size (default 32)", integer(1), rank=True)
+    lr: float | str | None = option(None, "head learning rate, or 'auto' for the LR range test (default 1e-3 AdamW)",
+                                    _LR, resumable=True, lr_find=False, parse=auto_or(float, "a number"))
+    backbone_lr_mult: float = option(0.1, "backbone LR as a fraction of the head's (default 0.1)", number(0))
+    layer_decay: float = option(0.7, "extra LR factor per stage further from the head (default 0.7)",
+                                number(0, 1, above=True))
+    weight_decay: float = option(0.05, "weight decay, never on norms and biases (default 0.05)", number(0))
+    optimizer: str = option("adamw", "adamw | sgd", one_of(("adamw", "sgd"), "'adamw' or 'sgd'"))
+    momentum: float = option(0.9, "SGD momentum", number(0, 1, below=True))
+    warmup_epochs: float = option(0.5, "linear warm-up length", number(0), lr_find=False)
+    label_smoothing: float = option(0.0, "label smoothing (default 0)", number(0, 1, below=True), lr_find=False)
+    trainable_stages: int = option(1, "stages that train with --strategy finetune: 0 to the backbone's stage count "
+                                   "(default 1)", integer(0))
+    head_epochs: int = option(1, "head-only epochs before unfreezing with --strategy gradual, fewer than --epochs "
+                              "(default 1)", integer(0))
+    head_init: str = option("probe", "probe (default: fine-tuning starts from the converged linear probe's head, "
+                            "LP-FT) | random", one_of(HEAD_INITS, " or ".join(map(repr, HEAD_INITS))))
+    bn_stats: str = option("auto", "BatchNorm running statistics while backbone layers train: auto (default: frozen "
+                           "when starting from the probe, updated from a random head) | frozen | update",
+                           one_of(BN_STATS))
+    augment: bool | str | None = option(
+        None, "training augmentation: auto (default when fine-tuning: random resized crop and flip, each kept only "
+        "if the linear probe shows it preserves this data's labels, a failed crop retried as mild-crop), bare "
+        "--augment for crop + flip unchecked, or crop | mild-crop | flip | crop,flip | none; --no-augment for none",
+        (zaug.valid_policy, zaug.ARGUMENT_HELP), bare=True, metavar="POLICY",
+        off_help=f"train without augmentation (no {', '.join(zaug.AUGMENTATIONS)})")
+    weights: str | None = option("DEFAULT", "DEFAULT (pretrained), none (random init), a weight tag, or a "
+                                 ".pth/.safetensors file", kind(*PATH, optional=True, what="DEFAULT, None, a weight "
+                                 "tag or a checkpoint file"), rank=True, parse=weights_arg)
+    image_size: int | None = option(None, "override the backbone's input size in pixels (e.g. 64 for a quick look)",
+                                    integer(1, optional=True), rank=True)
+    val_fraction: float = option(0.2, "validation share when the data has no val/ folder (default 0.2)",
+                                 number(0, 1, below=True), rank=True)
+    seed: int = option(0, "random seed (default 0)", _INTEGER, rank=True)
+    device: str = option("auto", "auto | cpu | cuda | cuda:1 | mps", kind(str, what="auto, cpu, cuda, cuda:N or mps"),
+                         resumable=True, rank=True)
+    precision: str = option("auto", "auto | fp32 | bf16 | fp16", kind(str, what="auto, fp32, bf16 or fp16"),
+                            rank=True, lr_find=False)
+    channels_last: bool = option(True, "channels-last memory format", BOOLEAN, lr_find=False)
+    num_workers: int | None = option(None, "data-loader workers (default: tuned to the machine)",
+                                     integer(0, optional=True), resumable=True, signed=False, rank=True)
+    early_stopping: int | str | None = option(
+        "auto", "patience in epochs on validation loss, 0 disables (default auto: 3 without --epochs, within the "
+        "5-epoch budget; 5 with --epochs)", _PATIENCE, resumable=True, lr_find=False,
+        parse=auto_or(int, "an integer"))
+    cache_features: bool = option(True, "cache frozen-backbone features on disk (default on)", BOOLEAN, lr_find=False)
     # decode + resize each split once into the shared pixel cache (features.PixelCache) and feed the frozen
     # feature extraction and every validation pass from it; runs with the same preprocessing (``compare``)
     # reuse it. Results are identical to decoding on the fly. Ignored under torchrun.
-    share_decoding: bool = False
-    download: bool = False
-    data_root: str | None = None
-    out_dir: str = "runs"
-    run_name: str | None = None
-    max_steps: int | None = None  # stop each epoch after this many steps (smoke tests, --dry-run)
-    progress: bool = True
-    log: str | None = None  # "tensorboard": also log to TensorBoard (see zoo_core.training.loggers)
-    log_dir: str | None = None  # parent folder of TensorBoard runs: LOG_DIR/<run name> (default RUN_DIR/tensorboard)
+    share_decoding: bool = option(False, "decode each split once into the pixel cache, reused by runs of the same "
+                                  "input size", BOOLEAN, resumable=True, signed=False)
+    download: bool = option(False, "download a built-in dataset (cifar10, …) if missing", BOOLEAN,
+                            resumable=True, rank=True)
+    data_root: str | None = option(None, "where built-in datasets live (default $BACKBONE_ZOO_DATA or "
+                                   "~/.cache/backbone-zoo/datasets)", FOLDER, resumable=True, rank=True)
+    out_dir: str = option("runs", "parent folder of run directories (default runs)", _NOT_EMPTY,
+                          signed=False, lr_find=False)
+    run_name: str | None = option(None, "run directory name", _DIRECTORY_NAME, signed=False, lr_find=False)
+    max_steps: int | None = option(None, "stop each epoch after this many steps (smoke tests)",
+                                   integer(1, optional=True), lr_find=False)
+    progress: bool = option(True, "progress bars and log lines on stderr", BOOLEAN, cli=False, signed=False)
+    log: str | None = option(None, "tensorboard: also log scalars, the LR schedule, the confusion matrix and hparams "
+                             "to TensorBoard (pip install tensorboard)",
+                             one_of(LOGGERS, f"one of {', '.join(LOGGERS)}, or none", optional=True),
+                             signed=False, lr_find=False)
+    log_dir: str | None = option(None, "with --log: TensorBoard runs go to LOG_DIR/<run name> (default "
+                                 "RUN_DIR/tensorboard)", FOLDER, signed=False, lr_find=False)
 
     def resolved_lr(self) -> float:
         """The head learning rate: explicit, else 1e-3 (AdamW) or 1e-2 (SGD)."""
         if self.lr is not None:
             return float(self.lr)
         return 1e-3 if self.optimizer == "adamw" else 1e-2
+
+
+OPTIONS: dict[str, Option] = options_of(TrainConfig)
+"""Every :class:`TrainConfig` field with its :class:`~.options.Option`, in declaration order."""
+
+RESUMABLE = tuple(name for name, o in OPTIONS.items() if o.resumable)
+"""The options a resumed run may change (``--resume RUN --epochs 10``): ``epochs`` only grows (the cosine
+schedule then runs to the new end from the resumed step on); a new ``lr`` sets the restored optimizer
+groups' ``initial_lr`` and so the rest of the schedule (the saved moments stay). Every resume and its
+changes are recorded in ``config.json`` (``resumes``). ``progress`` (display only) and the data's location
+(its content is checked) may differ too; any other change would make the saved state belong to another
+run, so it is refused."""
 
 
 @dataclass
@@ -121,93 +198,6 @@ def patience(cfg: TrainConfig) -> int | None:
         return BUDGET_PATIENCE if cfg.epochs is None else GIVEN_PATIENCE
     return cfg.early_stopping or None
 
-RESUMABLE = ("epochs", "lr", "early_stopping", "num_workers", "device", "data_root", "download", "share_decoding")
-"""The options a resumed run may change (``--resume RUN --epochs 10``): ``epochs`` only grows (the cosine
-schedule then runs to the new end from the resumed step on); a new ``lr`` sets the restored optimizer
-groups' ``initial_lr`` and so the rest of the schedule (the saved moments stay). Every resume and its
-changes are recorded in ``config.json`` (``resumes``). ``progress`` (display only) and the data's location
-(its content is checked) may differ too; any other change would make the saved state belong to another
-run, so it is refused."""
-
-
-def flag(name: str) -> str:
-    """The command-line spelling of a :class:`TrainConfig` field: ``batch_size`` → ``--batch-size``."""
-    return "BACKBONE" if name == "backbone" else "--" + name.replace("_", "-")
-
-
-def _integer(low: int, *, optional: bool = False) -> tuple[Callable[[Any], bool], str]:
-    def ok(v: Any) -> bool:
-        return (optional and v is None) or (isinstance(v, numbers.Integral) and not isinstance(v, bool)
-                                             and v >= low)
-    return ok, {0: "an integer >= 0", 1: "a positive integer"}.get(low, f"an integer >= {low}")
-
-
-def _number(low: float, high: float = math.inf, *, above: bool = False, below: bool = False,
-            optional: bool = False) -> tuple[Callable[[Any], bool], str]:
-    """A finite real in the interval from ``low`` to ``high`` (``above``/``below``: open at that end)."""
-    def ok(v: Any) -> bool:
-        if optional and v is None:
-            return True
-        if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v):
-            return False
-        return (v > low if above else v >= low) and (v < high if below else v <= high)
-    if high == math.inf:
-        what = f"a number {'>' if above else '>='} {low:g}"
-    else:
-        what = f"a number in {'(' if above else '['}{low:g}, {high:g}{')' if below else ']'}"
-    return ok, what
-
-
-def _kind(*types: type, optional: bool = False, what: str) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: (optional and v is None) or isinstance(v, types)), what
-
-
-_PATH = (str, os.PathLike)
-HEAD_INITS = ("probe", "random")  # what ``head_init`` may name (zoo_core.training.probe)
-BN_STATS = ("auto", "frozen", "update")  # what ``bn_stats`` may name
-LOGGERS = ("tensorboard",)  # what ``log`` may name (zoo_core.training.loggers implements each)
-_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {  # field → (check, what is allowed)
-    "backbone": (lambda v: isinstance(v, str) and bool(v), "a backbone name (see `zoo list`)"),
-    "data": _kind(str, what="a folder or a dataset name"),
-    "strategy": _kind(str, what=f"one of {', '.join(strategies.STRATEGIES)}"),
-    "epochs": _integer(1, optional=True),
-    "batch_size": _integer(1),
-    "lr": (_number(0, above=True, optional=True)[0], "a number > 0 or 'auto'"),  # 'auto' passes before the rules
-    "backbone_lr_mult": _number(0),
-    "layer_decay": _number(0, 1, above=True),
-    "weight_decay": _number(0),
-    "optimizer": (lambda v: v in ("adamw", "sgd"), "'adamw' or 'sgd'"),
-    "momentum": _number(0, 1, below=True),
-    "warmup_epochs": _number(0),
-    "label_smoothing": _number(0, 1, below=True),
-    "trainable_stages": _integer(0),
-    "head_epochs": _integer(0),
-    "head_init": (lambda v: v in HEAD_INITS, " or ".join(map(repr, HEAD_INITS))),
-    "bn_stats": (lambda v: v in BN_STATS, ", ".join(map(repr, BN_STATS))),
-    "augment": (zaug.valid_policy, zaug.ARGUMENT_HELP),
-    "weights": _kind(*_PATH, optional=True, what="DEFAULT, None, a weight tag or a checkpoint file"),
-    "image_size": _integer(1, optional=True),
-    "val_fraction": _number(0, 1, below=True),
-    "seed": (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool), "an integer"),
-    "device": _kind(str, what="auto, cpu, cuda, cuda:N or mps"),
-    "precision": _kind(str, what="auto, fp32, bf16 or fp16"),
-    "channels_last": _kind(bool, what="true or false"),
-    "num_workers": _integer(0, optional=True),
-    "early_stopping": (lambda v: v == "auto" or _integer(0, optional=True)[0](v), "an integer >= 0 or 'auto'"),
-    "cache_features": _kind(bool, what="true or false"),
-    "share_decoding": _kind(bool, what="true or false"),
-    "download": _kind(bool, what="true or false"),
-    "data_root": _kind(*_PATH, optional=True, what="a folder"),
-    "out_dir": (lambda v: isinstance(v, _PATH) and bool(os.fspath(v)), "a folder"),
-    "run_name": (lambda v: v is None or (isinstance(v, str) and bool(v) and not set("/\\\0") & set(v)),
-                 "a folder name without path separators"),
-    "max_steps": _integer(1, optional=True),
-    "progress": _kind(bool, what="true or false"),
-    "log": (lambda v: v is None or v in LOGGERS, f"one of {', '.join(LOGGERS)}, or none"),
-    "log_dir": _kind(*_PATH, optional=True, what="a folder"),
-}
-"""What every :class:`TrainConfig` field accepts; :func:`validate` applies them."""
-
 
 def _plain(v: Any) -> Any:
     """NumPy and other numeric scalars as Python ints and floats (what ``config.json`` can hold)."""
@@ -229,9 +219,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise ZooError(f"--lr must be a number > 0 or 'auto', got {lr!r}") from None
     values = {f.name: _plain(lr if f.name == "lr" else getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
     for name, value in values.items():
-        ok, what = _RULES.get(name, (lambda v: True, ""))  # tests/test_validation.py: every field has a rule
-        if not (name == "lr" and value == "auto") and not ok(value):
-            raise ZooError(f"{flag(name)} must be {what}, got {value!r}")
+        o = OPTIONS[name]
+        if not (name == "lr" and value == "auto") and not o.check(value):
+            raise ZooError(f"{flag(name)} must be {o.allowed}, got {value!r}")
     return dataclasses.replace(cfg, **values)
 
 
@@ -291,57 +281,6 @@ def new_run_config(backbone: str | None, data: Any, config: TrainConfig | None,
     if not data:
         raise ZooError("no data given: pass a folder of images (root/<class>/*.jpg) or a dataset name")
     return dataclasses.replace(cfg, data=data_label(data, cfg.data))
-
-
-def last_checkpoint(run: Path) -> Path:
-    """``run/last.pt``, or the one-line error of a run that cannot be resumed."""
-    path = run / "last.pt"
-    if not path.is_file():
-        raise ZooError(f"cannot resume {str(run)!r}: it has no last.pt (the run stopped before its first epoch "
-                       "finished); start it again without --resume")
-    return path
-
-
-@dataclass(frozen=True)
-class ResumePlan:
-    """A resumed run: its config (the saved one with the allowed changes) and the ``config.json`` log of
-    every resume so far (``{"epoch": epochs finished, "changed": {option: [old, new]}}``, this one last)."""
-
-    config: TrainConfig
-    resumes: tuple[dict[str, Any], ...]
-
-
-def resumed_config(run: Path, overrides: dict[str, Any], *, backbone: str | None = None,
-                   data: Any = None) -> ResumePlan:
-    """The saved config of run directory ``run`` (its ``config.json``) with ``overrides``.
-
-    Only the :data:`RESUMABLE` options may differ from the saved values (``--epochs`` not below the epochs
-    already finished); anything else is a one-line error listing what can change, raised before any work."""
-    if not (run / "config.json").is_file():
-        raise ZooError(f"cannot resume: {str(run)!r} has no config.json (not a zoo run directory)")
-    record = json.loads((run / "config.json").read_text())
-    saved = TrainConfig(**{k: v for k, v in record["train"].items() if k in TrainConfig.__dataclass_fields__})
-    if backbone is not None:
-        overrides = {**overrides, "backbone": backbone}
-    cfg = replace_options(saved, overrides)
-    if data is not None:
-        cfg = dataclasses.replace(cfg, data=data_label(data, saved.data))
-    old, new = resolve_config(saved)[0], resolve_config(cfg)[0]
-    changed = {f: [getattr(old, f), getattr(new, f)] for f in TrainConfig.__dataclass_fields__
-               if getattr(old, f) != getattr(new, f) and f != "progress"}  # progress: display only
-    refused = ", ".join(f"{flag(f)} ({a!r} → {b!r})" for f, (a, b) in changed.items() if f not in (*RESUMABLE, "data"))
-    if refused:
-        raise ZooError(f"cannot change {refused} when resuming {str(run)!r}; a resume may change only "
-                       f"{', '.join(map(flag, RESUMABLE))}. Start a new run for other changes")
-    finished = int(load_checkpoint(last_checkpoint(run), mmap=True)["epoch"])
-    if new.lr == "auto":
-        raise ZooError("--lr auto cannot be used with --resume (the range test needs an untrained model); "
-                       "give a number")
-    if "epochs" in changed and (new.epochs or DEFAULT_EPOCHS) < finished:
-        raise ZooError(f"--epochs {new.epochs} is fewer than the {finished} epochs {str(run)!r} already finished; "
-                       "a resume can only extend a run")
-    resumes = tuple(record.get("resumes", ())) + ({"epoch": finished, "changed": changed},)
-    return ResumePlan(cfg, resumes)
 
 
 def run_name(cfg: TrainConfig) -> str:

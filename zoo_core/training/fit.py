@@ -15,9 +15,10 @@ from typing import Any
 
 from . import cached, endtoend, report
 from .checkpoint import restore_best
-from .config import TrainConfig, TrainResult, new_run_config, resumed_config, run_name
+from .config import TrainConfig, TrainResult, new_run_config, run_name
 from .lrfind import with_auto_lr
 from .probe import with_probe
+from .resume import resumed_config
 from .setup import build_run, check_options, join_processes
 
 
@@ -31,7 +32,7 @@ def train(backbone: str | None = None, data: Any = None, *, config: TrainConfig 
 
     Keyword ``overrides`` set any :class:`TrainConfig` field. ``resume=RUN_DIR`` continues an
     interrupted run from its ``last.pt`` with the saved config; only the options in
-    :data:`~zoo_core.training.config.RESUMABLE` may change then (e.g. more ``epochs``), others are refused.
+    :data:`~zoo_core.training.resume.RESUMABLE` may change then (e.g. more ``epochs``), others are refused.
     """
     cfg, run_path, resumes = _plan(backbone, data, config, resume, overrides)
     return run(cfg, data if data is not None else cfg.data, run_path=run_path, resume=resumes is not None,

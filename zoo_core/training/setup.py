@@ -56,7 +56,7 @@ class RunState:
     run: RunDir | None  # None when nothing is written (the LR range test)
     resume: bool = False
     lr_found: dict[str, Any] | None = None  # --lr auto: the range test's suggestion and plot
-    resumes: tuple[dict[str, Any], ...] = ()  # every resume of the run so far (config.ResumePlan.resumes)
+    resumes: tuple[dict[str, Any], ...] = ()  # every resume of the run so far (resume.ResumePlan.resumes)
     log: RunLog = dataclasses.field(default_factory=RunLog)  # TensorBoard (cfg.log), else logs nothing
     augment_auto: bool = False  # augment="auto": the probe's check narrows `augment` before training
     probe: dict[str, Any] | None = None  # LP-FT: the linear probe's record (zoo_core.training.probe)
