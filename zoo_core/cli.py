@@ -207,7 +207,7 @@ _parse_patience = _or_auto(int, "--early-stopping", "an integer")
 
 def _add_augment(p: argparse.ArgumentParser) -> None:
     """``--augment [POLICY]`` (bare: crop + flip, unchecked) and ``--no-augment`` (none), one destination."""
-    from .augment import AUGMENTATIONS
+    from .data.augment import AUGMENTATIONS
 
     p.add_argument("--augment", dest="augment", nargs="?", const=True, default=None, metavar="POLICY",
                    help=_TRAIN_HELP["augment"])

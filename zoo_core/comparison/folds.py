@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from .. import augment as zaug
 from .. import headfit, registry
+from ..data import augment as zaug
 from ..errors import ZooError
 from ..inference import load
 from ..strategies import get_strategy

@@ -35,9 +35,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .. import augment as zaug
 from .. import data as zdata
 from .. import registry
+from ..data import augment as zaug
 from ..errors import WeightsError
 from ..runtime import pick_device
 from ..strategies import get_strategy

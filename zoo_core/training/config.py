@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .. import augment as zaug
 from .. import strategies
+from ..data import augment as zaug
 from ..errors import ZooError
 from ..rundir import load_checkpoint
 

@@ -16,9 +16,9 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from .. import augment as zaug
 from .. import data as zdata
 from .. import plots
+from ..data import augment as zaug
 from ..freezing import count_parameters
 from .config import TrainResult, flag
 from .setup import RunState, Trained

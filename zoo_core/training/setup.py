@@ -17,10 +17,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .. import augment as zaug
 from .. import data as zdata
 from .. import registry, strategies
 from ..adapter import BackboneAdapter, DataConfig
+from ..data import augment as zaug
 from ..distributed import DistContext, per_rank_batch
 from ..freezing import Stages
 from ..models import create
@@ -49,7 +49,7 @@ class RunState:
     precision: str  # resolved: fp32 | bf16 | fp16
     amp: Callable[[], Any]  # autocast context factory
     scaler: torch.amp.GradScaler | None
-    augment: tuple[str, ...]  # the training augmentations (zoo_core.augment), as the policy resolved them
+    augment: tuple[str, ...]  # the training augmentations (zoo_core.data.augment), as the policy resolved them
     use_cache: bool  # frozen backbone, no augmentation: the head trains on cached features
     epochs: int | None  # None: the converged head fit
     run: RunDir | None  # None when nothing is written (the LR range test)
