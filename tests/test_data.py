@@ -19,7 +19,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from zoo_core import DataConfig, DataError
+from zoo_core import DataConfig, DataError, ZooError
 from zoo_core import data as zdata
 
 W, H = 40, 30  # non-square on purpose
@@ -412,6 +412,25 @@ def test_dataset_with_classes_targets_and_tensor_images() -> None:
     assert zdata.load_data(split) is split
 
 
+def test_known_labels_reads_items_only_when_a_dataset_hides_its_labels() -> None:
+    class Counting(Dataset):
+        def __init__(self, labels: list[int], expose: bool) -> None:
+            self.reads, self._y = 0, labels
+            if expose:
+                self.targets = torch.tensor(labels)
+
+        def __len__(self) -> int:
+            return len(self._y)
+
+        def __getitem__(self, i: int) -> tuple[Image.Image, int]:
+            self.reads += 1
+            return Image.new("RGB", (4, 4)), self._y[i]
+
+    exposed, hidden = Counting([1, 0, 2, 1], expose=True), Counting([1, 0, 2, 1], expose=False)
+    assert zdata.known_labels(torch.utils.data.Subset(exposed, [3, 1, 2])) == [1, 0, 2] and exposed.reads == 0
+    assert zdata.known_labels(torch.utils.data.Subset(hidden, [3, 1, 2])) == [1, 0, 2] and hidden.reads == 3
+
+
 def test_dataset_errors() -> None:
     class Bad(Labelled):
         def __getitem__(self, i: int) -> tuple[str, int]:
@@ -512,6 +531,20 @@ def test_train_transform_is_random_but_seedable() -> None:
     b = [t(img) for _ in range(4)]
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert any(not torch.equal(a[0], x) for x in a[1:])
+
+
+def test_train_transform_takes_any_resolved_policy_but_not_auto() -> None:
+    cfg = DataConfig(input_size=(3, 16, 16))
+    img = Image.fromarray(np.random.default_rng(2).integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    views = []
+    for policy in (True, ("crop", "flip"), "crop,flip"):
+        torch.manual_seed(0)
+        views.append(zdata.train_transform(cfg, policy)(img))
+    assert all(torch.equal(views[0], v) for v in views[1:])
+    with pytest.raises(ZooError, match="auto"):
+        zdata.train_transform(cfg, "auto")
+    with pytest.raises(ZooError, match="unknown augmentation 'spin'"):
+        zdata.train_transform(cfg, ("spin",))
 
 
 def test_normalize_matches_torchvision() -> None:
