@@ -63,8 +63,8 @@ def dataset(name: str, work: Path) -> tuple[Path, float]:
     if name == "digits":
         return make_digits(work / "digits"), 0.25
     if name == "demo":
+        from zoo_core.data.demo import make_demo_dataset
         from zoo_core.demo import DEMO_DATA
-        from zoo_core.demo_data import make_demo_dataset
 
         return make_demo_dataset(work / "demo", per_class=DEMO_DATA["per_class"], size=DEMO_DATA["size"]), 0.2
     return Path(name), 0.2

@@ -306,7 +306,7 @@ def decode(args: argparse.Namespace) -> dict[str, Any]:
     """img/s of decoding alone per worker count; run before any mode starts thread pools (inductor and
     OpenVINO ones do not survive the loader workers' fork)."""
     from zoo_core import data
-    from zoo_core.demo_data import DEMO_CLASSES, render_demo_image
+    from zoo_core.data.demo import DEMO_CLASSES, render_demo_image
 
     cfg = DataConfig(input_size=(3, 224, 224))  # resize 256, center crop 224, bilinear
     out: dict[str, Any] = {"images": args.decode, "rows": {}}
@@ -354,7 +354,7 @@ def print_decode(out: dict[str, Any], pass_rate: float, pass_name: str) -> None:
 def accuracy(args: argparse.Namespace) -> dict[str, Any]:
     import zoo_core
     from zoo_core import data
-    from zoo_core.demo_data import make_demo_dataset
+    from zoo_core.data.demo import make_demo_dataset
     from zoo_core.headfit import fit_linear_head
 
     name = "efficientnet_lite0"

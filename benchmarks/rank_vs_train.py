@@ -13,7 +13,7 @@ empty feature and pixel cache, so none reuses another's features (a ``compare`` 
 ``rank`` would read the training features back); the pretrained weights are loaded once before any clock
 starts.
 
-**The data**: the built-in demo dataset (:mod:`zoo_core.demo_data`): six shape classes on cluttered,
+**The data**: the built-in demo dataset (:mod:`zoo_core.data.demo`): six shape classes on cluttered,
 textured backgrounds, where colour and texture carry no information — so how well the features encode
 shape decides the accuracy, and ImageNet features beat random ones by a wide margin. It is drawn in
 code: no download.
@@ -46,7 +46,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import zoo_core  # noqa: E402
 from zoo_core import WeightsError, hookimpl  # noqa: E402
 from zoo_core.backbones.adapter import DataConfig  # noqa: E402
-from zoo_core.demo_data import make_demo_dataset  # noqa: E402
+from zoo_core.data.demo import make_demo_dataset  # noqa: E402
 from zoo_core.stats import kendall_tau, spearman_rho  # noqa: E402
 
 try:

@@ -86,7 +86,7 @@ def make_images(root: Path, *, images: int, size: int, render_size: int, seed: i
     """Write ``root/<class>/<i>.png`` (demo shapes drawn at ``render_size``, resized to ``size``); reused if complete."""
     from PIL import Image
 
-    from zoo_core.demo_data import DEMO_CLASSES, render_demo_image
+    from zoo_core.data.demo import DEMO_CLASSES, render_demo_image
 
     per_class = max(2, images // len(DEMO_CLASSES))
     params = {"per_class": per_class, "size": size, "render_size": min(render_size, size), "seed": seed, "v": 1}

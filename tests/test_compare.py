@@ -325,13 +325,13 @@ def test_strategy_keyword_and_several_strategies(data3: Path, tmp_path: Path, to
 
 def _decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Record every image file the data pipeline decodes."""
-    real, seen = zdata.load_image, []
+    real, seen = zdata.images.load_image, []
 
     def counting(path: Any) -> Any:
         seen.append(str(path))
         return real(path)
 
-    monkeypatch.setattr(zdata, "load_image", counting)
+    monkeypatch.setattr(zdata.images, "load_image", counting)
     return seen
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from zoo_core import DataConfig, DataError
+from zoo_core import DataConfig, DataError, ZooError
 from zoo_core import data as zdata
 
 W, H = 40, 30  # non-square on purpose
@@ -412,6 +412,25 @@ def test_dataset_with_classes_targets_and_tensor_images() -> None:
     assert zdata.load_data(split) is split
 
 
+def test_known_labels_reads_items_only_when_a_dataset_hides_its_labels() -> None:
+    class Counting(Dataset):
+        def __init__(self, labels: list[int], expose: bool) -> None:
+            self.reads, self._y = 0, labels
+            if expose:
+                self.targets = torch.tensor(labels)
+
+        def __len__(self) -> int:
+            return len(self._y)
+
+        def __getitem__(self, i: int) -> tuple[Image.Image, int]:
+            self.reads += 1
+            return Image.new("RGB", (4, 4)), self._y[i]
+
+    exposed, hidden = Counting([1, 0, 2, 1], expose=True), Counting([1, 0, 2, 1], expose=False)
+    assert zdata.known_labels(torch.utils.data.Subset(exposed, [3, 1, 2])) == [1, 0, 2] and exposed.reads == 0
+    assert zdata.known_labels(torch.utils.data.Subset(hidden, [3, 1, 2])) == [1, 0, 2] and hidden.reads == 3
+
+
 def test_dataset_errors() -> None:
     class Bad(Labelled):
         def __getitem__(self, i: int) -> tuple[str, int]:
@@ -442,7 +461,7 @@ def test_builtin_not_found_tells_path_and_download(tmp_path: Path, monkeypatch: 
 
 @pytest.mark.parametrize("name", zdata.dataset_names())
 def test_builtin_names_map_to_torchvision_splits(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cls_name, train_kw, val_kw = zdata._BUILTINS[name]
+    cls_name, train_kw, val_kw = zdata.BUILTINS[name]
     calls: list[dict] = []
 
     class Fake(Dataset):
@@ -472,7 +491,7 @@ def test_builtin_names_map_to_torchvision_splits(name: str, tmp_path: Path, monk
 
 
 def test_official_splits_are_as_documented() -> None:
-    b = zdata._BUILTINS
+    b = zdata.BUILTINS
     assert b["cifar10"][1:] == ({"train": True}, {"train": False})
     assert b["oxford-iiit-pet"][1:] == ({"split": "trainval"}, {"split": "test"})
     assert b["flowers102"][2] == {"split": "val"} and b["food101"][2] == {"split": "test"}
@@ -485,7 +504,7 @@ def test_official_splits_are_as_documented() -> None:
 def test_transforms_give_uint8_chw_at_config_size(interp: str, size: tuple[int, int]) -> None:
     cfg = DataConfig(input_size=(3, 24, 32), interpolation=interp, crop_pct=0.9)
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-    for t in (zdata.eval_transform(cfg), zdata.train_transform(cfg), zdata.train_transform(cfg, augment=False)):
+    for t in (zdata.eval_transform(cfg), zdata.train_transform(cfg), zdata.train_transform(cfg, False)):
         out = t(img)
         assert type(out) is torch.Tensor and out.dtype == torch.uint8 and out.shape == (3, 24, 32)
 
@@ -497,7 +516,7 @@ def test_eval_transform_is_resize_then_center_crop() -> None:
     out = zdata.eval_transform(cfg)(Image.fromarray(arr))
     assert cfg.resize_size == 32 and out.shape == (3, 16, 16)
     assert out.min() == 255  # a plain resize of the whole image to 16 px would show the black border
-    assert torch.equal(zdata.train_transform(cfg, augment=False)(Image.fromarray(arr)), out)
+    assert torch.equal(zdata.train_transform(cfg, False)(Image.fromarray(arr)), out)
     with pytest.raises(DataError, match="Unknown interpolation 'sideways'"):
         zdata.eval_transform(DataConfig(interpolation="sideways"))
 
@@ -512,6 +531,20 @@ def test_train_transform_is_random_but_seedable() -> None:
     b = [t(img) for _ in range(4)]
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert any(not torch.equal(a[0], x) for x in a[1:])
+
+
+def test_train_transform_takes_any_resolved_policy_but_not_auto() -> None:
+    cfg = DataConfig(input_size=(3, 16, 16))
+    img = Image.fromarray(np.random.default_rng(2).integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    views = []
+    for policy in (True, ("crop", "flip"), "crop,flip"):
+        torch.manual_seed(0)
+        views.append(zdata.train_transform(cfg, policy)(img))
+    assert all(torch.equal(views[0], v) for v in views[1:])
+    with pytest.raises(ZooError, match="auto"):
+        zdata.train_transform(cfg, "auto")
+    with pytest.raises(ZooError, match="unknown augmentation 'spin'"):
+        zdata.train_transform(cfg, ("spin",))
 
 
 def test_normalize_matches_torchvision() -> None:
@@ -573,7 +606,7 @@ def test_make_loader_settings() -> None:
     with_sampler = zdata.make_loader(Seeds(), batch_size=4, shuffle=True, sampler=sampler)
     assert with_sampler.sampler is sampler
     assert zdata.auto_num_workers(10) == 0
-    assert zdata.auto_num_workers(100_000) == max(0, min(zdata._cpu_count() - 1, 8))
+    assert zdata.auto_num_workers(100_000) == max(0, min(zdata.usable_cpus() - 1, 8))
 
 
 def test_transformed_wraps_items_and_exposes_classes(tmp_path: Path) -> None:
@@ -590,10 +623,10 @@ def test_threaded_scan_with_progress_matches_serial(tmp_path: Path, monkeypatch:
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     root = make_folder(tmp_path / "d", {"a": 40, "b": 35}, ext="jpg")  # ≥ 64 files: checked in a thread pool
     (root / "a" / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 nope")
-    monkeypatch.setattr(zdata, "_PROGRESS_MIN", 1)
+    monkeypatch.setattr(zdata.split, "PROGRESS_MIN", 1)
     threaded = zdata.load_data(root, progress=True)
     assert "checking images" in capsys.readouterr().err
-    monkeypatch.setattr(zdata, "_THREADED_CHECK_MIN", 10**9)
+    monkeypatch.setattr(zdata.folders, "THREADED_CHECK_MIN", 10**9)
     serial = zdata.load_data(root, progress=False)
     assert capsys.readouterr().err == ""
     assert threaded.skipped == serial.skipped and [Path(p).name for p, _ in threaded.skipped] == ["bad.jpg"]

@@ -10,7 +10,7 @@ import pytest
 
 from zoo_core import demo
 from zoo_core.data import load_data
-from zoo_core.demo_data import DEMO_CLASSES, make_demo_dataset
+from zoo_core.data.demo import DEMO_CLASSES, make_demo_dataset
 
 
 def _digest(root: Path) -> dict[str, str]:

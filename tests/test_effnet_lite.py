@@ -21,7 +21,7 @@ from zoo_effnet_lite import weights as W
 
 import zoo_core
 from zoo_core import WeightsError, cli
-from zoo_core.demo_data import make_demo_dataset
+from zoo_core.data.demo import make_demo_dataset
 from zoo_core.testing import check_plugin
 
 LITE0 = "efficientnet_lite0"

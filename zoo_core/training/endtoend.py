@@ -13,9 +13,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .. import augment as zaug
 from .. import data as zdata
 from .. import strategies
+from ..data import augment as zaug
 from ..distributed import DistContext, per_rank_batch
 from . import report, steps
 from .inputs import eval_dataset, sampler_for

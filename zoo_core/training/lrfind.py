@@ -137,7 +137,7 @@ def _range_test_setup(state: RunState) -> tuple[nn.Module, torch.optim.Optimizer
     groups = strategies.param_groups(model, state.stages, state.head, lr=1.0, weight_decay=cfg.weight_decay,
                                      backbone_lr_mult=cfg.backbone_lr_mult, layer_decay=cfg.layer_decay)
     opt = strategies.make_optimizer(groups, cfg.optimizer, cfg.momentum)
-    ds = zdata.Transformed(state.split.train, zdata.train_transform(state.data_cfg, augment=state.augment))
+    ds = zdata.Transformed(state.split.train, zdata.train_transform(state.data_cfg, state.augment))
     loader = zdata.make_loader(ds, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
                                num_workers=cfg.num_workers, device=state.device)
     model.to(state.device).train()

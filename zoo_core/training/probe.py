@@ -10,13 +10,13 @@ get the converged linear head (:func:`zoo_core.training.cached.converge_head`). 
   ICLR 2022, "Fine-Tuning can Distort Pretrained Features and Underperform Out-of-Distribution"). The
   probe's state is the run's epoch 0: its validation loss is the one to beat, so ``best.pt`` stays the
   probe when no fine-tuned epoch does better.
-* ``augment="auto"`` (the default): each default augmentation (:mod:`zoo_core.augment`) is kept only when
+* ``augment="auto"`` (the default): each default augmentation (:mod:`zoo_core.data.augment`) is kept only when
   a probe's top-1 on the validation images seen through it is no more than
-  :data:`zoo_core.augment.CHECK_TOLERANCE` below its top-1 without it, or the drop is not significant (exact
+  :data:`zoo_core.data.augment.CHECK_TOLERANCE` below its top-1 without it, or the drop is not significant (exact
   McNemar test, :data:`SIGNIFICANCE`); a dropped crop is checked again as a ``mild-crop``. Crops are checked
   with the probe above on one seeded random crop per image; flips with a *side* probe, fit on the left halves
   of the training images and scored on the left halves of the mirrored validation images
-  (:data:`zoo_core.augment.CHECKS` says why). A mirrored arrow changes its label, a mirrored cat does not: the
+  (:data:`zoo_core.data.augment.CHECKS` says why). A mirrored arrow changes its label, a mirrored cat does not: the
   check finds which on the user's own data. Each view costs one backbone pass over at most
   :data:`CHECK_IMAGES` validation images (the side probe one over as many training images too), cached like
   any other features.
@@ -33,8 +33,8 @@ from typing import Any
 
 import torch
 
-from .. import augment as zaug
 from ..cache import FeatureSet
+from ..data import augment as zaug
 from ..headfit.split import stratified_subsample
 from ..stats import mcnemar_exact
 from . import cached, report
@@ -83,7 +83,7 @@ def with_probe(state: RunState) -> RunState:
 
 def check_augmentations(state: RunState, head: torch.nn.Module, fx: dict[str, Any],
                         names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """Per augmentation in ``names`` (:data:`zoo_core.augment.CHECKS`): the validation top-1 of its probe on
+    """Per augmentation in ``names`` (:data:`zoo_core.data.augment.CHECKS`): the validation top-1 of its probe on
     the probe's view and on the checked view, the drop, the exact McNemar p of the paired difference, and
     whether the augmentation is kept. ``head`` is the probe on plain features ``fx`` (train and val)."""
     rows = {s: stratified_subsample(torch.arange(len(fx[s])), fx[s].labels, CHECK_IMAGES, zaug.VIEW_SEED)

@@ -16,9 +16,9 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from .. import augment as zaug
 from .. import data as zdata
 from ..backbones.freezing import count_parameters
+from ..data import augment as zaug
 from ..outputs import plots
 from .config import TrainResult, flag
 from .setup import RunState, Trained

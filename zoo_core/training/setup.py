@@ -17,13 +17,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .. import augment as zaug
 from .. import data as zdata
 from .. import strategies
 from ..backbones import registry
 from ..backbones.adapter import BackboneAdapter, DataConfig
 from ..backbones.freezing import Stages
 from ..backbones.models import create
+from ..data import augment as zaug
 from ..distributed import DistContext, per_rank_batch
 from ..rundir import RunDir
 from ..runtime import autocast_for, pick_device, seed_everything, training_precision
@@ -50,7 +50,7 @@ class RunState:
     precision: str  # resolved: fp32 | bf16 | fp16
     amp: Callable[[], Any]  # autocast context factory
     scaler: torch.amp.GradScaler | None
-    augment: tuple[str, ...]  # the training augmentations (zoo_core.augment), as the policy resolved them
+    augment: tuple[str, ...]  # the training augmentations (zoo_core.data.augment), as the policy resolved them
     use_cache: bool  # frozen backbone, no augmentation: the head trains on cached features
     epochs: int | None  # None: the converged head fit
     run: RunDir | None  # None when nothing is written (the LR range test)

@@ -1,7 +1,7 @@
 """Training augmentation as a policy: the named augmentations, their transforms, and the fixed views that
 check each one against the data before fine-tuning.
 
-The augmentations are ``crop`` (``RandomResizedCrop`` over :data:`zoo_core.data.TRAIN_CROP_SCALE` of the area,
+The augmentations are ``crop`` (``RandomResizedCrop`` over :data:`TRAIN_CROP_SCALE` of the area,
 aspect 3/4–4/3), ``mild-crop`` (the same over :data:`MILD_CROP_SCALE`: a small zoom and shift) and ``flip``
 (horizontal, p = 0.5). A policy is a tuple of their names with at most one crop: ``()`` trains on the
 evaluation view, ``("crop", "flip")`` (:data:`DEFAULT`) is the classic ImageNet-style recipe.
@@ -24,12 +24,17 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from .backbones.adapter import DataConfig
-from .data import TRAIN_CROP_SCALE, _interpolation, _pipeline, eval_transform
-from .errors import ZooError
+from ..backbones.adapter import DataConfig
+from ..errors import ZooError
+from .transforms import eval_transform, interpolation, pipeline
 
 AUGMENTATIONS: tuple[str, ...] = ("crop", "mild-crop", "flip")
 """The augmentations a policy may name, in the order they are applied."""
+
+TRAIN_CROP_SCALE = (0.35, 1.0)
+"""RandomResizedCrop area range of ``crop``. (0.08, 1) is the ImageNet-from-scratch recipe; transfer learning on
+small user datasets (few epochs, objects usually large and centred) does better with milder crops that keep
+most of the object in view."""
 
 DEFAULT: tuple[str, ...] = ("crop", "flip")
 """What ``--augment`` alone (``on``) trains with, and what ``auto`` checks."""
@@ -120,14 +125,23 @@ def _crop(cfg: DataConfig, name: str, mode: Any) -> Any:
                                 antialias=True)
 
 
-def train_transform(cfg: DataConfig, policy: Sequence[str]) -> Callable[[Any], torch.Tensor]:
-    """PIL → ``uint8 [3, H, W]`` with the augmentations of ``policy`` (the eval view when it is empty)."""
+def train_transform(cfg: DataConfig, policy: Any = True) -> Callable[[Any], torch.Tensor]:
+    """PIL → ``uint8 [3, H, W]`` with the augmentations of ``policy`` (anything :func:`parse_policy` takes
+    but ``auto``, which the check resolves first): ``True`` is :data:`DEFAULT`, ``False`` or ``()`` the eval
+    view (:func:`~.transforms.eval_transform`).
+
+    Randomness comes from torch's RNG (seeded per worker by :func:`~.loaders.make_loader`; seed the main
+    process yourself when ``num_workers=0``).
+    """
+    policy = parse_policy(policy)
+    if policy == AUTO:
+        raise ZooError("train_transform: resolve augment='auto' first (zoo_core.training.probe checks it)")
     crop = crop_of(policy)
     if crop is None:
         base = eval_transform(cfg)
         return v2.Compose([base, v2.RandomHorizontalFlip()]) if "flip" in policy else base
-    mode = _interpolation(cfg.interpolation)
-    return _pipeline(_crop(cfg, crop, mode), [v2.RandomHorizontalFlip()] if "flip" in policy else [], mode)
+    mode = interpolation(cfg.interpolation)
+    return pipeline(_crop(cfg, crop, mode), [v2.RandomHorizontalFlip()] if "flip" in policy else [], mode)
 
 
 def on_decoded(policy: Sequence[str]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -155,8 +169,8 @@ def check_view(cfg: DataConfig, name: str) -> Callable[[Any], torch.Tensor]:
     if name == "plain":
         return eval_transform(cfg)
     if name in CROP_SCALES:
-        mode = _interpolation(cfg.interpolation)
-        return _pipeline(_crop(cfg, name, mode), [], mode)
+        mode = interpolation(cfg.interpolation)
+        return pipeline(_crop(cfg, name, mode), [], mode)
     if name in ("side", "side+flip"):
         steps = [eval_transform(cfg)] + ([v2.RandomHorizontalFlip(p=1.0)] if name == "side+flip" else [])
         return v2.Compose([*steps, _LeftHalf(cfg.mean)])

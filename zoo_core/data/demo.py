@@ -30,8 +30,8 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .errors import DataError
-from .util import atomic_write_bytes
+from ..errors import DataError
+from ..util import atomic_write_bytes
 
 DEMO_CLASSES: list[str] = ["circle", "cross", "crescent", "square", "star", "triangle"]
 """The demo's class names: one shape category each (colour and texture never predict the class)."""
