@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers_cli import one_line_error, run
+from helpers_cli import one_line, one_line_error, run
 from helpers_images import make_folder
 
 import zoo_core
@@ -39,12 +39,6 @@ def no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """This machine has neither CUDA nor MPS (whatever it really has)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(runtime, "_mps_available", lambda: False)
-
-
-def one_line(exc: BaseException) -> str:
-    msg = str(exc)
-    assert msg and "\n" not in msg, msg
-    return msg
 
 
 # ---- point 9: every bad input is one line naming the option and the value, before any work ----------------------
