@@ -1,4 +1,4 @@
-"""Statistics in every leaderboard (issue 14 item 3), ``--folds K``, and what compare measures (issue 18):
+"""Statistics in every leaderboard, ``--folds K``, and what compare measures:
 intervals and McNemar p-values against hand-computed values, ties of entries one image apart, folds on
 cached features, and a peak memory that spans the inference pass and never resets the process's mark."""
 
