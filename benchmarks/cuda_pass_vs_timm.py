@@ -1,4 +1,4 @@
-"""Issue 16: our extraction pass vs timm's own ``benchmark.py``-style inference, same model, batch and precision, on CUDA.
+"""Our extraction pass vs timm's own ``benchmark.py``-style inference, same model, batch and precision, on CUDA.
 
     .venv/bin/python benchmarks/cuda_pass_vs_timm.py [--model timm/resnet50] [--batch-size 256]
         [--precision auto|fp32|bf16|fp16] [--warmup 10] [--iters 40] [--repeats 3] [--image-size N] [--out r.json]
@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
 import shutil
 import sys
 import tempfile
@@ -39,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import _common  # noqa: E402  (the repository on sys.path)
 
 TARGET = 0.5  # ours' pass at least this fraction of timm's img/s
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
@@ -191,17 +189,15 @@ def report(r: dict) -> bool:
 
 def main() -> None:
     """Parse arguments; measure timm's benchmark-style inference, our pass and our extraction loop side by side."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = _common.parser(__doc__, batch_size=256, repeats=3)
     ap.add_argument("--model", default="timm/resnet50", help="a zoo timm backbone name (timm/<timm model name>)")
-    ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                     help="ours gets this (auto: resolved, then checked against fp32); timm the resolved precision")
     ap.add_argument("--warmup", type=int, default=10, help="warm-up steps (timm's --num-warm-iter)")
     ap.add_argument("--iters", type=int, default=40, help="timed steps (timm's --num-bench-iter)")
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved measurements per row; the best is kept")
     ap.add_argument("--image-size", type=int, default=None, help="default: the zoo data config's input size")
     ap.add_argument("--cpu", action="store_true", help="dry-run on the CPU (use tiny sizes; not a measurement)")
-    ap.add_argument("--out", default=None, help="write the numbers to this JSON file")
+    _common.add_out(ap)
     args = ap.parse_args()
     if min(args.batch_size, args.iters, args.repeats) < 1 or args.warmup < 0:
         ap.error("--batch-size, --iters and --repeats must be >= 1, --warmup >= 0")
@@ -220,9 +216,7 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     result["target_met"] = report(result)
     if args.out:
-        tmp = Path(args.out + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, args.out)
+        _common.write_json(args.out, result)
         print(f"wrote {args.out}")
 
 

@@ -18,20 +18,17 @@ whether ``precision="auto"`` may use bf16, and what ``auto`` resolves to on this
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import os
-import sys
 import tempfile
 import time
 
+import _common  # noqa: E402  (the repository on sys.path)
 import torch
 import torchvision
 from torch import nn
 from torchvision.datasets import FakeData
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from zoo_core import cache, runtime  # noqa: E402
 from zoo_core.backbones.adapter import BackboneAdapter, DataConfig  # noqa: E402
@@ -56,11 +53,8 @@ def time_round_robin(variants: list[tuple[str, object, list]], repeats: int) -> 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=256)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap = _common.parser(__doc__, images=256, batch_size=32, repeats=2)
     ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--skip-bf16-speed", action="store_true", help="bf16 is very slow on CPUs without it")
     args = ap.parse_args()
 

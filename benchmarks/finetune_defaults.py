@@ -1,5 +1,5 @@
-"""Issue 13: fine-tuning defaults side by side on the same data — feature extraction, the old fine-tune start,
-and LP-FT (today's default) — with real ImageNet weights, each variant in its own child process and its own
+"""Fine-tuning defaults side by side on the same data — feature extraction, a fine-tune from a random head,
+and LP-FT (the default) — with real ImageNet weights, each variant in its own child process and its own
 empty feature cache (so every wall time includes every backbone pass it needs).
 
     .venv/bin/python benchmarks/finetune_defaults.py [--data digits|demo|PATH ...] [--backbone efficientnet_lite0]
@@ -8,7 +8,7 @@ empty feature cache (so every wall time includes every backbone pass it needs).
 Variants (``zoo_core.train`` with only these options changed):
 
 * **feature extraction** — ``strategy="feature-extraction"``: frozen backbone, converged head fit.
-* **old fine-tune** — what ``--strategy finetune`` did before LP-FT: a random head, RandomResizedCrop + flip
+* **old fine-tune** — fine-tuning without the probe: a random head, RandomResizedCrop + flip
   unchecked (``augment=True``), ``head_init="random"`` (so BatchNorm statistics update), 5 epochs, patience 5.
 * **LP-FT (default)** — ``--strategy finetune`` with every default: the converged linear probe as the head,
   each augmentation checked on the data, BatchNorm statistics kept, at most 5 epochs with early stopping.
@@ -16,7 +16,7 @@ Variants (``zoo_core.train`` with only these options changed):
 Data: ``digits`` — scikit-learn's 1,797 handwritten 8×8 digits (scaled to 64 px PNGs, 10 classes, 25 %
 validation): far from ImageNet, the domain-shifted case. ``demo`` — the built-in demo set (generated textured
 shapes in clutter, 6 classes, 480 images, 20 % validation): closer to ImageNet-style photos. Any image folder
-works too. Prints one table per dataset, the targets of the issue with PASS/MISS, and ``--out`` JSON.
+works too. Prints one table per dataset, the targets with PASS/MISS, and ``--out`` JSON.
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import _common  # noqa: E402  (the repository on sys.path)
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "feature extraction": {"strategy": "feature-extraction"},
@@ -42,26 +41,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
 DOMAIN_SHIFTED = {"digits"}  # datasets held to "LP-FT >= feature extraction + 1 point"
 
 
-def make_digits(root: Path) -> Path:
-    """scikit-learn's digits as ``root/<digit>/<i>.png`` (64 px RGB); reused when complete."""
-    import numpy as np
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    if root.is_dir() and sum(1 for _ in root.rglob("*.png")) == len(digits.target):
-        return root
-    for i, (img, y) in enumerate(zip(digits.images, digits.target)):
-        (root / str(y)).mkdir(parents=True, exist_ok=True)
-        a = (img / 16 * 255).astype(np.uint8)
-        Image.fromarray(a).resize((64, 64), Image.Resampling.BICUBIC).convert("RGB").save(root / str(y) / f"{i:04d}.png")
-    return root
-
-
 def dataset(name: str, work: Path) -> tuple[Path, float]:
     """(folder, validation fraction) of a dataset name or folder."""
     if name == "digits":
-        return make_digits(work / "digits"), 0.25
+        return _common.digits_folder(work / "digits"), 0.25
     if name == "demo":
         from zoo_core.data.demo import make_demo_dataset
         from zoo_core.demo import DEMO_DATA
@@ -120,13 +103,12 @@ def verdicts(name: str, rows: list[dict[str, Any]]) -> list[str]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = _common.parser(__doc__, seed=0)
     p.add_argument("--data", nargs="+", default=["digits", "demo"])
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--strategy", default="finetune")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path)
+    _common.add_out(p)
     p.add_argument("--work", type=Path, help="folder for data, caches and runs (default: a temporary one)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--val-fraction", type=float, default=0.2, help=argparse.SUPPRESS)
@@ -144,7 +126,7 @@ def main() -> None:
         print(f"\n== {name} ({folder})\n{table(rows)}")
         print("\n".join(verdicts(name, rows)), flush=True)
     if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
+        _common.write_json(args.out, results)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Issue 7 benchmark: our default head fit vs scikit-learn's tuned linear probe, on the same features.
+"""Our default head fit vs scikit-learn's tuned linear probe, on the same features.
 
 Both see the same training features and the same protocol (the standard linear probe): standardised
 features, the same stratified inner split (:func:`zoo_core.headfit.stratified_split`, seeded), the same
@@ -23,17 +23,14 @@ machine may be shared: timings are wall clock, best of ``--repeats`` for our fit
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import sys
 import time
 import warnings
 
+import _common  # noqa: E402  (the repository on sys.path)
 import numpy as np
 import torch
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from zoo_core.headfit import DEFAULT_C_GRID, fit_linear_head, stratified_split  # noqa: E402
 
@@ -107,7 +104,7 @@ def sklearn_probe(x: np.ndarray, y: np.ndarray, k: int, seed: int, max_iter: int
 
 def main() -> None:
     """Run both probes and print the table."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = _common.parser(__doc__, repeats=1, seed=0)
     ap.add_argument("--n", type=int, default=50_000, help="training rows (synthetic)")
     ap.add_argument("--test", type=int, default=10_000, help="test rows (synthetic)")
     ap.add_argument("--dim", type=int, default=2048)
@@ -122,9 +119,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64, help="extraction batch size for --backbone")
     ap.add_argument("--sklearn-max-iter", type=int, default=100, help="lbfgs iterations per scikit-learn fit")
     ap.add_argument("--skip-sklearn", action="store_true")
-    ap.add_argument("--repeats", type=int, default=1, help="time our fit this many times, keep the best")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -52,11 +52,10 @@ from typing import Any, Callable
 # a cold torch.compile: an empty inductor cache of our own (set before torch is imported)
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="pass-modes-inductor-"))
 
+import _common  # noqa: E402  (the repository on sys.path)
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 from torch import nn  # noqa: E402
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from zoo_core import registry, runtime  # noqa: E402
 from zoo_core.backbones.adapter import BackboneAdapter, DataConfig  # noqa: E402
@@ -306,16 +305,11 @@ def decode(args: argparse.Namespace) -> dict[str, Any]:
     """img/s of decoding alone per worker count; run before any mode starts thread pools (inductor and
     OpenVINO ones do not survive the loader workers' fork)."""
     from zoo_core import data
-    from zoo_core.data.demo import DEMO_CLASSES, render_demo_image
 
     cfg = DataConfig(input_size=(3, 224, 224))  # resize 256, center crop 224, bilinear
     out: dict[str, Any] = {"images": args.decode, "rows": {}}
     with tempfile.TemporaryDirectory(prefix="pass-modes-jpeg-") as tmp:
-        files = []
-        for i in range(args.decode):  # 500×375 photos, JPEG quality 90: what a typical folder holds
-            img = render_demo_image(DEMO_CLASSES[i % len(DEMO_CLASSES)], i, size=500, seed=3).resize((500, 375))
-            files.append(Path(tmp) / f"{i}.jpg")
-            img.save(files[-1], quality=90)
+        files = _common.demo_jpegs(Path(tmp), args.decode)
 
         class Folder(torch.utils.data.Dataset):
             def __len__(self) -> int:
@@ -447,10 +441,7 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=96)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap = _common.parser(__doc__, images=96, batch_size=32, repeats=3)
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES), metavar="MODE")
     ap.add_argument("--auto-images", type=int, default=5000, help="split size the auto row decides for")
     ap.add_argument("--no-native-bf16", action="store_true",
@@ -460,7 +451,7 @@ def main() -> None:
     ap.add_argument("--accuracy", type=int, default=0, metavar="N", help="also the head accuracy on N images")
     ap.add_argument("--memory", action="store_true", help="also the peak RSS of each product mode")
     ap.add_argument("--no-speed", action="store_true", help="skip the speed table (and --decode, which needs it)")
-    ap.add_argument("--out", type=Path, help="write every number as JSON")
+    _common.add_out(ap)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.no_native_bf16:
@@ -483,7 +474,7 @@ def main() -> None:
     if args.accuracy:
         results["accuracy"] = accuracy(args)
     if args.out:
-        args.out.write_text(json.dumps(results, indent=1, default=str))
+        _common.write_json(args.out, results)
 
 
 if __name__ == "__main__":

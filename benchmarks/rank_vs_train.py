@@ -1,4 +1,4 @@
-"""Issue 14 benchmark: does ``rank`` order backbones as training does, and how much faster is it?
+"""Does ``rank`` order backbones as training does, and how much faster is it?
 
     .venv/bin/python benchmarks/rank_vs_train.py               # demo shapes, 720 images, 8 backbones, budget 96
     .venv/bin/python benchmarks/rank_vs_train.py --full        # also rank on the whole training split
@@ -30,7 +30,6 @@ what a useful ranking has to get right.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -38,10 +37,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import _common  # noqa: E402  (the repository on sys.path)
 import torch
 from torch import nn
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import zoo_core  # noqa: E402
 from zoo_core import WeightsError, hookimpl  # noqa: E402
@@ -150,7 +148,7 @@ def report(rankings: dict[str, tuple[Any, tuple[float, float]]], board: Any, t_c
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = _common.parser(__doc__)
     ap.add_argument("--per-class", type=int, default=120, help="demo images per class (6 classes; default 120)")
     ap.add_argument("--budget", type=int, default=96, help="training images ranked (default 96; 0: skip)")
     ap.add_argument("--full", action="store_true", help="also rank on the whole training split (slower)")

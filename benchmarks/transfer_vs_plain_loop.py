@@ -1,4 +1,4 @@
-"""Issues 5 and 16: our default run vs the plain hand-written transfer-learning loop, same data, same network, one run.
+"""Our default run vs the plain hand-written transfer-learning loop, same data, same network, one run.
 
     .venv/bin/python benchmarks/transfer_vs_plain_loop.py [--backbone efficientnet_lite0] [--weights auto|none|default]
         [--images 600] [--size 256] [--render-size 96] [--epochs 3] [--max-epochs 3] [--batch-size 32]
@@ -33,7 +33,7 @@ timed variant from its first line (transforms, datasets, model, weights) to its 
   epoch). Choosing the LR on the same validation split that defines "reached" is the most favourable
   tuning the plain loop could get. ``--no-tta`` skips ours' default run and the Adam loops.
 * **ours, 3 epochs** — ``zoo_core.train(backbone, folder, epochs=3, optimizer="sgd", lr, momentum=0,
-  weight_decay=0, warmup_epochs=0, early_stopping=None)`` with its own empty cache: the issue-5 comparison
+  weight_decay=0, warmup_epochs=0, early_stopping=None)`` with its own empty cache: the 3-epoch comparison
   against the plain SGD loop's first 3 epochs (its cumulative time after epoch 3).
 * **ours, 20 epochs, warm cache** — the same call with ``epochs=20`` on the now filled cache.
 * **passes** — the backbone alone on pre-decoded S px images: the plain loop's fp32 train-mode step
@@ -71,48 +71,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import _common  # noqa: E402  (the repository on sys.path)
 
 HEAD_EPOCHS_LONG = 20  # the "20 epochs of head training on cached features" target
 WITHIN_POINTS = 1.0  # a plain loop has reached our accuracy when it is at most this many points below it
 TTA_TARGET = 20.0  # time-to-accuracy: plain time / ours at least this
 E2E_TARGET = {True: 10.0, False: 7.0}  # end to end, 3 epochs: with / without native bf16
 DEFAULT_ADAM_GRID = "1e-4,3e-4,1e-3,3e-3,1e-2,3e-2"
-_PARAMS_FILE = ".bench-params.json"  # marks a complete generated folder (hidden: loaders ignore it)
 
 
 # ---- data -------------------------------------------------------------------------------------------
-def make_images(root: Path, *, images: int, size: int, render_size: int, seed: int) -> Path:
-    """Write ``root/<class>/<i>.png`` (demo shapes drawn at ``render_size``, resized to ``size``); reused if complete."""
-    from PIL import Image
-
-    from zoo_core.data.demo import DEMO_CLASSES, render_demo_image
-
-    per_class = max(2, images // len(DEMO_CLASSES))
-    params = {"per_class": per_class, "size": size, "render_size": min(render_size, size), "seed": seed, "v": 1}
-    marker = root / _PARAMS_FILE
-    if marker.is_file() and json.loads(marker.read_text()) == params:
-        return root
-    if root.exists():
-        shutil.rmtree(root)
-    t = time.perf_counter()
-    for cls in DEMO_CLASSES:
-        (root / cls).mkdir(parents=True)
-        for i in range(per_class):
-            img = render_demo_image(cls, i, size=params["render_size"], seed=seed)
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.BICUBIC)
-            tmp = root / cls / f".{i:05d}.png.tmp"
-            img.save(tmp, format="PNG")
-            os.replace(tmp, root / cls / f"{i:05d}.png")
-    tmp = root / (_PARAMS_FILE + ".tmp")
-    tmp.write_text(json.dumps(params))
-    os.replace(tmp, marker)
-    print(f"generated {per_class * len(DEMO_CLASSES)} PNG images ({size}px) in {root} "
-          f"({time.perf_counter() - t:.1f}s)", file=sys.stderr, flush=True)
-    return root
-
-
 def resolve_weights(backbone: str, requested: str) -> tuple[str | None, str]:
     """``(weights for both variants, why)``: ``"DEFAULT"`` when real weights load offline (or are asked for)."""
     if requested == "none":
@@ -149,12 +117,6 @@ def peak_rss_mib() -> dict[str, float]:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / scale
     return {"peak_rss_mib": round(own, 1), "peak_rss_workers_mib": round(kids, 1)}
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def _split_and_workers(cfg: dict) -> tuple[Any, int, int]:
@@ -471,7 +433,7 @@ VARIANTS = {
 def run_child(name: str, cfg: dict, workdir: Path, env: dict) -> dict:
     """Run one variant in a fresh interpreter; returns its result dict (plus the child's wall time)."""
     cfg_path, out = workdir / f"config-{name}.json", workdir / f"result-{name}.json"
-    _write_json(cfg_path, cfg)
+    _common.write_json(cfg_path, cfg)
     print(f"--- {name} ---", file=sys.stderr, flush=True)
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--variant", name, "--config", str(cfg_path),
@@ -531,7 +493,7 @@ def three_epochs(plain: dict, epochs: int) -> dict:
 
 
 def evaluate_targets(cfg: dict, r: dict, native: bool) -> list[dict]:
-    """The issues' targets as ``{target, met, detail}`` rows, with the arithmetic that bounds them."""
+    """The targets as ``{target, met, detail}`` rows, with the arithmetic that bounds them."""
     o3, warm, passes, sgd = r["ours-3ep"], r["ours-20ep"], r["passes"], r["plain-sgd"]
     e = cfg["epochs"]
     p3 = three_epochs(sgd, e)
@@ -673,7 +635,7 @@ def report(cfg: dict, r: dict) -> dict:
 
 def main() -> None:
     """Parse arguments; in the parent run every variant in a child process, in a child run one variant."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = _common.parser(__doc__, batch_size=32, repeats=3, seed=0)
     ap.add_argument("--backbone", default="efficientnet_lite0", help="any zoo backbone; resnet18 = torchvision's")
     ap.add_argument("--weights", choices=["auto", "none", "default"], default="auto",
                     help="auto: the backbone's DEFAULT weights when they load offline, else random init")
@@ -686,25 +648,22 @@ def main() -> None:
                     help="epoch budget of each plain loop (and of the Adam grid) to reach our accuracy")
     ap.add_argument("--no-tta", action="store_true",
                     help="skip time to accuracy (ours' default run, the Adam grid and loop): the 3-epoch tables only")
-    ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3, help="the plain SGD loop's (and ours' 3-epoch) LR")
     ap.add_argument("--adam-grid", default=DEFAULT_ADAM_GRID, help="comma list of Adam LRs to tune over")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                     help="ours' precision; fp32 on a CPU with native bf16 simulates one without it")
     ap.add_argument("--num-workers", type=int, default=None, help="default: zoo_core's auto rule, for both")
     ap.add_argument("--pass-images", type=int, default=128, help="images in the backbone-pass table")
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved passes in the backbone-pass table")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", default=None, help="generate into / reuse this folder (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (runs, cache, data)")
-    ap.add_argument("--out", default=None, help="write all numbers to this JSON file")
+    _common.add_out(ap)
     ap.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.variant:  # child
-        _write_json(Path(args.result), VARIANTS[args.variant](json.loads(Path(args.config).read_text())))
+        _common.write_json(Path(args.result), VARIANTS[args.variant](json.loads(Path(args.config).read_text())))
         return
 
     if args.images < 12 or args.epochs < 1 or args.batch_size < 1 or args.max_epochs < args.epochs:
@@ -730,7 +689,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-transfer-"))
     try:
         data_dir = Path(args.data_dir) if args.data_dir else tmp / "data"
-        make_images(data_dir, images=args.images, size=args.size, render_size=args.render_size, seed=args.seed)
+        _common.demo_folder(data_dir, images=args.images, size=args.size, render_size=args.render_size, seed=args.seed)
         cfg: dict[str, Any] = {
             "backbone": args.backbone, "weights": weights, "weights_note": why, "data": str(data_dir.resolve()),
             "runs": str(tmp / "runs"), "epochs": args.epochs, "max_epochs": args.max_epochs,
@@ -755,7 +714,7 @@ def main() -> None:
         r["passes"] = run_child("passes", cfg, tmp, env["default"])
         summary = report(cfg, r)
         if args.out:
-            _write_json(Path(args.out), summary)
+            _common.write_json(Path(args.out), summary)
             print(f"\nwrote {args.out}")
     finally:
         if args.keep:

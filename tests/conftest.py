@@ -11,6 +11,8 @@ from typing import Callable, Iterator, Mapping
 
 import pytest
 import torch
+from helpers_images import make_folder
+from helpers_toys import KnownAdapter, plugin_of
 
 import zoo_core
 from zoo_core.backbones.manager import ENV_VAR
@@ -137,3 +139,17 @@ def skip_run_plots(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(zoo_core.outputs.plots, "learning_curves", lambda *a, **k: None)
     monkeypatch.setattr(zoo_core.outputs.plots, "confusion_matrix", lambda *a, **k: None)
     monkeypatch.setattr(zoo_core.outputs.plots, "top_losses", lambda *a, **k: None)
+
+
+@pytest.fixture(scope="module")
+def data3(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    """An image folder of 3 easy classes of 40 px images, one per test module: 14 images a class (33 train /
+    9 val with the default split), or the module's ``DATA3_PER_CLASS``."""
+    per_class = getattr(request.module, "DATA3_PER_CLASS", 14)
+    return make_folder(tmp_path_factory.mktemp("data3"), num_classes=3, per_class=per_class)
+
+
+@pytest.fixture
+def toys(add_plugin: Callable[..., str]) -> None:
+    """Register the ``ranktoy`` plugin: backbones whose features are of known quality (helpers_toys)."""
+    add_plugin(plugin_of(KnownAdapter()), name="ranktoy")

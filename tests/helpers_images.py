@@ -1,45 +1,67 @@
-"""Tiny generated image folders for trainer tests (PNG files written with PIL, no network)."""
+"""Tiny generated image folders for tests (PNG files written with PIL, no network), and the check of a PNG
+that a run or a command wrote."""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 SIZE = 40
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def pattern_image(cls: int, index: int, size: int = SIZE, seed: int = 0) -> np.ndarray:
-    """An HxWx3 uint8 image of class ``cls``: noise plus a bright square in a class-specific corner.
+def assert_png(path: Path, min_size: tuple[int, int] = (0, 0)) -> None:
+    """``path`` is a whole, decodable PNG file wider and taller than ``min_size`` (width, height) pixels."""
+    assert path.read_bytes()[:8] == PNG_SIGNATURE, path
+    with Image.open(path) as img:
+        img.verify()  # raises on a truncated or corrupt file
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.size[0] > min_size[0] and img.size[1] > min_size[1], (path, img.size)
+
+
+def pattern_image(cls: int, index: int, size: int | tuple[int, int] = SIZE, seed: int = 0) -> np.ndarray:
+    """An HxWx3 uint8 image of class ``cls`` (``size`` is W = H, or ``(W, H)``): noise plus a bright square in
+    a class-specific corner.
 
     Class 0 puts the square top-left, class 1 bottom-right, class 2 top-right, class 3 bottom-left,
     further classes shift it; position and noise vary with ``index``, so images are never identical.
     """
+    w, h = (size, size) if isinstance(size, int) else size
     rng = np.random.default_rng(seed * 100_003 + cls * 1009 + index)
-    img = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
-    side = size // 2
+    img = rng.integers(0, 90, (h, w, 3), dtype=np.uint8)
+    side = min(w, h) // 2
     corners = [(0, 0), (1, 1), (0, 1), (1, 0)]
     cy, cx = corners[cls % 4]
     shift = (cls // 4) * 3
     jitter = rng.integers(0, 4, 2)
-    y0 = cy * (size - side) + (1 - 2 * cy) * (jitter[0] + shift)
-    x0 = cx * (size - side) + (1 - 2 * cx) * (jitter[1] + shift)
+    y0 = cy * (h - side) + (1 - 2 * cy) * (jitter[0] + shift)
+    x0 = cx * (w - side) + (1 - 2 * cx) * (jitter[1] + shift)
     colour = np.array([255, 255 - 40 * (cls % 3), 200 + 10 * (cls % 5)], np.uint8)
     img[y0:y0 + side, x0:x0 + side] = colour
     return img
 
 
-def make_folder(root: Path, num_classes: int = 2, per_class: int = 12, size: int = SIZE, seed: int = 0,
-                names: list[str] | None = None) -> Path:
-    """Write ``root/<class>/imgNN.png`` for ``num_classes`` easy-to-tell classes; returns ``root``."""
-    names = names or [f"class{c}" for c in range(num_classes)]
-    for c, name in enumerate(names):
+def make_folder(root: Path, num_classes: int = 2, per_class: int = 12, size: int | tuple[int, int] = SIZE,
+                seed: int = 0, names: list[str] | None = None, counts: Mapping[str, int] | None = None,
+                ext: str = "png") -> Path:
+    """Write ``root/<class>/imgNN.<ext>`` for ``num_classes`` easy-to-tell classes of ``per_class`` images (or
+    the classes ``names``, or ``counts``: class name → image count); returns ``root``.
+
+    With ``counts`` the images are also seeded by the class name, so that classes written by separate calls
+    never hold the same picture."""
+    named = counts is not None
+    if counts is None:
+        counts = dict.fromkeys(names or [f"class{c}" for c in range(num_classes)], per_class)
+    for c, (name, n) in enumerate(counts.items()):
         d = root / name
         d.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            Image.fromarray(pattern_image(c, i, size, seed)).save(d / f"img{i:02d}.png")
+        class_seed = seed + sum(map(ord, name)) if named else seed
+        for i in range(n):
+            Image.fromarray(pattern_image(c, i, size, class_seed)).save(d / f"img{i:02d}.{ext}")
     return root
 
 

@@ -1,4 +1,5 @@
-"""A tiny in-process plugin whose "backbones" give features of known quality (for rank and compare --select)."""
+"""Tiny models and in-process plugins for tests: a two-stage net with a linear head, a base adapter for nets
+with an ``fc`` head, and a plugin whose "backbones" give features of known quality (rank, compare --select)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,41 @@ from zoo_core.backbones.freezing import freeze_stages, replace_linear_head
 from zoo_core.errors import WeightsError
 
 NOISE_DIMS = 16
+
+
+class TwoStageNet(nn.Module):
+    """Two stages (conv + BatchNorm each, a Dropout in the second) and a linear head ``fc``."""
+
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.5))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.block(self.stem(x))).flatten(1))
+
+
+class FcHeadAdapter(BackboneAdapter):
+    """An adapter for nets whose head is the linear layer ``fc``: head replacement and stage freezing."""
+
+    def replace_head(self, model: nn.Module, num_classes: int) -> nn.Module:
+        return replace_linear_head(model, "fc", num_classes)
+
+    def freeze(self, model: nn.Module, trainable_stages: int = 0) -> nn.Module:
+        return freeze_stages(model, self.stages(model), "fc", trainable_stages)
+
+
+def plugin_of(adapter: BackboneAdapter) -> object:
+    """An in-process plugin object that registers ``adapter``."""
+
+    class Plugin:
+        @hookimpl
+        def register_backbones(self, register: Any) -> None:
+            register(adapter)
+
+    return Plugin()
 
 
 class KnownFeatures(nn.Module):
@@ -51,7 +87,7 @@ class KnownFeatures(nn.Module):
         return self.fc(self.features(x))
 
 
-class KnownAdapter(BackboneAdapter):
+class KnownAdapter(FcHeadAdapter):
     family = "ranktoy"
 
     def names(self) -> list[str]:
@@ -67,15 +103,3 @@ class KnownAdapter(BackboneAdapter):
 
     def available_weights(self, name: str) -> list[str]:
         return ["known"]
-
-    def replace_head(self, model: nn.Module, num_classes: int) -> nn.Module:
-        return replace_linear_head(model, "fc", num_classes)
-
-    def freeze(self, model: nn.Module, trainable_stages: int = 0) -> nn.Module:
-        return freeze_stages(model, self.stages(model), "fc", trainable_stages)
-
-
-class KnownPlugin:
-    @hookimpl
-    def register_backbones(self, register: Any) -> None:
-        register(KnownAdapter())

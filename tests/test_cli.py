@@ -9,17 +9,10 @@ import re
 import subprocess
 import sys
 
-import pytest
+from helpers_cli import run
 
 from zoo_core import cli
 from zoo_core.outputs.tables import format_pairs, format_table, format_value, human_count
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_console_script_is_declared() -> None:

@@ -8,25 +8,14 @@ from pathlib import Path
 
 import pytest
 from helpers_cli import one_line_error, run
-from helpers_images import make_folder, write_image
-from PIL import Image
+from helpers_images import assert_png, write_image
 
 TINY = ["--weights", "none", "--image-size", "32"]
 CLASSES = ["class0", "class1", "class2"]
+DATA3_PER_CLASS = 10
 
 
 pytestmark = pytest.mark.usefixtures("skip_run_plots")  # compare's own plots still draw
-
-
-@pytest.fixture(scope="module")
-def data3(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_folder(tmp_path_factory.mktemp("cli-data"), num_classes=3, per_class=10)
-
-
-def assert_png(path: Path) -> None:
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with Image.open(path) as img:
-        img.verify()
 
 
 def test_train_predict_and_cache(tmp_path: Path, data3: Path, capsys: pytest.CaptureFixture[str]) -> None:

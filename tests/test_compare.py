@@ -13,30 +13,22 @@ from typing import Any
 
 import pytest
 import torch
-from helpers_images import make_folder
-from PIL import Image
+from helpers_images import assert_png, make_folder
+from helpers_toys import FcHeadAdapter, plugin_of
 from torch import nn
 
 import zoo_core
-from zoo_core import BackboneAdapter, cache, comparison, hookimpl, stats
+from zoo_core import cache, comparison, stats
 from zoo_core import data as zdata
 from zoo_core.backbones import registry
-from zoo_core.backbones.freezing import freeze_stages, replace_linear_head
 from zoo_core.comparison import run as compare_run
 from zoo_core.errors import UnknownBackboneError, WeightsError, ZooError
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("accuracy_vs_speed.png", "accuracy_vs_params.png", "learning_curves.png")
 FAST = {"weights": None, "image_size": 32, "progress": False}
 
 
 pytestmark = pytest.mark.usefixtures("skip_run_plots")  # compare's own plots still draw
-
-
-@pytest.fixture(scope="module")
-def data3(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """3 classes × 14 images of 40 px: 33 train / 9 val with the default split."""
-    return make_folder(tmp_path_factory.mktemp("cmp-data"), num_classes=3, per_class=14)
 
 
 # ---- a tiny in-process plugin: two fast nets of one family and one that cannot be built ------------
@@ -52,7 +44,7 @@ class ToyNet(nn.Module):
         return self.fc(self.pool(self.block(self.stem(x))).flatten(1))
 
 
-class ToyAdapter(BackboneAdapter):
+class ToyAdapter(FcHeadAdapter):
     family = "cmptoy"
 
     def names(self) -> list[str]:
@@ -65,22 +57,10 @@ class ToyAdapter(BackboneAdapter):
             raise WeightsError(f"{name}: pretrained weights unavailable offline")
         return ToyNet(num_classes, width=4 if name.endswith("a") else 6)
 
-    def replace_head(self, model: nn.Module, num_classes: int) -> nn.Module:
-        return replace_linear_head(model, "fc", num_classes)
-
-    def freeze(self, model: nn.Module, trainable_stages: int = 0) -> nn.Module:
-        return freeze_stages(model, self.stages(model), "fc", trainable_stages)
-
-
-class ToyPlugin:
-    @hookimpl
-    def register_backbones(self, register: Any) -> None:
-        register(ToyAdapter())
-
 
 @pytest.fixture
-def toys(add_plugin: Any) -> None:
-    add_plugin(ToyPlugin(), name="cmptoy")
+def cmp_toys(add_plugin: Any) -> None:
+    add_plugin(plugin_of(ToyAdapter()), name="cmptoy")
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
@@ -98,14 +78,6 @@ def by_backbone(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {r["backbone"]: r for r in rows}
 
 
-def assert_valid_png(path: Path) -> None:
-    assert path.read_bytes()[:8] == PNG_SIGNATURE, path
-    with Image.open(path) as img:
-        img.verify()  # raises on a truncated or corrupt file
-    with Image.open(path) as img:
-        assert img.format == "PNG" and img.size[0] > 50 and img.size[1] > 50
-
-
 def count_calls(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[Any]:
     """Wrap ``module.name`` so every call is recorded (first positional / config argument) and still runs."""
     real, calls = getattr(module, name), []
@@ -120,7 +92,7 @@ def count_calls(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list
 
 # ---- tests -----------------------------------------------------------------------------------------
 def test_compare_outputs_agree_with_run_dirs_and_a_rerun_reuses_them(
-        tmp_path: Path, data3: Path, toys: None, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path, data3: Path, cmp_toys: None, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cmp"
     board = zoo_core.compare(["resnet18", "timm/test_resnet"], data3, out_dir=out, weights=None, image_size=32)
@@ -128,7 +100,7 @@ def test_compare_outputs_agree_with_run_dirs_and_a_rerun_reuses_them(
     for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.json", *PLOTS):
         assert (out / name).is_file(), name
     for name in PLOTS:
-        assert_valid_png(out / name)
+        assert_png(out / name, min_size=(50, 50))
 
     doc = read_board(out)
     assert doc["classes"] == ["class0", "class1", "class2"] and doc["data"] == str(data3.resolve())
@@ -208,7 +180,7 @@ def test_compare_outputs_agree_with_run_dirs_and_a_rerun_reuses_them(
     assert {by_backbone(third.rows())[b]["status"] for b in ("resnet18", "timm/test_resnet")} == {"reused"}
 
 
-def test_a_failing_entry_is_recorded_and_the_others_finish(tmp_path: Path, data3: Path, toys: None,
+def test_a_failing_entry_is_recorded_and_the_others_finish(tmp_path: Path, data3: Path, cmp_toys: None,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "cmp"
     board = zoo_core.compare(["cmp_broken", "cmp_toy_a"], data3, out_dir=out, **FAST)
@@ -222,7 +194,7 @@ def test_a_failing_entry_is_recorded_and_the_others_finish(tmp_path: Path, data3
     assert "Failed entries:\n- cmp_broken [feature-extraction]: RuntimeError: boom" in board.table()
     assert "RuntimeError: boom" in (out / "leaderboard.md").read_text()
     for name in PLOTS:
-        assert_valid_png(out / name)
+        assert_png(out / name, min_size=(50, 50))
 
     # a rerun retries the failed entry only
     trains = count_calls(monkeypatch, compare_run, "train")
@@ -244,7 +216,7 @@ def test_a_failing_entry_is_recorded_and_the_others_finish(tmp_path: Path, data3
     assert read_board(tmp_path / "bad")["entries"][0]["error"] == entry.error
 
 
-def test_random_init_fallback_is_marked_and_reused(tmp_path: Path, data3: Path, toys: None,
+def test_random_init_fallback_is_marked_and_reused(tmp_path: Path, data3: Path, cmp_toys: None,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     kw = {"image_size": 32, "progress": False}  # weights="DEFAULT": the toy family has none
     strict = zoo_core.compare(["cmp_toy_a"], data3, out_dir=tmp_path / "strict", **kw)
@@ -264,7 +236,7 @@ def test_random_init_fallback_is_marked_and_reused(tmp_path: Path, data3: Path, 
     assert again.entries[0].status == "reused" and again.entries[0].weights == "RANDOM INIT"
 
 
-def test_patterns_and_families_expand(data3: Path, tmp_path: Path, toys: None) -> None:
+def test_patterns_and_families_expand(data3: Path, tmp_path: Path, cmp_toys: None) -> None:
     resnets = zoo_core.list_backbones("resnet*")
     assert registry.expand_backbones("resnet*") == resnets and "resnet18" in resnets
     assert all(not n.startswith("timm/") for n in resnets)
@@ -299,7 +271,7 @@ def test_patterns_and_families_expand(data3: Path, tmp_path: Path, toys: None) -
     assert not (tmp_path / "x").exists()
 
 
-def test_strategy_keyword_and_several_strategies(data3: Path, tmp_path: Path, toys: None,
+def test_strategy_keyword_and_several_strategies(data3: Path, tmp_path: Path, cmp_toys: None,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     board = zoo_core.compare("cmp_toy_a", data3, out_dir=tmp_path / "one", strategy="finetune", epochs=1, **FAST)
     assert [e.strategy for e in board.entries] == ["finetune"]
@@ -337,7 +309,7 @@ def _decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 @pytest.mark.parametrize("strategy, epochs", [("feature-extraction", None), ("finetune", 2)])
 def test_shared_decoding_decodes_once_per_input_size_with_identical_results(
-        tmp_path: Path, data3: Path, toys: None, monkeypatch: pytest.MonkeyPatch, strategy: str,
+        tmp_path: Path, data3: Path, cmp_toys: None, monkeypatch: pytest.MonkeyPatch, strategy: str,
         epochs: int | None) -> None:
     kw = {**FAST, "strategies": [strategy], "epochs": epochs, "early_stopping": None}
     if strategy == "finetune":  # the classic start: random crops every epoch, no probe or check (test_lpft.py)
@@ -383,7 +355,7 @@ def test_shared_decoding_decodes_once_per_input_size_with_identical_results(
             torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
 
 
-def test_top5_is_reported_from_five_classes(tmp_path: Path, toys: None) -> None:
+def test_top5_is_reported_from_five_classes(tmp_path: Path, cmp_toys: None) -> None:
     data5 = make_folder(tmp_path / "data5", num_classes=5, per_class=5, size=32)
     board = zoo_core.compare("cmp_toy_a", data5, out_dir=tmp_path / "cmp", **FAST)
     (row,) = read_board(tmp_path / "cmp")["entries"]

@@ -9,8 +9,6 @@ from typing import Any
 
 import pytest
 from helpers_cli import one_line_error, run
-from helpers_images import make_folder
-from helpers_toys import KnownPlugin
 
 import zoo_core
 from zoo_core import cache
@@ -19,16 +17,7 @@ from zoo_core.errors import ZooError
 
 FAST = {"image_size": 32, "progress": False, "epochs": 1, "batch_size": 8}
 TOYS = ["rank_noise", "rank_weak", "rank_good", "rank_broken"]
-
-
-@pytest.fixture(scope="module")
-def data3(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_folder(tmp_path_factory.mktemp("select-data"), num_classes=3, per_class=20)
-
-
-@pytest.fixture
-def toys(add_plugin: Any) -> None:
-    add_plugin(KnownPlugin(), name="ranktoy")
+DATA3_PER_CLASS = 20
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Statistics in every leaderboard (issue 14 item 3), ``--folds K``, and what compare measures (issue 18):
+"""Statistics in every leaderboard, ``--folds K``, and what compare measures:
 intervals and McNemar p-values against hand-computed values, ties of entries one image apart, folds on
 cached features, and a peak memory that spans the inference pass and never resets the process's mark."""
 
@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
-from helpers_images import make_folder
 
 import zoo_core
 from zoo_core import cache, headfit, stats
@@ -27,12 +26,6 @@ from zoo_core.training import TrainConfig
 pytestmark = pytest.mark.usefixtures("skip_run_plots")  # compare's own plots still draw
 HEADER = ["index", "item", "target", "pred", "correct", "p_pred", "p_target", "loss"]
 ITEMS = [f"class{i % 3}/img{i:02d}.png" for i in range(9)]
-
-
-@pytest.fixture(scope="module")
-def data3(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """3 classes × 14 images: 33 train / 9 val."""
-    return make_folder(tmp_path_factory.mktemp("stats-data"), num_classes=3, per_class=14)
 
 
 def write_predictions(run_dir: Path, items: list[str], correct: list[bool]) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from helpers_images import cut_scan_jpeg
+from helpers_images import cut_scan_jpeg, make_folder
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
@@ -38,13 +38,6 @@ def make_image(path: Path, mode: str = "RGB", size: tuple[int, int] = (W, H), se
     return path
 
 
-def make_folder(root: Path, counts: dict[str, int], ext: str = "png") -> Path:
-    for c, n in counts.items():
-        for i in range(n):
-            make_image(root / c / f"img{i:02d}.{ext}", seed=sum(map(ord, c)) * 100 + i)
-    return root
-
-
 def names(ds: zdata.ImageFiles) -> list[tuple[str, int]]:
     return [(Path(p).name, y) for p, y in ds.samples]
 
@@ -52,7 +45,7 @@ def names(ds: zdata.ImageFiles) -> list[tuple[str, int]]:
 # ------------------------------------------------------------------------------------------ folders
 def test_folder_split_is_stratified_deterministic_and_complete(tmp_path: Path) -> None:
     counts = {"zebra": 10, "ant": 5, "Bee": 2, "cat": 1, "dog": 7}
-    root = make_folder(tmp_path / "data", counts)
+    root = make_folder(tmp_path / "data", counts=counts, size=(W, H))
     split = zdata.load_data(root, val_fraction=0.2, seed=0, progress=False)
     assert split.classes == sorted(counts)  # == ["Bee", "ant", "cat", "dog", "zebra"]: plain sorted order
     assert split.source == str(root.resolve())
@@ -80,7 +73,7 @@ def test_folder_split_is_stratified_deterministic_and_complete(tmp_path: Path) -
 
 
 def test_val_fraction_bounds(tmp_path: Path) -> None:
-    root = make_folder(tmp_path / "d", {"a": 4, "b": 4})
+    root = make_folder(tmp_path / "d", counts={"a": 4, "b": 4})
     none = zdata.load_data(root, val_fraction=0.0, progress=False)
     assert len(none.val) == 0 and len(none.train) == 8
     most = zdata.load_data(root, val_fraction=0.99, progress=False)
@@ -90,9 +83,9 @@ def test_val_fraction_bounds(tmp_path: Path) -> None:
 
 
 def test_adding_a_class_keeps_other_classes_split(tmp_path: Path) -> None:
-    root = make_folder(tmp_path / "d", {"b": 9, "c": 9})
+    root = make_folder(tmp_path / "d", counts={"b": 9, "c": 9})
     before = zdata.load_data(root, progress=False)
-    make_folder(root, {"a": 5})
+    make_folder(root, counts={"a": 5})
     after = zdata.load_data(root, progress=False)
 
     def val_of(split: zdata.DataSplit, cls: str) -> set[str]:
@@ -104,9 +97,9 @@ def test_adding_a_class_keeps_other_classes_split(tmp_path: Path) -> None:
 
 def test_presplit_train_val_folders(tmp_path: Path) -> None:
     root = tmp_path / "d"
-    make_folder(root / "train", {"cat": 3, "dog": 4})
-    make_folder(root / "val", {"cat": 2, "dog": 1})
-    make_folder(root / "test", {"cat": 5, "dog": 5, "emu": 1})  # never read
+    make_folder(root / "train", counts={"cat": 3, "dog": 4})
+    make_folder(root / "val", counts={"cat": 2, "dog": 1})
+    make_folder(root / "test", counts={"cat": 5, "dog": 5, "emu": 1})  # never read
     split = zdata.load_data(root, seed=123, val_fraction=0.5, progress=False)
     assert split.classes == ["cat", "dog"]
     assert len(split.train) == 7 and len(split.val) == 3
@@ -121,8 +114,8 @@ def test_presplit_train_val_folders(tmp_path: Path) -> None:
 
 def test_train_and_test_only_is_split_from_train(tmp_path: Path) -> None:
     root = tmp_path / "d"
-    make_folder(root / "train", {"a": 5, "b": 5})
-    make_folder(root / "test", {"a": 9, "b": 9})
+    make_folder(root / "train", counts={"a": 5, "b": 5})
+    make_folder(root / "test", counts={"a": 9, "b": 9})
     split = zdata.load_data(root, progress=False)
     assert split.classes == ["a", "b"] and len(split.train) + len(split.val) == 10
     assert all("/train/" in p for p, _ in split.train.samples + split.val.samples)
@@ -143,10 +136,10 @@ def test_missing_path_is_a_data_error_naming_it(tmp_path: Path) -> None:
 
 
 def test_bad_files_are_counted_skips_never_crashes(tmp_path: Path) -> None:
-    root = make_folder(tmp_path / "d", {"cat": 3, "dog": 3}, ext="jpg")
+    root = make_folder(tmp_path / "d", counts={"cat": 3, "dog": 3}, ext="jpg")
     (root / "cat" / "empty.jpg").write_bytes(b"")
     (root / "cat" / "garbage.png").write_bytes(os.urandom(200))
-    good = (root / "dog" / "img00.jpg").read_bytes()
+    good = make_image(tmp_path / "noise.jpg").read_bytes()  # noise: a cut leaves a truncated scan
     (root / "dog" / "TRUNC.JPG").write_bytes(good[: len(good) // 2])
     (root / "dog" / "notes.txt").write_text("hello")
     (root / "dog" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
@@ -173,7 +166,7 @@ def test_bad_files_are_counted_skips_never_crashes(tmp_path: Path) -> None:
 
 
 def test_cut_scan_jpeg_with_end_marker_is_skipped_at_scan_time(tmp_path: Path) -> None:
-    root = make_folder(tmp_path / "d", {"cat": 3, "dog": 3}, ext="jpg")
+    root = make_folder(tmp_path / "d", counts={"cat": 3, "dog": 3}, ext="jpg")
     bad = cut_scan_jpeg(root / "dog" / "cut.jpg")
     assert bad.read_bytes().endswith(b"\xff\xd9")  # the end-of-image check alone would accept it
     with pytest.raises(DataError, match=r"Cannot read image .*cut\.jpg: corrupt image"):
@@ -188,13 +181,14 @@ def test_cut_scan_jpeg_with_end_marker_is_skipped_at_scan_time(tmp_path: Path) -
 
 @pytest.mark.skipif(not hasattr(os, "symlink") or sys.platform == "win32", reason="needs POSIX symlinks")
 def test_symlinks_never_relabel_other_classes(tmp_path: Path) -> None:
-    root = make_folder(tmp_path / "d", {"cat": 4, "dog": 3, "emu": 2})
+    root = make_folder(tmp_path / "d", counts={"cat": 4, "dog": 3, "emu": 2})
     (root / "emu" / "broken.png").write_bytes(b"junk")  # one bad file: must be counted once
     (root / "dog" / "loop").symlink_to("..")  # the whole root again, as "dog"
     (root / "dog" / "self").symlink_to(".")
     (root / "dog" / "cat.png").symlink_to(root / "cat" / "img00.png")  # another class's image
     (root / "dog" / "same.png").symlink_to(root / "dog" / "img00.png")  # inside its class: fine
-    store = make_folder(tmp_path / "store", {"dogs": 2})  # a folder of links into an image store: fine
+    # a folder of links into an image store: fine
+    store = make_folder(tmp_path / "store", counts={"dogs": 2})
     (root / "dog" / "more").symlink_to(store / "dogs")
     (root / "dog" / "one.png").symlink_to(store / "dogs" / "img01.png")
     (root / "puppy").symlink_to("dog")  # a class folder aliasing another class
@@ -251,14 +245,14 @@ def test_every_pixel_format_becomes_rgb(tmp_path: Path) -> None:
     assert zdata.load_image(d / "rot.jpg").size == (H, W)
     # and all of them make a usable class
     shutil.copytree(d, tmp_path / "data" / "mixed")
-    make_folder(tmp_path / "data", {"plain": 2})
+    make_folder(tmp_path / "data", counts={"plain": 2})
     split = zdata.load_data(tmp_path / "data", val_fraction=0, progress=False)
     assert split.skipped == [] and len(split.train) == len(os.listdir(d)) + 2
     assert all(split.train[i][0].mode == "RGB" for i in range(len(split.train)))
 
 
 def test_empty_class_folder_warns_and_is_not_a_class(tmp_path: Path) -> None:
-    root = make_folder(tmp_path / "d", {"a": 2, "b": 2})
+    root = make_folder(tmp_path / "d", counts={"a": 2, "b": 2})
     (root / "empty").mkdir()
     (root / "junk").mkdir()
     (root / "junk" / "x.jpg").write_bytes(b"")
@@ -271,7 +265,7 @@ def test_empty_class_folder_warns_and_is_not_a_class(tmp_path: Path) -> None:
 
 
 def test_too_few_classes_and_no_images(tmp_path: Path) -> None:
-    one = make_folder(tmp_path / "one", {"only": 3})
+    one = make_folder(tmp_path / "one", counts={"only": 3})
     with pytest.raises(DataError, match="at least 2 classes.*'only'"):
         zdata.load_data(one)
     (tmp_path / "none" / "a").mkdir(parents=True)
@@ -284,7 +278,7 @@ def test_too_few_classes_and_no_images(tmp_path: Path) -> None:
 
 
 def test_file_removed_after_scan_raises_naming_it(tmp_path: Path) -> None:
-    root = make_folder(tmp_path / "d", {"a": 2, "b": 2})
+    root = make_folder(tmp_path / "d", counts={"a": 2, "b": 2})
     split = zdata.load_data(root, val_fraction=0, progress=False)
     path = split.train.samples[0][0]
     os.remove(path)
@@ -297,7 +291,7 @@ def test_file_removed_after_scan_raises_naming_it(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------- fingerprint
 def test_fingerprint_stable_across_processes_and_changes_with_data(tmp_path: Path) -> None:
-    root = make_folder(tmp_path / "d", {"a": 3, "b": 3})
+    root = make_folder(tmp_path / "d", counts={"a": 3, "b": 3})
     fp = zdata.load_data(root, progress=False).fingerprint
     assert len(fp) == 16 and int(fp, 16) >= 0
     code = f"from zoo_core import data; print(data.load_data({str(root)!r}, progress=False).fingerprint)"
@@ -610,7 +604,7 @@ def test_make_loader_settings() -> None:
 
 
 def test_transformed_wraps_items_and_exposes_classes(tmp_path: Path) -> None:
-    root = make_folder(tmp_path / "d", {"a": 2, "b": 2})
+    root = make_folder(tmp_path / "d", counts={"a": 2, "b": 2})
     split = zdata.load_data(root, val_fraction=0, progress=False)
     cfg = DataConfig(input_size=(3, 16, 16))
     ds = zdata.Transformed(split.train, zdata.eval_transform(cfg))
@@ -621,7 +615,8 @@ def test_transformed_wraps_items_and_exposes_classes(tmp_path: Path) -> None:
 
 def test_threaded_scan_with_progress_matches_serial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    root = make_folder(tmp_path / "d", {"a": 40, "b": 35}, ext="jpg")  # ≥ 64 files: checked in a thread pool
+    # ≥ 64 files: checked in a thread pool
+    root = make_folder(tmp_path / "d", counts={"a": 40, "b": 35}, ext="jpg")
     (root / "a" / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 nope")
     monkeypatch.setattr(zdata.split, "PROGRESS_MIN", 1)
     threaded = zdata.load_data(root, progress=True)

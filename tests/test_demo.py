@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers_images import assert_png
 
 from zoo_core import demo
 from zoo_core.data import load_data
@@ -51,7 +52,7 @@ def test_demo_compares_one_backbone_per_plugin_and_marks_random_init(
     rows = rows["entries"] if isinstance(rows, dict) else rows
     assert len(rows) == 4
     for name in ("accuracy_vs_speed.png", "learning_curves.png"):
-        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert_png(out / name)
     captured = capsys.readouterr()
     err, header = captured.err, board.table().splitlines()[0]
     assert board.table() in captured.out and captured.out.count(header) == 1 and header not in err  # once, stdout

@@ -7,9 +7,8 @@ process (one process, same global batch of 8).
 
 Tolerances (stated in docs/distributed.md too): the fine-tune uses ``timm/test_vit`` (LayerNorm, no
 BatchNorm), where 2 × 4 images with DDP's gradient average is the single-process step on 8 up to float
-summation order — losses and accuracies must agree within 1e-4 (measured: equal to the 6 decimals the
-history keeps; weights within 4e-6 after 2 epochs). Sharded feature extraction must give the same
-features as one process within 1e-5 (measured: bit-identical) and so the same converged head fit.
+summation order — losses and accuracies must agree within 1e-4. Sharded feature extraction must give the
+same features as one process within 1e-5 and so the same converged head fit.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The converged linear-head fit (zoo_core.headfit) and the default feature-extraction run built on it.
 
-Unit tests use small synthetic feature matrices. The end-to-end test (issue 7) trains on a generated
+Unit tests use small synthetic feature matrices. The end-to-end test trains on a generated
 10-class image set whose classes overlap, and checks the default run against a tuned scikit-learn probe
 on the very same cached features, against the classic recipe, and against itself with another seed.
 """
@@ -272,7 +272,7 @@ def test_bad_input_is_a_data_error(bad: dict, match: str) -> None:
         fit_linear_head(x, y, 3, **args)
 
 
-# ------------------------------------------------------------------------------ end to end (issue 7)
+# ---------------------------------------------------------------------------------------- end to end
 
 PER_TRAIN, PER_VAL, SIZE, K = 70, 30, 32, 10
 

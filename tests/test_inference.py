@@ -10,14 +10,16 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pytest
 import torch
 from helpers_cli import one_line_error, run
 from helpers_images import cut_scan_jpeg, make_folder, write_image
+from PIL import Image
 
 import zoo_core
+from zoo_core import DataConfig, ZooError, inference
 from zoo_core import data as zdata
-from zoo_core import inference
 from zoo_core.rundir import load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("skip_run_plots")
@@ -169,3 +171,56 @@ def test_predict_takes_folders_and_writes_a_csv(run_dir: Path, tmp_path: Path, c
 
     code, stdout, _ = run(capsys, "predict", run_dir, shots / "nested" / "deeper", "--json")
     assert code == 0 and [r["image"] for r in json.loads(stdout)] == [str(deep)]
+
+
+# ---- load and preprocess, on a checkpoint written by hand -----------------------------------------------------------------------------------
+ODD = DataConfig(input_size=(3, 32, 32), mean=(0.2, 0.3, 0.4), std=(0.5, 0.6, 0.7), crop_pct=0.8)  # resize 40
+
+
+@pytest.fixture
+def odd_run(tmp_path: Path) -> Path:
+    """A run directory with a best.pt of a random resnet18 (3 classes) and the ODD preprocessing."""
+    torch.manual_seed(0)
+    model = zoo_core.create("resnet18", num_classes=3, weights=None)
+    save_checkpoint(tmp_path / "run" / "best.pt", {
+        "model": model.state_dict(), "classes": ["cat", "dog", "owl"], "backbone": "resnet18",
+        "data_config": ODD.to_dict(), "num_classes": 3})
+    return tmp_path / "run"
+
+
+def test_load_and_predict_give_class_names_and_probabilities(odd_run: Path, tmp_path: Path) -> None:
+    paths = [p for c in make_folder(tmp_path / "imgs", num_classes=2, per_class=2, size=48).iterdir()
+             for p in sorted(c.iterdir())]
+    clf = zoo_core.load(odd_run)
+    assert clf.classes == ["cat", "dog", "owl"] and clf.data_config == ODD and not clf.training
+    out = zoo_core.predict(odd_run, paths, topk=3)
+    with torch.no_grad():
+        probs = clf(clf.preprocess(paths)).softmax(1)
+    for row, path, p in zip(out, paths, probs):
+        ps = [t["probability"] for t in row["top"]]
+        assert row["image"] == str(path) and sorted(t["label"] for t in row["top"]) == clf.classes
+        assert sum(ps) == pytest.approx(1.0, abs=1e-5) and ps == sorted(ps, reverse=True)
+        assert row["top"][0]["label"] == clf.classes[int(p.argmax())]
+    assert [len(r) for r in clf.predict(paths, topk=10)] == [3] * len(paths)  # k capped at the class count
+
+
+def test_preprocessing_is_the_data_config_of_the_run(odd_run: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)  # shorter side already at resize size 40
+    Image.fromarray(rgb).save(tmp_path / "wide.png")
+    Image.fromarray(rgb[:, :, 0]).save(tmp_path / "gray.png")  # mode L → RGB
+    batch = zoo_core.load(odd_run).preprocess([tmp_path / "wide.png", tmp_path / "gray.png"])
+    assert batch.shape == (2, *ODD.input_size) and batch.dtype == torch.float32
+    mean, std = torch.tensor(ODD.mean)[:, None, None], torch.tensor(ODD.std)[:, None, None]
+    crop = torch.from_numpy(rgb[4:36, 14:46]).permute(2, 0, 1).float()  # center crop 32×32 of 40×60
+    assert torch.allclose(batch[0], (crop / 255 - mean) / std, atol=1e-5)
+    gray = crop[:1].expand(3, -1, -1)
+    assert torch.allclose(batch[1], (gray / 255 - mean) / std, atol=1e-5)
+
+
+def test_load_rejects_folders_and_checkpoints_that_are_not_runs(tmp_path: Path) -> None:
+    with pytest.raises(ZooError, match="no best.pt or last.pt"):
+        zoo_core.load(tmp_path)
+    save_checkpoint(tmp_path / "x.pt", {"model": {}})
+    with pytest.raises(ZooError, match="lacks 'classes'"):
+        zoo_core.load(tmp_path / "x.pt")

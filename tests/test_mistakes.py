@@ -5,12 +5,15 @@ both from the same numbers as ``val_predictions.csv``."""
 from __future__ import annotations
 
 import csv
+import json
+import math
+import os
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_images import make_folder
+from helpers_images import assert_png, make_folder
 from PIL import Image
 from torchvision.datasets import FakeData
 
@@ -19,8 +22,6 @@ from zoo_core import data as zdata
 from zoo_core.outputs import plots
 from zoo_core.rundir import RunDir
 from zoo_core.training import report
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def noise_folder(root: Path, classes: int = 3, per_class: int = 10) -> Path:
@@ -47,11 +48,8 @@ def test_a_run_draws_the_worst_images_and_counts_the_confused_pairs(tmp_path: Pa
         rows = list(csv.DictReader(f))
     worst = sorted(rows, key=lambda row: -float(row["loss"]))[:report.TOP_LOSSES]
     png = r.run_dir / "top_losses.png"
-    assert png.read_bytes()[:8] == PNG_SIGNATURE
+    assert_png(png, min_size=(300, 300))
     with Image.open(png) as img:
-        img.verify()
-    with Image.open(png) as img:
-        assert img.format == "PNG" and min(img.size) > 300
         listing = img.info["Description"].splitlines()
     assert len(listing) == len(worst) == 8  # fewer validation images than TOP_LOSSES: all of them
     for line, row in zip(listing, worst):  # worst first, named by file, with true / predicted class
@@ -104,4 +102,22 @@ def test_the_gallery_of_a_dataset_object_uses_its_items_and_survives_a_vanished_
     with Image.open(tmp_path / "g.png") as img:
         assert img.info["Description"].startswith(f"1. {frows[-1]['item']}: true class0, pred class1")
     plots.top_losses([], tmp_path / "empty.png")
-    assert (tmp_path / "empty.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert_png(tmp_path / "empty.png")
+
+
+@pytest.mark.parametrize("kw", [{}, {"strategy": "finetune", "epochs": 1}], ids=["cached-head-fit", "end-to-end"])
+def test_every_run_writes_its_per_image_validation_predictions(tmp_path: Path, kw: dict, skip_run_plots) -> None:
+    data = make_folder(tmp_path / "data", num_classes=3, per_class=8)
+    result = zoo_core.train("resnet18", data, out_dir=str(tmp_path / "runs"), weights=None, image_size=32,
+                            batch_size=8, progress=False, **kw)
+    rows = list(csv.DictReader((result.run_dir / "val_predictions.csv").open()))
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert len(rows) == sum(map(sum, summary["confusion_matrix"])) == 6
+    assert all((data / r["item"]).is_file() and r["item"].split(os.sep)[0] == r["target"] for r in rows)
+    assert len({r["item"] for r in rows}) == len(rows)
+    for r in rows:
+        assert 0 < float(r["p_target"]) <= float(r["p_pred"]) + 1e-6 <= 1 + 1e-6
+        assert float(r["loss"]) == pytest.approx(-math.log(float(r["p_target"])), rel=1e-4, abs=1e-5)
+        assert int(r["correct"]) == (r["pred"] == r["target"])
+    assert sum(int(r["correct"]) for r in rows) / len(rows) == pytest.approx(result.metrics["val_acc"], abs=1e-5)
+    assert sum(float(r["loss"]) for r in rows) / len(rows) == pytest.approx(result.metrics["val_loss"], rel=1e-3, abs=2e-5)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pluggy
 import pytest
+from helpers_cli import run, run_json
 from torch import nn
 
 import zoo_core
@@ -72,19 +73,6 @@ def register_backbones(register):
 
 def _report() -> dict[str, zoo_core.backbones.manager.PluginRecord]:
     return {r.name: r for r in zoo_core.plugins_report()}
-
-
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _cli_json(capsys: pytest.CaptureFixture[str], *argv: str) -> object:
-    capsys.readouterr()
-    assert cli.main(list(argv)) == 0
-    return json.loads(capsys.readouterr().out)
 
 
 class _Fixed(zoo_core.BackboneAdapter):
@@ -156,11 +144,11 @@ def test_third_party_plugin_through_real_entry_point(install_dist, capsys) -> No
     assert model.fc.out_features == 4
     check_adapter("toy_net")
 
-    rows = {r["name"]: r for r in _cli_json(capsys, "plugins", "--json")}
+    rows = {r["name"]: r for r in run_json(capsys, "plugins", "--json")}
     assert rows["toy"] == {"name": "toy", "distribution": "toy-zoo-plugin", "version": "1.2.3",
                            "hooks": ["register_backbones"], "backbones": 2, "error": None}
     assert set(rows) >= set(BUILTINS)
-    listed = _cli_json(capsys, "list", "toy*", "--json")
+    listed = run_json(capsys, "list", "toy*", "--json")
     assert [r["name"] for r in listed] == ["toy_net", "toy_net_wide"] and listed[0]["plugin"] == "toy"
 
 
@@ -206,7 +194,7 @@ def test_broken_plugins_are_reported_and_do_not_break_others(install_dist, capsy
     assert zoo_core.create("toy_net", weights=None, num_classes=2).fc.out_features == 2
     assert zoo_core.create("resnet18", weights=None, num_classes=2).fc.out_features == 2
 
-    rows = {r["name"]: r for r in _cli_json(capsys, "plugins", "--json")}
+    rows = {r["name"]: r for r in run_json(capsys, "plugins", "--json")}
     assert "boom at import" in rows["bad_import"]["error"] and rows["toy"]["error"] is None
     capsys.readouterr()
     assert cli.main(["plugins"]) == 0
@@ -251,13 +239,13 @@ def test_a_real_plugin_duplicating_a_name_breaks_only_that_name(install_dist, ca
     site = install_dist("dup-zoo-plugin", "0.3", {"dupz": "dup_zoo_plugin"}, {"dup_zoo_plugin": DUP_PLUGIN})
 
     # listing keeps working: the name shows once, with both owners and the fix
-    code, out, err = _cli(capsys, "list", "resnet1*")
+    code, out, err = run(capsys, "list", "resnet1*")
     assert code == 0 and [line.split()[0] for line in out.splitlines()[2:]] == ["resnet101", "resnet152", "resnet18"]
     assert "zoo: warning: backbone 'resnet18' is registered by several plugins" in err
     others = sorted(r.name for r in zoo_core.plugins_report() if r.name not in ("dupz", "resnet") and not r.error)
     assert f"BACKBONE_ZOO_PLUGINS={','.join(sorted(['resnet', *others]))} keeps 'resnet'" in err
     assert "pip uninstall" in err
-    rows = {r["name"]: r for r in _cli_json(capsys, "list", "--json")}
+    rows = {r["name"]: r for r in run_json(capsys, "list", "--json")}
     assert rows["resnet18"]["plugin"] == "dupz, resnet" and rows["resnet18"]["family"] == "dupfam, resnet"
     assert "'dupz' (dup-zoo-plugin 0.3)" in rows["resnet18"]["error"] and "error" not in rows["resnet34"]
     assert "resnet18" in zoo_core.list_backbones(family="resnet")  # not dropped from its own family
@@ -267,8 +255,8 @@ def test_a_real_plugin_duplicating_a_name_breaks_only_that_name(install_dist, ca
     assert "'resnet'" in rec["dupz"].error and "'dupz'" in rec["resnet"].error and rec["timm"].error is None
 
     # other names keep working; the conflicting one fails as one line naming both owners
-    assert _cli(capsys, "info", "resnet34")[0] == 0
-    code, out, err = _cli(capsys, "info", "resnet18")
+    assert run(capsys, "info", "resnet34")[0] == 0
+    code, out, err = run(capsys, "info", "resnet18")
     assert code == 2 and out == "" and err.count("\n") == 1 and "'dupz'" in err and "'resnet'" in err
     with pytest.raises(DuplicateBackboneError, match=f"BACKBONE_ZOO_PLUGINS={','.join(sorted(['dupz', *others]))} keeps 'dupz'"):
         zoo_core.create("resnet18", weights=None)
@@ -278,7 +266,7 @@ def test_a_real_plugin_duplicating_a_name_breaks_only_that_name(install_dist, ca
     from helpers_images import make_folder
 
     data = make_folder(tmp_path / "data", num_classes=2, per_class=6)
-    code, out, err = _cli(capsys, "compare", "resnet18", "dup_net", "--data", str(data), "--weights", "none",
+    code, out, err = run(capsys, "compare", "resnet18", "dup_net", "--data", str(data), "--weights", "none",
                           "--image-size", "32", "--out", str(tmp_path / "cmp"), "--json")
     assert code == 0, err
     entries = {r["backbone"]: r for r in json.loads(out)}

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import torch
 from helpers_cli import one_line_error, run
-from helpers_images import make_folder
-from helpers_toys import NOISE_DIMS, KnownPlugin
-from PIL import Image
+from helpers_images import assert_png, make_folder
+from helpers_toys import NOISE_DIMS
 
 import zoo_core
 from zoo_core import cache
@@ -25,17 +24,7 @@ from zoo_core.headfit import stratified_folds
 from zoo_core.ranking import features as rank_features
 
 FAST = {"image_size": 32, "progress": False}
-
-
-@pytest.fixture(scope="module")
-def data3(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """3 classes × 20 images of 40 px (a bright square in a class-specific corner): 48 train / 12 val."""
-    return make_folder(tmp_path_factory.mktemp("rank-data"), num_classes=3, per_class=20)
-
-
-@pytest.fixture
-def toys(add_plugin: Any) -> None:
-    add_plugin(KnownPlugin(), name="ranktoy")
+DATA3_PER_CLASS = 20  # 48 train / 12 val
 
 
 def record_extractions(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool, int]]:
@@ -49,13 +38,6 @@ def record_extractions(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool,
 
     monkeypatch.setattr(cache, "extract_features", wrapped)
     return calls
-
-
-def assert_png(path: Path) -> None:
-    with Image.open(path) as img:
-        img.verify()
-    with Image.open(path) as img:
-        assert img.format == "PNG" and img.size[0] > 50 and img.size[1] > 50
 
 
 # ---- tests -----------------------------------------------------------------------------------------
@@ -89,7 +71,7 @@ def test_rank_orders_known_feature_quality_by_both_scores_and_writes_outputs(
     assert float(rows[0]["probe_acc"]) == pytest.approx(good.probe_acc)
     md = (out / "ranking.md").read_text()
     assert "| 1 | rank_good |" in md and "LogME" in md.splitlines()[0]
-    assert_png(out / "score_vs_speed.png")
+    assert_png(out / "score_vs_speed.png", min_size=(50, 50))
 
     calls.clear()  # ordered by the probe, from the cache this time (no backbone forward)
     by_probe = zoo_core.rank(names, data3, out_dir=out, score="probe", **FAST)

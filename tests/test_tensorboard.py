@@ -12,16 +12,16 @@ from typing import Any
 
 import pytest
 from helpers_cli import one_line_error, run
-from helpers_images import make_folder
+from helpers_toys import FcHeadAdapter, plugin_of
 from PIL import Image
 from torch import nn
 
 import zoo_core
-from zoo_core import BackboneAdapter, hookimpl, strategies
-from zoo_core.backbones.freezing import freeze_stages, replace_linear_head
+from zoo_core import strategies
 
 pytestmark = pytest.mark.usefixtures("skip_run_plots")
 FAST = {"weights": None, "image_size": 32, "progress": False}
+DATA3_PER_CLASS = 6
 
 
 def events(log_dir: Path) -> Any:
@@ -36,11 +36,6 @@ def events(log_dir: Path) -> Any:
 
 def scalars(acc: Any, tag: str) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in acc.Scalars(tag)]
-
-
-@pytest.fixture(scope="module")
-def data3(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_folder(tmp_path_factory.mktemp("tb-data"), num_classes=3, per_class=6)
 
 
 def test_event_files_hold_scalars_lr_schedule_confusion_matrix_and_hparams(data3: Path, tmp_path: Path) -> None:
@@ -95,7 +90,7 @@ class Tiny(nn.Module):
         return self.fc(self.stem(x))
 
 
-class TinyAdapter(BackboneAdapter):
+class TinyAdapter(FcHeadAdapter):
     family = "tbtoy"
 
     def names(self) -> list[str]:
@@ -104,22 +99,10 @@ class TinyAdapter(BackboneAdapter):
     def create(self, name: str, *, weights: str | None = None, num_classes: int = 1000) -> nn.Module:
         return Tiny(num_classes)
 
-    def replace_head(self, model: nn.Module, num_classes: int) -> nn.Module:
-        return replace_linear_head(model, "fc", num_classes)
-
-    def freeze(self, model: nn.Module, trainable_stages: int = 0) -> nn.Module:
-        return freeze_stages(model, self.stages(model), "fc", trainable_stages)
-
-
-class TinyPlugin:
-    @hookimpl
-    def register_backbones(self, register: Any) -> None:
-        register(TinyAdapter())
-
 
 def test_compare_logs_one_run_per_entry_under_one_folder(data3: Path, tmp_path: Path, add_plugin: Any) -> None:
     pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install tensorboard)")
-    add_plugin(TinyPlugin(), name="tbtoy")
+    add_plugin(plugin_of(TinyAdapter()), name="tbtoy")
     board = zoo_core.compare(["tb_toy_a", "tb_toy_b"], data3, out_dir=tmp_path / "cmp", log="tensorboard",
                              epochs=1, **FAST)
     assert [e.status for e in board.entries] == ["ok", "ok"]

@@ -1,5 +1,5 @@
-"""The shared trainer: what each strategy trains, optimizer groups, resume, early stop, divergence, the run
-directory, bad input, inference from a run, every plugin family, the seed recipe and the LR finder.
+"""The shared trainer: what each strategy trains, resume, early stop, divergence, the run directory, bad input,
+inference from a run, every plugin family, the seed recipe, the LR finder inside a run, and ``build_run``.
 
 Everything runs on CPU with random-init backbones at 32 px on tiny generated PNG folders.
 """
@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 import pytest
 import torch
-from helpers_images import make_folder, write_image
+from helpers_cli import one_line
+from helpers_images import assert_png, make_folder, write_image
 from PIL import Image
 from torch import nn
 
@@ -24,12 +25,12 @@ from zoo_core import DataError, TrainingError, ZooError, strategies
 from zoo_core import data as zdata
 from zoo_core.outputs import plots
 from zoo_core.rundir import load_checkpoint
-from zoo_core.training import report, steps
+from zoo_core.training import TrainConfig, build_run, report, steps
+from zoo_core.training.checkpoint import checkpoint
 
 FAST: dict[str, Any] = dict(weights=None, image_size=32, num_workers=0, progress=False, batch_size=8,
                             precision="fp32", device="cpu")
 TIMING = {"images_per_s", "epoch_seconds"}  # the only metrics allowed to differ between identical runs
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REAL_PLOTS = {"learning_curves": plots.learning_curves, "confusion_matrix": plots.confusion_matrix,
               "top_losses": plots.top_losses}
 
@@ -108,12 +109,6 @@ def interrupt_at(monkeypatch: pytest.MonkeyPatch, call: int,
 
     monkeypatch.setattr(steps, "train_one_epoch", patched)
     return lambda: monkeypatch.setattr(steps, "train_one_epoch", real)
-
-
-def one_line(exc: BaseException) -> str:
-    msg = str(exc)
-    assert msg and "\n" not in msg, msg
-    return msg
 
 
 # ---- 1. each strategy trains exactly what it should -------------------------------------------------------
@@ -213,64 +208,6 @@ def test_gradual_trains_head_first_then_all_and_resumes_across_the_phase_change(
     assert rows(b_dir) == rows(a.run_dir)
     assert_same_state(weights(b_dir, "last.pt"), weights(a.run_dir, "last.pt"))
     assert_same_state(weights(b_dir), weights(a.run_dir))
-
-
-# ---- 2. optimizer groups and schedule ----------------------------------------------------------------------
-def _groups_for(backbone: str, k: int | None, **kw: Any) -> tuple[nn.Module, list, list[dict]]:
-    adapter, _ = zoo_core.get_adapter(backbone)
-    model = zoo_core.create(backbone, num_classes=3, weights=None)
-    stages = adapter.stages(model)
-    strategies.apply_stages(model, adapter, len(stages) if k is None else k, len(stages))
-    groups = strategies.param_groups(model, stages, adapter.head_name(model), **{
-        "lr": 1e-2, "weight_decay": 0.05, "backbone_lr_mult": 0.1, "layer_decay": 0.5, **kw})
-    return model, stages, groups
-
-
-def test_param_groups_only_trainable_no_decay_on_norms_and_biases_discriminative_lrs() -> None:
-    model, stages, groups = _groups_for("resnet18", None)
-    names = {id(p): n for n, p in model.named_parameters()}
-    modules = dict(model.named_modules())
-    in_groups = [id(p) for g in groups for p in g["params"]]
-    assert sorted(in_groups) == sorted(id(p) for p in model.parameters())  # each exactly once
-    n = len(stages)
-    assert [s for s, _ in stages] == ["stem", "layer1", "layer2", "layer3", "layer4"]
-    for g in groups:
-        expected = 1e-2 if g["name"] == "head" else 1e-2 * 0.1 * 0.5 ** (n - 1 - [s for s, _ in stages].index(g["name"]))
-        assert g["lr"] == pytest.approx(expected) and g["initial_lr"] == g["lr"]
-        for p in g["params"]:
-            name = names[id(p)]
-            owner = modules[name.rpartition(".")[0]]
-            is_norm = isinstance(owner, nn.BatchNorm2d)
-            assert g["weight_decay"] == (0.0 if is_norm or name.endswith("bias") else 0.05), name
-    assert {g["name"] for g in groups} == {"stem", "layer1", "layer2", "layer3", "layer4", "head"}
-
-    model, _, groups = _groups_for("resnet18", 1)
-    in_groups = {id(p) for g in groups for p in g["params"]}
-    assert in_groups == {id(p) for p in model.parameters() if p.requires_grad}
-    assert in_groups == {id(p) for n_, p in model.named_parameters() if n_.startswith(("layer4.", "fc."))}
-
-    _, _, groups = _groups_for("resnet18", 0)
-    assert {g["name"] for g in groups} == {"head"}
-    assert {(g["lr"], g["weight_decay"]) for g in groups} == {(1e-2, 0.05), (1e-2, 0.0)}
-
-    model, _, groups = _groups_for("timm/test_vit", None)  # LayerNorm weights decay-free too
-    no_decay = {id(p) for g in groups if g["weight_decay"] == 0 for p in g["params"]}
-    norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
-    assert norms and all(id(m.weight) in no_decay and id(m.bias) in no_decay for m in norms)
-
-    head = nn.Linear(4, 2)  # head="" means the module is the head (head training on cached features)
-    groups = strategies.param_groups(head, [], "", lr=0.1, weight_decay=0.05, backbone_lr_mult=0, layer_decay=1)
-    assert [(g["name"], g["lr"], g["weight_decay"]) for g in groups] == [("head", 0.1, 0.05), ("head", 0.1, 0.0)]
-
-
-def test_warmup_cosine_shape() -> None:
-    f = strategies.warmup_cosine(100, 10, floor=0.01)
-    values = [f(s) for s in range(101)]
-    assert values[0] == pytest.approx(1 / 11) and values[9] == pytest.approx(10 / 11) and values[10] == 1.0
-    assert all(a < b for a, b in zip(values[:10], values[1:11]))  # linear warm-up
-    assert all(a > b for a, b in zip(values[10:100], values[11:101]))  # strictly decaying cosine
-    assert values[55] == pytest.approx(0.01 + 0.99 * 0.5) and values[100] == pytest.approx(0.01)
-    assert strategies.warmup_cosine(5, 0)(0) == 1.0 and strategies.warmup_cosine(1, 7)(0) == 1.0
 
 
 # ---- 3. the default strategy learns an easy task from frozen random features ---------------------------------
@@ -446,11 +383,7 @@ def test_run_directory_contents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert last["epoch"] == 2 and {"optimizer", "history", "best", "rng", "step"} <= set(last)
 
     for name in ("curves.png", "confusion.png", "top_losses.png"):
-        assert (run / name).read_bytes()[:8] == PNG_SIGNATURE, name
-        with Image.open(run / name) as img:
-            img.verify()
-        with Image.open(run / name) as img:
-            assert img.format == "PNG" and min(img.size) > 100
+        assert_png(run / name, min_size=(100, 100))
     with open(run / "per_class.csv", newline="") as f:
         per_class = list(csv.DictReader(f))
     assert [p["class"] for p in per_class] == config["classes"]
@@ -588,11 +521,27 @@ def test_lr_auto_runs_the_range_test_and_trains_with_its_suggestion(tmp_path: Pa
     assert 1e-7 <= found["suggestion"] <= 1.0
     assert r.config["train"]["lr"] == found["suggestion"] == r.config["lr"]
     assert Path(found["plot"]) == r.run_dir / "lr_find.png"
-    assert (r.run_dir / "lr_find.png").read_bytes()[:8] == PNG_SIGNATURE
-    with Image.open(r.run_dir / "lr_find.png") as img:
-        img.verify()
+    assert_png(r.run_dir / "lr_find.png")
     curve = json.loads((r.run_dir / "lr_find.json").read_text())
     assert len(curve["lrs"]) == len(curve["losses"]) >= 3 and curve["lrs"] == sorted(curve["lrs"])
     # the head fit has no learning rate: "auto" is dropped without a range test
     fe = train(tmp_path, "auto-fe", easy2, lr="auto")
     assert fe.config["lr_find"] is None and not (fe.run_dir / "lr_find.png").exists()
+
+
+# ---- build_run and the checkpoint dicts ---------------------------------------------------------------------------
+def test_build_run_resolves_without_writing_or_changing_the_config(tmp_path: Path) -> None:
+    data = make_folder(tmp_path / "data", num_classes=2, per_class=5, size=32)
+    cfg = TrainConfig(backbone="resnet18", strategy="linear", weights=None, image_size=32, lr="0.01",
+                      progress=False, num_workers=0, device="cpu", precision="fp32")
+    state = build_run(cfg, data)
+    assert cfg.strategy == "linear" and cfg.lr == "0.01"  # the caller's config is left alone
+    assert state.cfg.strategy == "feature-extraction" and state.cfg.lr == 0.01
+    assert state.use_cache and state.head_fit and state.lr is None and state.epochs is None
+    assert state.run is None and list(tmp_path.iterdir()) == [tmp_path / "data"]
+    assert state.record["lr"] is None and state.record["stages"][-1] == "layer4" and state.record["head"] == "fc"
+    e2e = build_run(TrainConfig(**{**vars(cfg), "strategy": "finetune", "epochs": 2}), data)
+    assert not e2e.use_cache and e2e.augment and e2e.lr == 0.01 and e2e.epochs == 2
+    ck = checkpoint(e2e, {"w": torch.zeros(1)}, epoch=1)
+    assert set(ck) == {"model", "classes", "backbone", "strategy", "data_config", "num_classes", "config", "epoch"}
+    assert ck["strategy"] == "finetune" and ck["config"]["lr"] == 0.01 and ck["data_config"]["input_size"] == [3, 32, 32]

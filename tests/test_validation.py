@@ -1,4 +1,4 @@
-"""Option checks and resume (issue 18, points 8, 9 and 12): every bad option value is one line naming the
+"""Option checks and resume: every bad option value is one line naming the
 option (``zoo`` exit status 2, the same :class:`ZooError` from Python), refused before any work; what a
 resume may change and what it refuses; stale temporary files of killed writes are removed from a run dir.
 """
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers_cli import one_line_error, run
+from helpers_cli import one_line, one_line_error, run
 from helpers_images import make_folder
 
 import zoo_core
@@ -41,13 +41,7 @@ def no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runtime, "_mps_available", lambda: False)
 
 
-def one_line(exc: BaseException) -> str:
-    msg = str(exc)
-    assert msg and "\n" not in msg, msg
-    return msg
-
-
-# ---- point 9: every bad input is one line naming the option and the value, before any work ----------------------
+# ---- every bad input is one line naming the option and the value, before any work ----------------------
 # (CLI arguments, what the line says). A case whose option needs the model (the stage count) loads the data.
 BAD = [
     (["--image-size", "-5"], "--image-size must be a positive integer, got -5"),
@@ -273,7 +267,7 @@ def test_pick_device(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "this machine has 2 CUDA GPU(s), cuda:0 to cuda:1" in one_line(info.value)
 
 
-# ---- point 8: what a resume may change ---------------------------------------------------------------------------
+# ---- what a resume may change ------------------------------------------------------------------------------------
 def _train(tmp_path: Path, name: str, data: Path, **kw: Any) -> zoo_core.TrainResult:
     return zoo_core.train("resnet18", data, out_dir=str(tmp_path / "runs"), run_name=name, **{**FAST, **kw})
 
@@ -365,7 +359,7 @@ def test_resume_with_a_new_lr_applies_it_to_the_restored_groups_and_the_schedule
     assert record["resumes"] == [{"epoch": 1, "changed": {"lr": [None, 0.02]}}]
 
 
-# ---- point 12: temporary files of a killed write ---------------------------------------------------------------
+# ---- temporary files of a killed write ------------------------------------------------------------------------
 def test_temp_file_names_and_cleanup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[str] = []
     real_replace = os.replace
