@@ -158,7 +158,7 @@ def exists_in_zoo_core(name: str) -> bool:
 def test_named_in_architecture_reads_files_and_packages() -> None:
     text = "`cli.py`, `training/report.py`, `zoo_core/cache/`, `tests/test_x.py`, `/`, `config.json`, `data_config`"
     assert named_in_architecture(text) == {"cli.py", "training/report.py", "cache/"}
-    assert exists_in_zoo_core("cli.py") and exists_in_zoo_core("training/") and exists_in_zoo_core("fit.py")
+    assert exists_in_zoo_core("runtime.py") and exists_in_zoo_core("cli/") and exists_in_zoo_core("training/") and exists_in_zoo_core("fit.py")
     assert not exists_in_zoo_core("no_such_module.py") and not exists_in_zoo_core("fit/")
 
 
