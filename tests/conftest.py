@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import zoo_core
+from zoo_core.cache.policy import PASS_ENV
 from zoo_core.plugins import ENV_VAR
-from zoo_core.runtime import PASS_ENV
 
 # Tiny models on a shared 2-core box: intra-op threads cost more in spin-waiting than they save.
 torch.set_num_threads(1)
