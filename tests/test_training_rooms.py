@@ -34,7 +34,7 @@ from zoo_core.freezing import (
     unfreeze_all,
 )
 from zoo_core.rundir import RunDir, load_checkpoint, save_checkpoint
-from zoo_core.training import TrainConfig, build_run, loop
+from zoo_core.training import TrainConfig, build_run, loop, run_shape
 from zoo_core.training.checkpoint import checkpoint
 from zoo_core.util import atomic_write, atomic_write_text
 
@@ -331,6 +331,21 @@ def test_build_run_resolves_without_writing_or_changing_the_config(tmp_path: Pat
     ck = checkpoint(e2e, {"w": torch.zeros(1)}, epoch=1)
     assert set(ck) == {"model", "classes", "backbone", "strategy", "data_config", "num_classes", "config", "epoch"}
     assert ck["strategy"] == "finetune" and ck["config"]["lr"] == 0.01 and ck["data_config"]["input_size"] == [3, 32, 32]
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({}, (True, (), False, False, ("train", "val"))),  # feature extraction: cached head fit, both splits decoded
+    ({"augment": "flip"}, (False, ("flip",), False, False, ("train", "val"))),  # flips need no re-decoding
+    ({"strategy": "finetune"}, (False, ("crop", "flip"), True, True, ("train", "val"))),  # LP-FT + auto check
+    ({"strategy": "finetune", "augment": "crop", "head_init": "random"}, (False, ("crop",), False, False, ("val",))),
+    ({"strategy": "full", "augment": "crop"}, (False, ("crop",), True, False, ("train", "val"))),  # the probe reads train
+    ({"cache_features": False}, (False, (), False, False, ("train", "val"))),
+    ({"share_decoding": False}, (True, (), False, False, ())),
+])
+def test_run_shape_decides_the_cached_path_the_probe_and_the_decoded_splits(options: dict, expected: tuple) -> None:
+    shape = run_shape(TrainConfig(**{"share_decoding": True, **options}))
+    assert (shape.cached, shape.augment, shape.probe, shape.augment_auto, shape.shared) == expected
+    assert shape.from_probe == (shape.probe and options.get("head_init") != "random")
 
 
 def _module_imports(path: Path, name: str) -> set[str]:
