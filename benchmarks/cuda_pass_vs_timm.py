@@ -90,6 +90,7 @@ def measure(args: argparse.Namespace, root: Path) -> dict:
     from zoo_core.backbones import registry
     from zoo_core.cache import PixelCache, extract_features
     from zoo_core.cache import passes as zpasses
+    from zoo_core.cache import policy as zpolicy
     from zoo_core.data import normalize
     from zoo_core.distributed import DistContext
 
@@ -125,7 +126,7 @@ def measure(args: argparse.Namespace, root: Path) -> dict:
             torch.backends.cudnn.benchmark = cudnn_default
 
     with zpasses.inference_setup(ours_model, device):
-        chosen, _ = zpasses.choose_pass(zpasses.candidate_passes(ours_model, adapter, device, args.precision),
+        chosen, _ = zpolicy.choose_pass(zpolicy.candidate_passes(ours_model, adapter, device, args.precision),
                                         x_ours, DistContext(), args.precision)
 
     def run_pass() -> float:

@@ -11,7 +11,7 @@ modes and the reference run interleaved, ``--repeats`` times, best kept (robust 
 machine). The reference, ``plain step``, is the plain hand-written loop's step
 (``benchmarks/transfer_vs_plain_loop.py``): ``model.train()``, every backbone parameter frozen, fp32
 forward + ``fc`` backward + SGD step. Columns: img/s, ratio to the plain step, relative L2 error of the
-features against eager fp32 (what :func:`zoo_core.runtime.check_pass` compares with ``PASS_TOLERANCE``).
+features against eager fp32 (what :func:`zoo_core.cache.policy.check_pass` compares with ``PASS_TOLERANCE``).
 
 Modes marked ``product`` are the passes :mod:`zoo_core.cache.passes` builds (eager, ``bnfold``, ``int8``);
 the others are the alternatives evaluated for them and left out (``torch.compile``/inductor, PT2E int8
@@ -57,13 +57,15 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 from torch import nn  # noqa: E402
 
-from zoo_core import registry, runtime  # noqa: E402
+from zoo_core import runtime  # noqa: E402
+from zoo_core.backbones import registry
 from zoo_core.backbones.adapter import BackboneAdapter, DataConfig  # noqa: E402
 from zoo_core.comparison.measure import hwm_mb  # noqa: E402
 from zoo_core.distributed import DistContext  # noqa: E402
 from zoo_core.onnxgraph import missing_packages  # noqa: E402
 
 passes = importlib.import_module("zoo_core.cache.passes")
+policy = importlib.import_module("zoo_core.cache.policy")
 onnxrt = importlib.import_module("zoo_core.cache.onnxrt")
 CPU = torch.device("cpu")
 Run = Callable[[torch.Tensor], torch.Tensor]
@@ -175,17 +177,17 @@ def openvino_mode(hint: str) -> Callable[[nn.Module, BackboneAdapter, torch.Tens
 
 def product(mode: str, precision: str) -> Callable[[nn.Module, BackboneAdapter, torch.Tensor], Run]:
     """A pass as :mod:`zoo_core.cache.passes` builds it."""
-    return lambda model, adapter, x: passes._BUILDERS[mode](model, adapter, CPU, precision).run
+    return lambda model, adapter, x: passes.BUILDERS[mode](model, adapter, CPU, precision).run
 
 
 # name → (builder, product?, packages it needs, needs native bf16 to be worth timing)
 MODES: dict[str, tuple[Callable[..., Run], bool, tuple[str, ...], bool]] = {
     "eager fp32": (product("eager", "fp32"), True, (), False),
-    "bnfold fp32": (product(runtime.FOLD, "fp32"), True, (), False),
-    "int8 (ORT)": (product(runtime.INT8, "fp32"), True, runtime.INT8_PACKAGES, False),
-    "onnx fp32 (ORT)": (product(runtime.ONNX, "fp32"), True, runtime.INT8_PACKAGES, False),
+    "bnfold fp32": (product(passes.FOLD, "fp32"), True, (), False),
+    "int8 (ORT)": (product(passes.INT8, "fp32"), True, onnxrt.INT8_PACKAGES, False),
+    "onnx fp32 (ORT)": (product(passes.ONNX, "fp32"), True, onnxrt.INT8_PACKAGES, False),
     "eager bf16": (product("eager", "bf16"), True, (), True),
-    "bnfold bf16": (product(runtime.FOLD, "bf16"), True, (), True),
+    "bnfold bf16": (product(passes.FOLD, "bf16"), True, (), True),
     "compile fp32": (compile_mode(False), False, (), False),
     "compile bf16": (compile_mode(True), False, (), True),
     "pt2e int8": (pt2e_mode(False), False, ("torchao",), False),
@@ -231,8 +233,8 @@ def time_round_robin(runs: dict[str, Run], batches: list[torch.Tensor], repeats:
 
 def auto_choice(model: nn.Module, adapter: BackboneAdapter, x: torch.Tensor, n_images: int) -> tuple[str, Run]:
     """The pass extraction picks here for ``n_images`` images with ``precision="auto"`` (checked on ``x``)."""
-    candidates = passes.candidate_passes(model, adapter, CPU, "auto", n_images)
-    chosen, _ = passes.choose_pass(candidates, x, DistContext(), "auto")
+    candidates = policy.candidate_passes(model, adapter, CPU, "auto", n_images)
+    chosen, _ = policy.choose_pass(candidates, x, DistContext(), "auto")
     return chosen.name, chosen.run
 
 
@@ -266,7 +268,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
             row["note"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
             continue
         row["setup_s"] = time.perf_counter() - t
-        row["rel_error"] = runtime.relative_error(f, exact)
+        row["rel_error"] = policy.relative_error(f, exact)
         runs[name] = run
     autos = {}
     for simulated in ([False, True] if native else [False]):
@@ -373,10 +375,10 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
         print(f"auto for {n_images} images picks {name}")
         return run
 
-    modes = {"eager fp32": product("eager", "fp32"), "onnx fp32 (ORT)": product(runtime.ONNX, "fp32"),
-             "int8 (ORT)": product(runtime.INT8, "fp32"), f"auto ({n_images})": auto}
+    modes = {"eager fp32": product("eager", "fp32"), "onnx fp32 (ORT)": product(passes.ONNX, "fp32"),
+             "int8 (ORT)": product(passes.INT8, "fp32"), f"auto ({n_images})": auto}
     if runtime.cpu_has_native_bf16():
-        modes["bnfold bf16"] = product(runtime.FOLD, "bf16")
+        modes["bnfold bf16"] = product(passes.FOLD, "bf16")
     if not missing(("torchao",)):
         modes["pt2e int8"] = MODES["pt2e int8"][0]
     feats: dict[str, dict[str, torch.Tensor]] = {}
@@ -396,7 +398,7 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
             ref_head = fit
         same = float((f["val"] @ ref_head.weight.T + ref_head.bias).argmax(1).eq(
             (ref["val"] @ ref_head.weight.T + ref_head.bias).argmax(1)).float().mean()) * 100
-        rows[mode] = {"val_acc": acc, "rel_error": runtime.relative_error(f["val"], ref["val"]),
+        rows[mode] = {"val_acc": acc, "rel_error": policy.relative_error(f["val"], ref["val"]),
                       "fp32_head_agree": same}
     n_val = len(ys["val"])
     print(f"\naccuracy: {name} (ImageNet weights), demo shapes, {len(ys['train'])} train / {n_val} val images "

@@ -359,6 +359,7 @@ def run_passes(cfg: dict) -> dict:
     from zoo_core import data as zdata
     from zoo_core.backbones.adapter import DataConfig
     from zoo_core.cache import passes as zpasses
+    from zoo_core.cache import policy as zpolicy
     from zoo_core.distributed import DistContext
 
     split, _, _ = _split_and_workers(cfg)
@@ -381,7 +382,7 @@ def run_passes(cfg: dict) -> dict:
     criterion = nn.CrossEntropyLoss()
     with zpasses.inference_setup(ours_model, torch.device("cpu")):  # which pass extraction will use
         x0 = normed[:bs_ours].contiguous(memory_format=torch.channels_last)
-        chosen, _ = zpasses.choose_pass(zpasses.candidate_passes(ours_model, adapter, torch.device("cpu"),
+        chosen, _ = zpolicy.choose_pass(zpolicy.candidate_passes(ours_model, adapter, torch.device("cpu"),
                                                                  cfg["precision"]), x0, DistContext(), cfg["precision"])
 
     class Pixels(Dataset):

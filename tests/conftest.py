@@ -16,7 +16,7 @@ from helpers_toys import KnownAdapter, plugin_of
 
 import zoo_core
 from zoo_core.backbones.manager import ENV_VAR
-from zoo_core.runtime import PASS_ENV
+from zoo_core.cache.policy import PASS_ENV
 
 # Tiny models on a shared 2-core box: intra-op threads cost more in spin-waiting than they save.
 torch.set_num_threads(1)

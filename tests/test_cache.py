@@ -16,6 +16,7 @@ from torchvision.datasets import FakeData
 import zoo_core
 from zoo_core import cache, data, runtime
 from zoo_core.backbones.adapter import DataConfig
+from zoo_core.cache import policy
 from zoo_core.distributed import DistContext
 
 CFG = DataConfig(input_size=(3, 32, 32))
@@ -310,9 +311,9 @@ def test_bf16_features_close_to_fp32_and_auto_falls_back(ds, monkeypatch, caplog
     fp32 = extract(model, adapter, ds, precision="fp32").features
     bf16 = extract(model, adapter, ds, precision="bf16").features
     assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)
-    assert runtime.relative_error(bf16, fp32) < 0.05
+    assert policy.relative_error(bf16, fp32) < 0.05
     monkeypatch.setattr(runtime, "resolve_precision", lambda p, d: "bf16")  # as on a CPU with native bf16
-    monkeypatch.setattr(runtime, "PASS_TOLERANCE", 0.0)  # and bf16 judged too inaccurate
+    monkeypatch.setattr(policy, "PASS_TOLERANCE", 0.0)  # and bf16 judged too inaccurate
     with caplog.at_level(logging.WARNING, logger="zoo_core.cache"):
         auto = extract(model, adapter, ds, precision="auto").features
     assert "using fp32" in caplog.text
@@ -356,15 +357,15 @@ def test_choose_pass_checks_candidates_against_the_last():
 
 
 def test_precision_candidates_and_check_pass(monkeypatch):
-    assert runtime.precision_candidates("fp32", "cpu") == ["fp32"]
-    assert runtime.precision_candidates("bf16", "cpu") == ["bf16"]
+    assert policy.precision_candidates("fp32", "cpu") == ["fp32"]
+    assert policy.precision_candidates("bf16", "cpu") == ["bf16"]
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
-    assert runtime.precision_candidates("auto", "cpu") == ["bf16", "fp32"]
+    assert policy.precision_candidates("auto", "cpu") == ["bf16", "fp32"]
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
-    assert runtime.precision_candidates("AUTO", "cpu") == ["fp32"]
+    assert policy.precision_candidates("AUTO", "cpu") == ["fp32"]
     exact = torch.ones(4, 8)
-    ok = runtime.check_pass(exact * 1.01, exact, "bf16")
+    ok = policy.check_pass(exact * 1.01, exact, "bf16")
     assert ok.accepted and ok.error == pytest.approx(0.01, rel=1e-3) and "within" in ok.message
-    bad = runtime.check_pass(exact * 1.1, exact, "bf16")
+    bad = policy.check_pass(exact * 1.1, exact, "bf16")
     assert not bad.accepted and "differ from fp32" in bad.message
-    assert not runtime.check_pass(exact * float("inf"), exact, "bf16").accepted
+    assert not policy.check_pass(exact * float("inf"), exact, "bf16").accepted

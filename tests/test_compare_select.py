@@ -44,7 +44,7 @@ def test_select_trains_only_what_it_keeps(toys: None, data3: Path, tmp_path: Pat
         extractions.append((kw["key"], out.from_cache))
         return out
 
-    monkeypatch.setattr(cache, "extract_features", spy_extract)
+    monkeypatch.setattr(cache.service, "extract_features", spy_extract)
     board = zoo_core.compare(TOYS, data3, out_dir=tmp_path / "cmp", select=1, weights=None, **FAST)
     # 3 rankable candidates (rank_broken fails to build) → feature extraction on ceil(0.5 × 3) = 2, the best of
     # which is fine-tuned; the noise backbone is ranked last and never trained

@@ -175,7 +175,7 @@ def test_folds_3_gives_three_values_with_mean_and_std_from_the_cache(
         passes.append(fs.from_cache)
         return fs
 
-    monkeypatch.setattr(cache, "extract_features", extract)
+    monkeypatch.setattr(cache.service, "extract_features", extract)
     t0 = time.perf_counter()
     board = zoo_core.compare("timm/test_resnet", data3, out_dir=tmp_path / "cmp", weights=None, image_size=32,
                              progress=False, folds=3)

@@ -353,6 +353,7 @@ def probe_runs(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
         # the very features the runs trained on: the trainer's cache entries, under the trainer's keys
         from zoo_core import cache, runtime
         from zoo_core import data as zdata
+        from zoo_core.cache import policy
 
         split = zdata.load_data(str(data), progress=False)
         adapter, _ = zoo_core.get_adapter("resnet18")
@@ -363,7 +364,7 @@ def probe_runs(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
             key = cache.feature_key(backbone="resnet18", weights=str(ckpt), data_config=dc,
                                     fingerprint=split.fingerprint, split=name,
                                     precision=runtime.resolve_precision("auto", "cpu"),
-                                    pass_modes=runtime.pass_modes("auto", "cpu", len(getattr(split, name))))
+                                    pass_modes=policy.pass_modes("auto", "cpu", len(getattr(split, name))))
             fx[name] = cache.extract_features(model, adapter, getattr(split, name), dc, key=key, progress=False)
             assert fx[name].from_cache, "the probe must use the trainer's cached features"
         xtr, ytr = fx["train"].features.numpy(), fx["train"].labels.numpy()

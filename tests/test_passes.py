@@ -15,7 +15,7 @@ from torchvision.datasets import FakeData
 from zoo_core import cache, onnxgraph, runtime
 from zoo_core.backbones import registry
 from zoo_core.backbones.adapter import DataConfig
-from zoo_core.cache import feature_key
+from zoo_core.cache import feature_key, policy
 from zoo_core.distributed import DistContext
 
 passes = importlib.import_module("zoo_core.cache.passes")
@@ -39,8 +39,8 @@ def test_folded_pass_matches_eager_fp32_and_leaves_model_unchanged():
     exact = passes.eager_pass(model, adapter, CPU, "fp32").run(x)
     folded = passes.folded_pass(model, adapter, CPU, "fp32")
     approx = folded.run(x)
-    assert runtime.check_pass(approx, exact, folded.name).accepted
-    assert runtime.relative_error(approx, exact) < 1e-4
+    assert policy.check_pass(approx, exact, folded.name).accepted
+    assert policy.relative_error(approx, exact) < 1e-4
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert "forward" not in vars(model.conv1) and "forward" not in vars(model.bn1)
     assert torch.equal(passes.eager_pass(model, adapter, CPU, "fp32").run(x), exact)
@@ -60,9 +60,9 @@ def test_onnx_runtime_passes_match_eager_fp32_share_one_export_and_leave_model_u
     f32, f8 = fp32.run(x), int8.run(x)
     assert (fp32.name, fp32.precision, int8.name, int8.precision) == ("onnx", "fp32", "int8", "int8")
     assert f32.dtype == f8.dtype == torch.float32 and f32.shape == f8.shape == exact.shape
-    assert runtime.relative_error(f32, exact) < 1e-4  # fp32 in another runtime: rounding only
-    err = runtime.relative_error(f8, exact)
-    assert 1e-4 < err < runtime.PASS_TOLERANCE and runtime.check_pass(f8, exact, int8.name).accepted  # int8: close
+    assert policy.relative_error(f32, exact) < 1e-4  # fp32 in another runtime: rounding only
+    err = policy.relative_error(f8, exact)
+    assert 1e-4 < err < policy.PASS_TOLERANCE and policy.check_pass(f8, exact, int8.name).accepted  # int8: close
     assert exports == [1]  # one export for both sessions
     torch.testing.assert_close(int8.run(x[:5]), f8[:5], atol=1e-5, rtol=1e-5)  # any batch size, same rows
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -73,7 +73,7 @@ def test_fallback_triggers_and_says_so(caplog):
     good = passes.eager_pass(model, adapter, CPU, "fp32")
     bad = passes.ForwardPass("fp32+bnfold", "fp32", lambda t: good.run(t) * 2)
     with caplog.at_level(logging.WARNING):
-        chosen, feats = passes.choose_pass([bad, good], x, DistContext(), "auto")
+        chosen, feats = policy.choose_pass([bad, good], x, DistContext(), "auto")
     assert chosen is good and torch.equal(feats, good.run(x))
     assert "fp32+bnfold features differ from fp32" in caplog.text and "using fp32" in caplog.text
 
@@ -89,7 +89,7 @@ def test_a_pass_that_fails_is_dropped_with_its_reason(caplog):
             raise RuntimeError("export failed") from exc
 
     with caplog.at_level(logging.WARNING):
-        chosen, _ = passes.choose_pass([passes.ForwardPass("int8", "int8", broken), good], x, DistContext(), "auto")
+        chosen, _ = policy.choose_pass([passes.ForwardPass("int8", "int8", broken), good], x, DistContext(), "auto")
     assert chosen is good
     assert "int8 pass failed (ValueError: no such op); using fp32" in caplog.text and "whole graph" not in caplog.text
 
@@ -97,15 +97,15 @@ def test_a_pass_that_fails_is_dropped_with_its_reason(caplog):
 def test_missing_onnx_runtime_is_no_candidate_and_a_pinned_one_falls_back_with_the_install_line(
         monkeypatch, caplog):
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
-    assert runtime.pass_candidates("auto", "cpu", 10**6)[:2] == [(runtime.INT8, "int8"), (runtime.ONNX, "fp32")]
+    assert policy.pass_candidates("auto", "cpu", 10**6)[:2] == [(passes.INT8, "int8"), (passes.ONNX, "fp32")]
     monkeypatch.setattr(onnxgraph, "missing_packages", lambda names=(): ["onnxruntime"])
-    assert runtime.pass_candidates("auto", "cpu", 10**6) == [(runtime.FOLD, "fp32"), ("eager", "fp32")]
+    assert policy.pass_candidates("auto", "cpu", 10**6) == [(passes.FOLD, "fp32"), ("eager", "fp32")]
     monkeypatch.setattr(onnxrt, "missing_packages", onnxgraph.missing_packages)
-    monkeypatch.setenv(runtime.PASS_ENV, "int8")
+    monkeypatch.setenv(policy.PASS_ENV, "int8")
     model, adapter, x = _model()
-    candidates = passes.candidate_passes(model, adapter, CPU, "auto", 2)
+    candidates = policy.candidate_passes(model, adapter, CPU, "auto", 2)
     with caplog.at_level(logging.WARNING):
-        chosen, _ = passes.choose_pass(candidates, x, DistContext(), "auto")
+        chosen, _ = policy.choose_pass(candidates, x, DistContext(), "auto")
     assert [p.name for p in candidates] == ["int8", "fp32"] and chosen.name == "fp32"
     assert "int8 pass failed (ZooError: the ONNX Runtime passes need onnxruntime: pip install 'backbone-zoo[export]')" \
         in caplog.text
@@ -113,27 +113,27 @@ def test_missing_onnx_runtime_is_no_candidate_and_a_pinned_one_falls_back_with_t
 
 def test_candidates_size_policy_explicit_precision_and_pin(monkeypatch):
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
-    assert runtime.pass_candidates("auto", "cpu") == [(runtime.FOLD, "fp32"), ("eager", "fp32")]
-    small = runtime.ONNX_MIN_IMAGES["fp32"] - 1
-    assert runtime.pass_candidates("auto", "cpu", small) == [(runtime.FOLD, "fp32"), ("eager", "fp32")]
-    assert runtime.pass_candidates("auto", "cpu", small + 1) == [
-        (runtime.INT8, "int8"), (runtime.ONNX, "fp32"), (runtime.FOLD, "fp32"), ("eager", "fp32")]
-    assert runtime.pass_candidates("fp32", "cpu", 10**6) == [(runtime.FOLD, "fp32"), ("eager", "fp32")]
+    assert policy.pass_candidates("auto", "cpu") == [(passes.FOLD, "fp32"), ("eager", "fp32")]
+    small = policy.ONNX_MIN_IMAGES["fp32"] - 1
+    assert policy.pass_candidates("auto", "cpu", small) == [(passes.FOLD, "fp32"), ("eager", "fp32")]
+    assert policy.pass_candidates("auto", "cpu", small + 1) == [
+        (passes.INT8, "int8"), (passes.ONNX, "fp32"), (passes.FOLD, "fp32"), ("eager", "fp32")]
+    assert policy.pass_candidates("fp32", "cpu", 10**6) == [(passes.FOLD, "fp32"), ("eager", "fp32")]
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
-    assert runtime.pass_candidates("auto", "cpu")[0] == (runtime.FOLD, "bf16")
-    assert runtime.pass_candidates("auto", "cpu", 10**6) == [
-        (runtime.INT8, "int8"), (runtime.FOLD, "bf16"), (runtime.ONNX, "fp32"), (runtime.FOLD, "fp32"),
+    assert policy.pass_candidates("auto", "cpu")[0] == (passes.FOLD, "bf16")
+    assert policy.pass_candidates("auto", "cpu", 10**6) == [
+        (passes.INT8, "int8"), (passes.FOLD, "bf16"), (passes.ONNX, "fp32"), (passes.FOLD, "fp32"),
         ("eager", "fp32")]
-    for pin, expected in [("eager", [("eager", "fp32")]), ("bnfold", [(runtime.FOLD, "bf16"), (runtime.FOLD, "fp32"),
+    for pin, expected in [("eager", [("eager", "fp32")]), ("bnfold", [(passes.FOLD, "bf16"), (passes.FOLD, "fp32"),
                                                                       ("eager", "fp32")]),
-                          ("ONNX", [(runtime.ONNX, "fp32"), ("eager", "fp32")]),
-                          ("int8", [(runtime.INT8, "int8"), ("eager", "fp32")]), ("auto", None)]:
-        monkeypatch.setenv(runtime.PASS_ENV, pin)
-        got = runtime.pass_candidates("auto", "cpu", 3)
-        assert got == (expected or runtime.pass_candidates("auto", "cpu")), pin
-    monkeypatch.setenv(runtime.PASS_ENV, "compile")
+                          ("ONNX", [(passes.ONNX, "fp32"), ("eager", "fp32")]),
+                          ("int8", [(passes.INT8, "int8"), ("eager", "fp32")]), ("auto", None)]:
+        monkeypatch.setenv(policy.PASS_ENV, pin)
+        got = policy.pass_candidates("auto", "cpu", 3)
+        assert got == (expected or policy.pass_candidates("auto", "cpu")), pin
+    monkeypatch.setenv(policy.PASS_ENV, "compile")
     with pytest.raises(runtime.ZooError, match="BACKBONE_ZOO_PASS='compile' is not a pass mode; use auto, int8"):
-        runtime.pass_candidates("auto", "cpu")
+        policy.pass_candidates("auto", "cpu")
 
 
 def test_cache_key_includes_pass_mode(monkeypatch):
@@ -141,23 +141,23 @@ def test_cache_key_includes_pass_mode(monkeypatch):
     dc = DataConfig(input_size=(3, 64, 64))
     args = dict(backbone="resnet18", weights=None, data_config=dc, fingerprint="f", split="train", precision="fp32")
     k1, k2 = feature_key(**args), feature_key(**args, pass_modes=("eager",))
-    assert k1.parts["pass"] == "+".join(runtime.PASS_MODES) and k2.parts["pass"] == "eager" and k1 != k2
+    assert k1.parts["pass"] == "+".join(passes.PASS_MODES) and k2.parts["pass"] == "eager" and k1 != k2
     # what a run keys its features with: auto on a large split may use int8, explicit fp32 never does
-    auto = runtime.pass_modes("auto", "cpu", 10**6)
-    assert auto == (runtime.INT8, runtime.ONNX, runtime.FOLD, "eager")
-    assert runtime.pass_modes("fp32", "cpu", 10**6) == runtime.pass_modes("auto", "cpu", 10) == (runtime.FOLD, "eager")
-    assert feature_key(**args, pass_modes=auto) != feature_key(**args, pass_modes=runtime.pass_modes("fp32", "cpu"))
+    auto = policy.pass_modes("auto", "cpu", 10**6)
+    assert auto == (passes.INT8, passes.ONNX, passes.FOLD, "eager")
+    assert policy.pass_modes("fp32", "cpu", 10**6) == policy.pass_modes("auto", "cpu", 10) == (passes.FOLD, "eager")
+    assert feature_key(**args, pass_modes=auto) != feature_key(**args, pass_modes=policy.pass_modes("fp32", "cpu"))
 
 
 def test_extraction_drops_int8_for_the_onnx_pass_when_it_is_too_far_and_records_the_pass(monkeypatch, caplog):
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
-    monkeypatch.setitem(runtime.ONNX_MIN_IMAGES, "fp32", 16)
-    monkeypatch.setattr(runtime, "PASS_TOLERANCE", 1e-3)  # int8 too far, fp32 in ONNX Runtime close enough
+    monkeypatch.setitem(policy.ONNX_MIN_IMAGES, "fp32", 16)
+    monkeypatch.setattr(policy, "PASS_TOLERANCE", 1e-3)  # int8 too far, fp32 in ONNX Runtime close enough
     model, adapter, _ = _model()
     ds = FakeData(size=20, image_size=(3, 40, 40), num_classes=3, random_offset=3)
     dc = DataConfig(input_size=(3, 32, 32))
     key = feature_key(backbone="resnet18", weights=None, data_config=dc, fingerprint="f", split="train",
-                      precision="fp32", pass_modes=runtime.pass_modes("auto", "cpu", len(ds)))
+                      precision="fp32", pass_modes=policy.pass_modes("auto", "cpu", len(ds)))
     with caplog.at_level(logging.INFO, logger="zoo_core.cache"):
         fs = cache.extract_features(model, adapter, ds, dc, key=key, batch_size=8, precision="auto", num_workers=0,
                                     progress=False)
@@ -176,13 +176,13 @@ def test_the_pass_is_checked_once_per_model_and_weights(monkeypatch, caplog):
     model, adapter, _ = _model()
     dc = DataConfig(input_size=(3, 32, 32))
     checks = []
-    real_check = runtime.check_pass
-    monkeypatch.setattr(runtime, "check_pass", lambda *a, **k: checks.append(a[2]) or real_check(*a, **k))
+    real_check = policy.check_pass
+    monkeypatch.setattr(policy, "check_pass", lambda *a, **k: checks.append(a[2]) or real_check(*a, **k))
 
     def extract(seed: int) -> cache.FeatureSet:
         ds = FakeData(size=10, image_size=(3, 40, 40), num_classes=3, random_offset=seed)
         key = feature_key(backbone="resnet18", weights=None, data_config=dc, fingerprint=f"f{seed}", split="train",
-                          precision="fp32", pass_modes=runtime.pass_modes("auto", "cpu", len(ds)))
+                          precision="fp32", pass_modes=policy.pass_modes("auto", "cpu", len(ds)))
         return cache.extract_features(model, adapter, ds, dc, key=key, batch_size=4, precision="auto",
                                       num_workers=0, progress=False)
 

@@ -28,7 +28,7 @@ DATA3_PER_CLASS = 20  # 48 train / 12 val
 
 
 def record_extractions(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool, int]]:
-    """Wrap ``cache.extract_features``: one ``(split key's split, from_cache, rows)`` per call."""
+    """Wrap the feature service's ``extract_features``: one ``(split key's split, from_cache, rows)`` per call."""
     real, calls = cache.extract_features, []
 
     def wrapped(*args: Any, **kwargs: Any) -> Any:
@@ -36,7 +36,7 @@ def record_extractions(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool,
         calls.append((kwargs["key"].parts["split"], fs.from_cache, len(fs)))
         return fs
 
-    monkeypatch.setattr(cache, "extract_features", wrapped)
+    monkeypatch.setattr(cache.service, "extract_features", wrapped)
     return calls
 
 

@@ -15,7 +15,7 @@ from torch import nn
 import zoo_core
 from zoo_core import ZooError, strategies
 from zoo_core.backbones.freezing import default_stages, freeze_stages
-from zoo_core.training import TrainConfig, loop
+from zoo_core.training import TrainConfig, loop, run_shape
 
 
 def tiny_adapter(stages: list) -> SimpleNamespace:
@@ -156,3 +156,18 @@ def test_warmup_cosine_shape() -> None:
     assert all(a > b for a, b in zip(values[10:100], values[11:101]))  # strictly decaying cosine
     assert values[55] == pytest.approx(0.01 + 0.99 * 0.5) and values[100] == pytest.approx(0.01)
     assert strategies.warmup_cosine(5, 0)(0) == 1.0 and strategies.warmup_cosine(1, 7)(0) == 1.0
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({}, (True, (), False, False, ("train", "val"))),  # feature extraction: cached head fit, both splits decoded
+    ({"augment": "flip"}, (False, ("flip",), False, False, ("train", "val"))),  # flips need no re-decoding
+    ({"strategy": "finetune"}, (False, ("crop", "flip"), True, True, ("train", "val"))),  # LP-FT + auto check
+    ({"strategy": "finetune", "augment": "crop", "head_init": "random"}, (False, ("crop",), False, False, ("val",))),
+    ({"strategy": "full", "augment": "crop"}, (False, ("crop",), True, False, ("train", "val"))),  # the probe reads train
+    ({"cache_features": False}, (False, (), False, False, ("train", "val"))),
+    ({"share_decoding": False}, (True, (), False, False, ())),
+])
+def test_run_shape_decides_the_cached_path_the_probe_and_the_decoded_splits(options: dict, expected: tuple) -> None:
+    shape = run_shape(TrainConfig(**{"share_decoding": True, **options}))
+    assert (shape.cached, shape.augment, shape.probe, shape.augment_auto, shape.shared) == expected
+    assert shape.from_probe == (shape.probe and options.get("head_init") != "random")

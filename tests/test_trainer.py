@@ -537,11 +537,11 @@ def test_build_run_resolves_without_writing_or_changing_the_config(tmp_path: Pat
     state = build_run(cfg, data)
     assert cfg.strategy == "linear" and cfg.lr == "0.01"  # the caller's config is left alone
     assert state.cfg.strategy == "feature-extraction" and state.cfg.lr == 0.01
-    assert state.use_cache and state.head_fit and state.lr is None and state.epochs is None
+    assert state.shape.cached and state.head_fit and state.lr is None and state.epochs is None
     assert state.run is None and list(tmp_path.iterdir()) == [tmp_path / "data"]
     assert state.record["lr"] is None and state.record["stages"][-1] == "layer4" and state.record["head"] == "fc"
     e2e = build_run(TrainConfig(**{**vars(cfg), "strategy": "finetune", "epochs": 2}), data)
-    assert not e2e.use_cache and e2e.augment and e2e.lr == 0.01 and e2e.epochs == 2
+    assert not e2e.shape.cached and e2e.augment and e2e.lr == 0.01 and e2e.epochs == 2
     ck = checkpoint(e2e, {"w": torch.zeros(1)}, epoch=1)
     assert set(ck) == {"model", "classes", "backbone", "strategy", "data_config", "num_classes", "config", "epoch"}
     assert ck["strategy"] == "finetune" and ck["config"]["lr"] == 0.01 and ck["data_config"]["input_size"] == [3, 32, 32]

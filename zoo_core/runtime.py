@@ -2,24 +2,15 @@
 
 ``pick_device("auto")`` prefers CUDA, then MPS, then the CPU. ``resolve_precision`` turns ``auto`` into
 bf16 only where bf16 is native and fast (CUDA GPUs with bf16, CPUs with AVX512-BF16/AMX), else fp32;
-``training_precision`` adds fp16 with a grad scaler for older CUDA GPUs.
-
-A faster inference pass is never trusted blindly: ``precision_candidates("auto", device)`` lists what
-``auto`` tries (the resolved low precision first, fp32 as the fallback), and :func:`check_pass` accepts
-a pass only when its output on the first batch is finite and within :data:`PASS_TOLERANCE` of eager
-fp32 (feature extraction, :mod:`zoo_core.cache.passes`, applies it). ``pass_candidates`` adds the pass
-modes: each precision BatchNorm-folded, eager last, and for ``auto`` on a CPU with enough images
-(:data:`ONNX_MIN_IMAGES`, :func:`onnx_pays_back`) the backbone in ONNX Runtime, int8 first and fp32 before
-the first fp32 pass; ``$BACKBONE_ZOO_PASS`` (:data:`PASS_ENV`) pins one mode.
+``training_precision`` adds fp16 with a grad scaler for older CUDA GPUs. Which faster inference pass
+feature extraction tries, and how it is checked, is :mod:`zoo_core.cache.policy`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import sys
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,10 +21,6 @@ from .errors import ZooError
 _PRECISIONS = {"auto": "auto", "fp32": "fp32", "float32": "fp32", "32": "fp32", "bf16": "bf16",
                "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16", "half": "fp16", "16": "fp16"}
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-PASS_TOLERANCE = 0.05
-"""Largest relative L2 error (:func:`relative_error`) against eager fp32 that :func:`check_pass` accepts."""
-
 
 _DEVICES = "auto, cpu, cuda, cuda:N or mps"
 
@@ -96,6 +83,11 @@ def cpu_has_native_bf16() -> bool:
     return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
+def is_auto(precision: str) -> bool:
+    """True when ``precision`` (any spelling ``--precision`` takes) is ``auto``."""
+    return _PRECISIONS.get(str(precision).strip().lower()) == "auto"
+
+
 def resolve_precision(precision: str, device: str | torch.device) -> str:
     """Turn ``"auto" | "fp32" | "bf16" | "fp16"`` into the precision used on ``device``.
 
@@ -135,126 +127,6 @@ def autocast_for(device: torch.device, precision: str) -> tuple[Any, torch.amp.G
     """(autocast context factory, grad scaler or None) for training in the resolved precision."""
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" and device.type == "cuda" else None
     return (lambda: autocast(device, precision)), scaler
-
-
-def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
-    """``‖approx − exact‖ / ‖exact‖`` (Frobenius), the measure ``auto`` precision is checked with."""
-    exact = exact.float()
-    return float((approx.float() - exact).norm() / exact.norm().clamp_min(1e-12))
-
-
-def precision_candidates(precision: str, device: str | torch.device) -> list[str]:
-    """Precisions to try, preferred first; every one but the last is checked against fp32 first.
-
-    ``auto`` that resolves to a low precision gives ``[that, "fp32"]`` (fp32 is the fallback when the
-    check fails); ``auto`` that resolves to fp32, and any explicit precision, give just that one.
-    """
-    resolved = resolve_precision(precision, device)
-    if _PRECISIONS[str(precision).strip().lower()] == "auto" and resolved != "fp32":
-        return [resolved, "fp32"]
-    return [resolved]
-
-
-FOLD = "bnfold"
-"""The pass mode that folds eval-mode BatchNorm into the preceding convolution (:mod:`zoo_core.cache.passes`)."""
-
-ONNX = "onnx"
-"""The pass mode that runs the backbone's features graph exported to ONNX, fp32, in ONNX Runtime (:mod:`zoo_core.cache.onnxrt`)."""
-
-INT8 = "int8"
-"""The pass mode that runs that graph statically quantized to int8 in ONNX Runtime (:mod:`zoo_core.cache.onnxrt`)."""
-
-PASS_MODES = (INT8, ONNX, FOLD, "eager")
-"""Every pass mode extraction knows, preferred first; the ones a run tries are part of its feature cache key."""
-
-PASS_ENV = "BACKBONE_ZOO_PASS"
-"""Environment variable that pins the pass mode: ``auto`` (the default policy) or one of :data:`PASS_MODES`."""
-
-ONNX_MIN_IMAGES = {"fp32": 1000, "bf16": 2500}
-"""Images from which ``auto`` tries the ONNX Runtime passes (int8, then fp32), per resolved float precision.
-
-Their setup (export to ONNX, calibration and quantization, sessions: 7–10 s for a ResNet-18 on 2 cores)
-pays back from about 450 images against the folded fp32 pass and about 1,300 against folded bf16 (int8
-runs 3.7× and 1.9× as fast there; README "Performance", ``benchmarks/pass_modes.py``); the thresholds
-leave a margin of about two.
-"""
-
-INT8_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
-"""What the ONNX Runtime passes need (the ``export`` extra)."""
-
-
-def pinned_pass() -> str | None:
-    """The pass mode ``$BACKBONE_ZOO_PASS`` pins, or None for the automatic policy (unset, empty, ``auto``)."""
-    value = os.environ.get(PASS_ENV, "").strip().lower()
-    if value in ("", "auto"):
-        return None
-    if value not in PASS_MODES:
-        raise ZooError(f"{PASS_ENV}={value!r} is not a pass mode; use auto, {', '.join(PASS_MODES)}")
-    return value
-
-
-def onnx_pays_back(precision: str, device: str | torch.device, n_images: int | None) -> bool:
-    """Whether ``auto`` tries the ONNX Runtime passes for ``n_images`` images on ``device`` (CPU only).
-
-    Only for ``precision="auto"``, with the packages installed (:data:`INT8_PACKAGES`) and at least
-    :data:`ONNX_MIN_IMAGES` images for the precision ``auto`` resolves to.
-    """
-    if _PRECISIONS.get(str(precision).strip().lower()) != "auto" or torch.device(device).type != "cpu":
-        return False
-    resolved = resolve_precision(precision, device)
-    if n_images is None or n_images < ONNX_MIN_IMAGES.get(resolved, sys.maxsize):
-        return False
-    from .onnxgraph import missing_packages
-
-    return not missing_packages(INT8_PACKAGES)
-
-
-def pass_candidates(precision: str, device: str | torch.device,
-                    n_images: int | None = None) -> list[tuple[str, str]]:
-    """``(pass mode, precision)`` pairs to try, preferred first; the last is eager and the check's reference.
-
-    Each precision of :func:`precision_candidates` is tried BatchNorm-folded first (no native bf16:
-    ``[(bnfold, fp32), (eager, fp32)]``; native bf16: ``[(bnfold, bf16), (bnfold, fp32), (eager, fp32)]``);
-    explicit precisions get ``[(bnfold, P), (eager, P)]``. ``auto`` on a CPU puts ``(int8, int8)`` first
-    and ``(onnx, fp32)`` before the first fp32 pass when :func:`onnx_pays_back` for ``n_images``.
-    ``$BACKBONE_ZOO_PASS`` pins one mode, tried (regardless of size and precision) before the eager
-    reference: ``int8``, ``onnx``, ``bnfold`` (each precision) or ``eager`` (the reference alone).
-    """
-    precisions = precision_candidates(precision, device)
-    reference = ("eager", precisions[-1])
-    folded = [(FOLD, p) for p in precisions]
-    pinned = pinned_pass()
-    if pinned is not None:
-        return {INT8: [(INT8, INT8)], ONNX: [(ONNX, "fp32")], FOLD: folded, "eager": []}[pinned] + [reference]
-    if not onnx_pays_back(precision, device, n_images):
-        return folded + [reference]
-    first_fp32 = precisions.index("fp32") if "fp32" in precisions else len(precisions)
-    return [(INT8, INT8)] + folded[:first_fp32] + [(ONNX, "fp32")] + folded[first_fp32:] + [reference]
-
-
-def pass_modes(precision: str, device: str | torch.device, n_images: int | None = None) -> tuple[str, ...]:
-    """The pass modes :func:`pass_candidates` tries, in order, once each: what a feature cache key records."""
-    return tuple(dict.fromkeys(mode for mode, _ in pass_candidates(precision, device, n_images)))
-
-
-@dataclass(frozen=True)
-class PassCheck:
-    """Verdict on a faster pass: ``accepted``, its relative ``error`` vs eager fp32, and a log ``message``."""
-
-    accepted: bool
-    error: float
-    message: str
-
-
-def check_pass(approx: torch.Tensor, exact: torch.Tensor, name: str) -> PassCheck:
-    """Accept pass ``name`` when its output ``approx`` is finite and within :data:`PASS_TOLERANCE` of ``exact``.
-
-    ``exact`` is the eager fp32 output on the same batch.
-    """
-    err = relative_error(approx, exact)
-    if not bool(torch.isfinite(approx).all()) or err > PASS_TOLERANCE:
-        return PassCheck(False, err, f"{name} features differ from fp32 by {err:.3g} (relative)")
-    return PassCheck(True, err, f"{name} features within {err:.3g} of fp32 on the first batch")
 
 
 def seed_everything(seed: int) -> None:

@@ -11,9 +11,11 @@ fingerprint + split + precision (:func:`feature_key`). A second strategy (anothe
 center-cropped once per distinct input size (``uint8`` ``[N, 3, H, W]``), and every backbone of that
 size reads the same array instead of decoding the files again.
 
-Modules: :mod:`.keys` (cache root and keys), :mod:`.store` (the checksummed entry store, clearing and
-listing), :mod:`.pixels` (the pixel cache), :mod:`.passes` (how the backbone runs and the check of a
-faster pass against fp32), :mod:`.extract` (feature extraction, one process or ``torchrun``).
+Modules: :mod:`.keys` (cache root and keys), :mod:`.store` (the checksummed entry store, clearing,
+listing and reading an entry's ``meta.json``), :mod:`.pixels` (the pixel cache), :mod:`.passes` (the
+forward passes the backbone can run in), :mod:`.policy` (which passes to try and the check of a faster
+pass against fp32), :mod:`.extract` (feature extraction, one process or ``torchrun``), :mod:`.service`
+(a run's features of one split, :func:`split_features`: what the trainer, the probe, compare and rank ask).
 
 On-disk layout (root: ``$BACKBONE_ZOO_CACHE``, default ``~/.cache/backbone-zoo``)::
 
@@ -40,7 +42,7 @@ timm's own caches (``$TORCH_HOME``, the Hugging Face hub) and are never touched 
 
 from __future__ import annotations
 
-from .extract import FeatureSet, extract_features, open_features
+from .extract import FeatureSet, extract_features, extraction_speed, open_features
 from .keys import (
     FORMAT_VERSION,
     FeatureKey,
@@ -50,12 +52,15 @@ from .keys import (
     pixel_key,
     weights_identity,
 )
-from .passes import ForwardPass, candidate_passes, choose_pass, choose_pass_once
+from .passes import ForwardPass
 from .pixels import PixelCache
-from .store import KINDS, cache_summary, clear_cache
+from .policy import candidate_passes, choose_pass, choose_pass_once
+from .service import shared_pixels, split_features
+from .store import KINDS, cache_summary, clear_cache, read_meta
 
 __all__ = [
     "FORMAT_VERSION", "KINDS", "FeatureKey", "FeatureSet", "ForwardPass", "PixelCache", "cache_root",
-    "cache_summary", "candidate_passes", "choose_pass", "choose_pass_once", "clear_cache", "extract_features", "feature_key",
-    "model_fingerprint", "open_features", "pixel_key", "weights_identity",
+    "cache_summary", "candidate_passes", "choose_pass", "choose_pass_once", "clear_cache", "extract_features",
+    "extraction_speed", "feature_key", "model_fingerprint", "open_features", "pixel_key", "read_meta",
+    "shared_pixels", "split_features", "weights_identity",
 ]

@@ -20,14 +20,15 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from .. import data, runtime
+from .. import data
 from ..backbones.adapter import BackboneAdapter, DataConfig
 from ..distributed import DistContext, all_gather_rows, shard_range
 from ..errors import DataError, ZooError
 from .keys import FeatureKey, model_fingerprint
-from .passes import candidate_passes, choose_pass_once, inference_setup
+from .passes import INT8, inference_setup
 from .pixels import PixelCache
-from .store import EntryWriter, entry_dir, labels_array, open_entry, progress_bar
+from .policy import candidate_passes, choose_pass_once
+from .store import EntryWriter, entry_dir, labels_array, open_entry, progress_bar, read_meta
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,17 @@ class _Shard:
     pass_name: str = ""  # the pass that ran (ForwardPass.name: "int8", "fp32+bnfold", …)
 
 
+def extraction_speed(features: FeatureSet) -> float | None:
+    """Images/s of the extraction that made ``features``, from its cache entry's ``meta.json`` (None for
+    features kept in memory, or an entry that does not say)."""
+    meta = read_meta(features.path)
+    try:
+        seconds = float(meta["seconds"])  # type: ignore[index]
+        return round(int(meta["n"]) / seconds, 1) if seconds > 0 else None  # type: ignore[index]
+    except (TypeError, ValueError, KeyError):
+        return None
+
+
 def open_features(key: str, model_fp: str) -> FeatureSet | None:
     """The verified feature entry ``key`` when it exists and was made by backbone weights ``model_fp``."""
     entry = entry_dir("features", key)
@@ -91,7 +103,7 @@ def extract_features(model: nn.Module, adapter: BackboneAdapter, dataset: Datase
 
     The backbone runs once in eval mode under ``torch.inference_mode`` with channels-last inputs and
     autocast per ``precision`` (``auto``: :func:`~zoo_core.runtime.resolve_precision`, then checked
-    against fp32 on the first batch; see :mod:`zoo_core.cache.passes`). Images come from
+    against fp32 on the first batch; see :mod:`zoo_core.cache.policy`). Images come from
     ``transform`` (default ``eval_transform(data_config)``: PIL → ``uint8 [3, H, W]``), or from ``pixels``
     when given. With a ``key``
     (:func:`~zoo_core.cache.feature_key`) the result is read from / written to the disk cache, streamed
@@ -150,7 +162,7 @@ def extract_features(model: nn.Module, adapter: BackboneAdapter, dataset: Datase
         log.warning("rank %d cannot read the feature cache entry rank 0 wrote (%s); extracting locally",
                     ctx.rank, entry_dir("features", str(key)))
         return extract_features(model, adapter, dataset, data_config, key=None, batch_size=batch_size, device=dev,
-                                precision=precision if shard.precision == runtime.INT8 else shard.precision,
+                                precision=precision if shard.precision == INT8 else shard.precision,
                                 num_workers=num_workers, progress=False, pixels=pixels, transform=transform)
     return FeatureSet(opened.features, opened.labels, from_cache=False, path=opened.path)
 

@@ -15,8 +15,8 @@ from torch import nn
 from ..backbones.adapter import BackboneAdapter, DataConfig
 from ..backbones.registry import get_adapter
 from ..backbones.weights import is_local_path
-from ..runtime import PASS_MODES
 from ..util import digest, under
+from .passes import PASS_MODES
 
 FORMAT_VERSION = 1  # part of every key and every meta.json; bump it to invalidate all existing entries
 _file_hashes: dict[tuple[str, int, int, int], str] = {}  # (path, size, mtime_ns, inode) → sha256
@@ -89,7 +89,7 @@ def feature_key(*, backbone: str, weights: str | os.PathLike | None, data_config
     :param weights: ``"DEFAULT"``, ``None``/``"None"``, a weight tag, or a local checkpoint path (its
         contents are hashed, so an overwritten file misses).
     :param precision: the *resolved* precision (``resolve_precision(...)``), not ``"auto"``.
-    :param pass_modes: the pass modes extraction tries, ``runtime.pass_modes(requested precision, device,
+    :param pass_modes: the pass modes extraction tries, ``policy.pass_modes(requested precision, device,
         number of images)`` (what a training run passes; the default names every mode), so entries made
         under another pass policy (say ``auto`` with int8 against an explicit ``fp32``) never mix.
     """

@@ -13,8 +13,8 @@ temporary folder that goes away with the object, and opens ONNX Runtime CPU sess
 The caller's model is only read. The passes built on these (:func:`zoo_core.cache.passes.onnx_pass`,
 :func:`~zoo_core.cache.passes.int8_pass`) are checked against eager fp32 on the first batch like any
 other and dropped, with the reason in the log, when they are not within
-:data:`zoo_core.runtime.PASS_TOLERANCE` or when anything on the way fails (a missing package, a model the
-exporter cannot trace). When ``auto`` tries them: :func:`zoo_core.runtime.pass_candidates`; their
+:data:`zoo_core.cache.policy.PASS_TOLERANCE` or when anything on the way fails (a missing package, a model the
+exporter cannot trace). When ``auto`` tries them: :func:`zoo_core.cache.policy.pass_candidates`; their
 measured speed and accuracy: README "Performance" (``benchmarks/pass_modes.py``).
 """
 
@@ -31,10 +31,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import runtime
 from ..backbones.adapter import BackboneAdapter
 from ..errors import ZooError
 from ..onnxgraph import INSTALL_HINT, MAX_BYTES, missing_packages, quiet_loggers, save_onnx, weight_bytes
+
+INT8_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+"""What the ONNX Runtime passes need (the ``export`` extra)."""
 
 CALIBRATION_IMAGES = 4
 """Images of the first batch that set the int8 activation ranges. The calibration keeps every intermediate
@@ -82,7 +84,7 @@ class OnnxGraph:
         """The fp32 ONNX file, exported now (with two images of ``x`` as the example) if it is not yet."""
         if self._dir is not None:
             return self._dir / "float.onnx"
-        missing = missing_packages(runtime.INT8_PACKAGES)
+        missing = missing_packages(INT8_PACKAGES)
         if missing:
             raise ZooError(f"the ONNX Runtime passes need {', '.join(missing)}: {INSTALL_HINT}")
         if weight_bytes(self.model) > MAX_BYTES:

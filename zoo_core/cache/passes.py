@@ -1,27 +1,22 @@
-"""How the backbone runs during extraction: the model preparation and the candidate forward passes.
+"""How the backbone runs during extraction: the model preparation and the forward passes to choose from.
 
 A :class:`ForwardPass` turns a prepared (normalised, channels-last) batch into float32 features. The
 passes are eager ones per precision (:func:`eager_pass`), the same with BatchNorm folded into the
 preceding convolutions (:func:`folded_pass`), and the backbone's features graph in ONNX Runtime, fp32
-(:func:`onnx_pass`) or int8-quantized (:func:`int8_pass`, :mod:`.onnxrt`); :func:`candidate_passes`
-lists the ones :func:`runtime.pass_candidates` names, preferred first, with eager fp32 last (for
-``auto``), and :func:`choose_pass` keeps the first whose features on the first batch pass
-:func:`zoo_core.runtime.check_pass` against eager fp32 (one that raises is dropped, with its reason).
-:func:`choose_pass_once` remembers that verdict per model and weights, so the next split (or the
-augmentation check's views) of the same backbone skips the check and its extra passes.
+(:func:`onnx_pass`) or int8-quantized (:func:`int8_pass`, :mod:`.onnxrt`). Which of them a run tries and
+which one it keeps is the pass policy, :mod:`.policy`.
 
 Adding a pass mode (``torch.compile``, another runtime): write a builder
 ``(model, adapter, device, precision) -> ForwardPass`` that prepares its own model on the first batch it
-runs (leaving the caller's untouched) and put it into ``_BUILDERS``, :data:`runtime.PASS_MODES` and
-:func:`runtime.pass_candidates` ahead of the eager passes; the check against eager fp32 and the fallback
-come for free.
+runs (leaving the caller's untouched) and put it into :data:`BUILDERS`, :data:`PASS_MODES` and
+:func:`zoo_core.cache.policy.pass_candidates` ahead of the eager passes; the check against eager fp32 and
+the fallback come for free.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -30,10 +25,21 @@ from torch import nn
 
 from .. import runtime
 from ..backbones.adapter import BackboneAdapter
-from ..distributed import DistContext
 from . import onnxrt
 
 log = logging.getLogger(__name__)
+
+FOLD = "bnfold"
+"""The pass mode that folds eval-mode BatchNorm into the preceding convolution (:func:`folded_pass`)."""
+
+ONNX = "onnx"
+"""The pass mode that runs the backbone's features graph exported to ONNX, fp32, in ONNX Runtime (:func:`onnx_pass`)."""
+
+INT8 = "int8"
+"""The pass mode that runs that graph statically quantized to int8 in ONNX Runtime (:func:`int8_pass`)."""
+
+PASS_MODES = (INT8, ONNX, FOLD, "eager")
+"""Every pass mode extraction knows, preferred first; the ones a run tries are part of its feature cache key."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +83,7 @@ def _conv_bn_pairs(model: nn.Module, adapter: BackboneAdapter, x: torch.Tensor) 
 
     Only exact ``nn.Conv2d`` / ``nn.BatchNorm2d`` in eval mode with running statistics (subclasses such
     as timm's ``BatchNormAct2d`` or ``Conv2dSame`` do more than that and are left alone). A conv output
-    that something else also reads would be changed by folding: :func:`runtime.check_pass` catches it.
+    that something else also reads would be changed by folding: :func:`zoo_core.cache.policy.check_pass` catches it.
     """
     outputs: dict[int, nn.Conv2d] = {}
     pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]] = []
@@ -154,7 +160,7 @@ def folded_pass(model: nn.Module, adapter: BackboneAdapter, device: torch.device
         with torch.inference_mode(), runtime.autocast(device, precision), _patched(found[0]):
             return adapter.features(model, x).float()
 
-    return ForwardPass(f"{precision}+{runtime.FOLD}", precision, run)
+    return ForwardPass(f"{precision}+{FOLD}", precision, run)
 
 
 def _session_pass(name: str, precision: str, graph: onnxrt.OnnxGraph, device: torch.device,
@@ -176,96 +182,21 @@ def onnx_pass(model: nn.Module, adapter: BackboneAdapter, device: torch.device, 
 
     ``graph`` shares one export with the int8 pass; ``precision`` is not used (the graph computes in fp32).
     """
-    return _session_pass(runtime.ONNX, "fp32", graph or onnxrt.OnnxGraph(model, adapter), device, int8=False)
+    return _session_pass(ONNX, "fp32", graph or onnxrt.OnnxGraph(model, adapter), device, int8=False)
 
 
 def int8_pass(model: nn.Module, adapter: BackboneAdapter, device: torch.device, precision: str, *,
               graph: onnxrt.OnnxGraph | None = None) -> ForwardPass:
     """``model``'s features int8-quantized in ONNX Runtime on the CPU (:mod:`.onnxrt`), calibrated on the
     first batch it runs; ``graph`` shares one export with the fp32 ONNX pass, ``precision`` is not used."""
-    return _session_pass(runtime.INT8, runtime.INT8, graph or onnxrt.OnnxGraph(model, adapter), device, int8=True)
+    return _session_pass(INT8, INT8, graph or onnxrt.OnnxGraph(model, adapter), device, int8=True)
 
 
-_BUILDERS: dict[str, Callable[..., ForwardPass]] = {
-    "eager": eager_pass, runtime.FOLD: folded_pass, runtime.ONNX: onnx_pass, runtime.INT8: int8_pass,
-}  # pass mode → builder (model, adapter, device, precision) (runtime.pass_candidates names them)
-_SHARE_GRAPH = (runtime.INT8, runtime.ONNX)  # modes whose builders take one shared ``graph=``
+BUILDERS: dict[str, Callable[..., ForwardPass]] = {
+    "eager": eager_pass, FOLD: folded_pass, ONNX: onnx_pass, INT8: int8_pass,
+}
+"""Pass mode → builder ``(model, adapter, device, precision)`` (:func:`zoo_core.cache.policy.pass_candidates`
+names the modes to build)."""
 
-
-def candidate_passes(model: nn.Module, adapter: BackboneAdapter, device: torch.device,
-                     precision: str, n_images: int | None = None) -> list[ForwardPass]:
-    """The passes to try for ``precision`` and ``n_images`` images, preferred first (see
-    :func:`runtime.pass_candidates`).
-
-    Every pass but the last is checked on the first batch against the last (eager, in the last
-    candidate precision: fp32 for ``auto``), the reference and the fallback.
-    """
-    graph = onnxrt.OnnxGraph(model, adapter)  # exported at most once, only if an ONNX Runtime pass runs
-    return [_BUILDERS[mode](model, adapter, device, p, **({"graph": graph} if mode in _SHARE_GRAPH else {}))
-            for mode, p in runtime.pass_candidates(precision, device, n_images)]
-
-
-def choose_pass(passes: list[ForwardPass], x: torch.Tensor | None, ctx: DistContext,
-                requested: str) -> tuple[ForwardPass, torch.Tensor | None]:
-    """The pass to use and, when computed on the way, its features of the first batch ``x``.
-
-    With one candidate it is used unchecked. Otherwise each earlier candidate is checked against the
-    last (eager fp32) on ``x`` and the first accepted wins (one that raises is dropped with a warning); a
-    rank without a batch (``x=None``) accepts the first. Every rank of ``ctx`` gets the same pass: the
-    latest of the ranks' choices.
-    """
-    if len(passes) == 1:
-        return passes[0], None
-    computed: dict[int, torch.Tensor] = {}
-    choice = 0
-    if x is not None:
-        choice = last = len(passes) - 1
-        computed[last] = exact = passes[last].run(x)
-        for i, p in enumerate(passes[:last]):
-            try:
-                computed[i] = p.run(x)
-            except Exception as exc:  # noqa: BLE001 - a faster pass that cannot run is dropped, never fatal
-                log.warning("precision %s: %s pass failed (%s); using %s", requested, p.name, _reason(exc),
-                            passes[i + 1].name)
-                continue
-            verdict = runtime.check_pass(computed[i], exact, p.name)
-            if verdict.accepted:
-                log.info("precision %s: %s", requested, verdict.message)
-                choice = i
-                break
-            log.warning("precision %s: %s; using %s", requested, verdict.message, passes[i + 1].name)
-    agreed = ctx.max_int(choice)
-    if agreed != choice:
-        log.info("precision %s: another rank rejected %s; using %s", requested, passes[choice].name,
-                 passes[agreed].name)
-    return passes[agreed], computed.get(agreed)
-
-
-_VERDICTS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, ...], str]] = weakref.WeakKeyDictionary()
-
-
-def choose_pass_once(model: nn.Module, state: str, passes: list[ForwardPass], x: torch.Tensor | None,
-                     ctx: DistContext, requested: str) -> tuple[ForwardPass, torch.Tensor | None]:
-    """:func:`choose_pass`, checked once per ``model`` object and ``state`` (its weights' fingerprint and
-    the device; ``""``: always check): a later call with the same candidates takes the pass chosen then.
-
-    Every rank makes the same calls in the same order, so the ranks skip the check together.
-    """
-    key = (state, requested, *(p.name for p in passes))
-    if state and key in _VERDICTS.get(model, {}):
-        name = _VERDICTS[model][key]
-        chosen = next(p for p in passes if p.name == name)
-        log.debug("precision %s: %s, as chosen on an earlier split of this model", requested, name)
-        return chosen, None
-    fwd, f0 = choose_pass(passes, x, ctx, requested)
-    if state:
-        _VERDICTS.setdefault(model, {})[key] = fwd.name
-    return fwd, f0
-
-
-def _reason(exc: BaseException) -> str:
-    """``Type: first line`` of the innermost cause of ``exc``, for a one-line log message."""
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return f"{type(exc).__name__}: {lines[0][:200] if lines else 'no message'}"
+SHARE_GRAPH = (INT8, ONNX)
+"""The modes whose builders take one shared ``graph=`` (a single ONNX export for both)."""

@@ -209,14 +209,29 @@ def clear_cache(kind: str = "all") -> int:
     return freed
 
 
+def read_meta(entry: Path | None) -> dict[str, Any] | None:
+    """The ``meta.json`` of the cache entry directory ``entry`` as written (unverified); None when there is no
+    readable one (``entry`` None: features kept in memory)."""
+    if entry is None:
+        return None
+    try:
+        meta = json.loads((Path(entry) / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 def _summary_row(kind: str, entry: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"kind": kind, "key": entry.name, "path": str(entry),
                            "size_bytes": _dir_bytes(entry), "status": "ok"}
     if entry.name.startswith(".tmp-"):
         row.update(status="incomplete", key=entry.name.split("-")[1])
         return row
+    meta = read_meta(entry)
+    if meta is None:
+        row["status"] = "unreadable"
+        return row
     try:
-        meta = json.loads((entry / "meta.json").read_text())
         parts = meta.get("parts", {})
         row.update(backbone=meta.get("backbone"), split=parts.get("split"),
                    weights=parts.get("weights"), n=meta.get("n"), created=meta.get("created"))
@@ -224,7 +239,7 @@ def _summary_row(kind: str, entry: Path) -> dict[str, Any]:
             row.update(dim=meta.get("dim"), precision=meta.get("precision"))
         else:
             row.update(image_size=meta.get("shape", [None] * 4)[2:])
-    except (OSError, ValueError, AttributeError):
+    except AttributeError:
         row["status"] = "unreadable"
     return row
 

@@ -1,9 +1,9 @@
 """``compare --folds K``: how much a feature-extraction entry's top-1 moves with the choice of validation images.
 
-Same features, different splits. For each entry that trained its head on cached features (a frozen
-backbone without augmentation), the train and validation features are read back from the feature cache
-(:func:`zoo_core.training.split_features`, with the entry's own frozen backbone from its ``best.pt``; a
-cleared cache is rebuilt), pooled, and dealt into ``K`` stratified folds
+Same features, different splits. For each entry that trained its head on cached features
+(:func:`zoo_core.training.run_shape`'s ``cached``: a frozen backbone without augmentation), the train and
+validation features are read back from the feature cache (:func:`zoo_core.cache.split_features`, with the
+entry's own frozen backbone from its ``best.pt``; a cleared cache is rebuilt), pooled, and dealt into ``K`` stratified folds
 (:func:`zoo_core.headfit.stratified_folds`, seeded with the entry's seed). Each fold in turn is held out
 while the converged head fit (:func:`zoo_core.headfit.fit_linear_head`, exactly as the run fits it: ``C``
 chosen on an inner split, then a refit) learns from the others; its top-1 on the held-out fold is one
@@ -22,13 +22,11 @@ from typing import Any
 
 import torch
 
-from .. import headfit
+from .. import cache, headfit
 from ..backbones import registry
-from ..data import augment as zaug
 from ..errors import ZooError
 from ..inference import load
-from ..strategies import get_strategy
-from ..training import TrainConfig, data_config_for, split_features
+from ..training import TrainConfig, data_config_for, run_shape
 from .leaderboard import Entry
 
 
@@ -42,9 +40,7 @@ def check_folds(folds: int | None, n_images: int | None = None) -> None:
 
 def refoldable(cfg: TrainConfig) -> bool:
     """True when an entry of ``cfg`` trains its head on cached features (so its folds cost only head fits)."""
-    strategy = get_strategy(cfg.strategy)
-    augment = zaug.for_strategy(cfg.augment, strategy.default_augment)
-    return strategy.backbone_frozen_throughout() and not augment and cfg.cache_features
+    return run_shape(cfg).cached
 
 
 def fold_top1(x: torch.Tensor, y: torch.Tensor, num_classes: int, k: int, *, seed: int,
@@ -69,7 +65,7 @@ def entry_features(cfg: TrainConfig, split: Any, run_dir: str, device: torch.dev
     model = load(run_dir, device=device).model
     adapter, _ = registry.get_adapter(cfg.backbone)
     data_cfg = data_config_for(adapter, cfg)
-    sets = [split_features(cfg, split, name, model, adapter, data_cfg, device, quiet=quiet)
+    sets = [cache.split_features(cfg, split, name, model, adapter, data_cfg, device, quiet=quiet)
             for name in ("train", "val")]
     return torch.cat([s.features for s in sets]).float(), torch.cat([s.labels for s in sets])
 

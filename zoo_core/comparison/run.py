@@ -5,10 +5,11 @@
    data goes right after step 2);
 2. the data split is loaded once, and every entry trains and is scored on it;
 3. :meth:`EntryRunner.run`, entry after entry: reuse a finished run with the same signature
-   (:mod:`.markers`); else decode its images once into the shared pixel cache (before its clock starts),
-   train it and time its inference pass, both under one :class:`~.measure.PeakMemory`, and write its
-   marker; unavailable pretrained weights fall back to random init when asked; any other failure is
-   recorded and the other entries go on;
+   (:mod:`.markers`); else decode its images once into the shared pixel cache before its clock starts
+   (:func:`zoo_core.training.shape.decode_once`), train it and time its inference pass, both under one
+   :class:`~.measure.PeakMemory`, and write its marker; unavailable pretrained weights fall back to random
+   init when asked (:func:`zoo_core.training.fallback.falls_back`); any other failure is recorded and the
+   other entries go on;
 4. ``merge=True`` adds the finished entries earlier calls left in ``out_dir``;
 5. the ranked :class:`~.leaderboard.Leaderboard` gets its statistics (:func:`.significance.annotate`)
    and, with ``folds=K``, each feature-extraction entry's fold values (:func:`.folds.add_folds`);
@@ -36,13 +37,12 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .. import data as zdata
-from ..backbones import registry
-from ..backbones.weights import RANDOM_INIT, is_local_path, weights_label
-from ..data import augment as zaug
+from ..backbones.weights import RANDOM_INIT, weights_label
 from ..errors import WeightsError
 from ..runtime import pick_device
-from ..strategies import get_strategy
-from ..training import TrainConfig, data_config_for, shared_pixels, train
+from ..training import TrainConfig, train
+from ..training.fallback import falls_back
+from ..training.shape import decode_once
 from ..util import atomic_write_text
 from . import folds as zfolds
 from . import markers, measure, significance
@@ -113,7 +113,7 @@ class EntryRunner:
         run_dir = Path(entry.run_dir)
         (run_dir / markers.MARKER).unlink(missing_ok=True)  # the run is being rewritten: never reuse it half-way
         (run_dir / "error.txt").unlink(missing_ok=True)
-        decode_once(cfg, self.split, self.progress)
+        decode_once(cfg, self.split, progress=self.progress)
         with measure.PeakMemory(self.device) as mem:  # the inference pass is part of the entry's peak
             train(config=cfg, data=self.split)
             speed = measure.inference_speed(run_dir, self.device)
@@ -124,29 +124,13 @@ class EntryRunner:
 
     def _falls_back(self, entry: Entry, weights: str | None, exc: WeightsError, old_marker: str | None) -> bool:
         """True when the entry goes on from random init after its pretrained ``weights`` failed."""
-        if not (self.fallback_random and weights is not None and not is_local_path(weights)):
+        if not falls_back(weights, exc, allowed=self.fallback_random, say=self.say,
+                          who=f"zoo compare: {entry.label}", going_on="running"):
             return False
         if old_marker is not None:  # the weights failed before the run directory was touched
             atomic_write_text(Path(entry.run_dir) / markers.MARKER, old_marker)
         self.unavailable.add(entry.backbone)
-        self.say(f"zoo compare: {entry.label}: WARNING pretrained weights unavailable — running from "
-                 f"{RANDOM_INIT} instead ({exc})")
         return True
-
-
-def decode_once(cfg: TrainConfig, split: Any, progress: bool) -> None:
-    """Fill the shared pixel cache for the splits this entry reads decoded (a hit after the first entry of
-    its input size), so that no entry's training time or peak memory includes the one-off decoding."""
-    if not cfg.share_decoding:
-        return
-    adapter, _ = registry.get_adapter(cfg.backbone)
-    data_cfg = data_config_for(adapter, cfg)
-    strategy = get_strategy(cfg.strategy)
-    policy = zaug.for_strategy(cfg.augment, strategy.default_augment)
-    probe = strategy.trains_backbone() and (cfg.head_init == "probe" or policy == zaug.AUTO)  # training.probe
-    crops = policy == zaug.AUTO or zaug.crop_of(policy) is not None  # random crops decode the images every epoch
-    for name in ("train", "val") if probe or not crops else ("val",):
-        shared_pixels(cfg, split, name, data_cfg, None, quiet=not progress)
 
 
 def _fail(entry: Entry, exc: BaseException, say: Say) -> None:

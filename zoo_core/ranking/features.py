@@ -2,8 +2,8 @@
 feature cache.
 
 The features are extracted exactly as a feature-extraction training run extracts them: the run's own setup
-(:func:`zoo_core.training.build_run`: seeding, model, data config, device) and its own extraction
-(:func:`zoo_core.training.cached.extract`), so the cache key is the run's and a later ``train`` or
+(:func:`zoo_core.training.build_run`: seeding, model, data config, device) and the feature service
+(:func:`zoo_core.cache.split_features`), so the cache key is the run's and a later ``train`` or
 ``compare`` of the same backbone, weights, input size, data, seed and precision reads the training split
 back instead of running the backbone again. A ``budget`` subsample is another dataset: its fingerprint
 (and so every key made from it) includes the digest of the chosen rows, so its features never stand in for
@@ -13,7 +13,6 @@ the full split's.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -21,15 +20,15 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Subset
 
-from ..backbones import registry
-from ..backbones.weights import RANDOM_INIT, is_local_path, weights_label
-from ..cache import FeatureSet
+from ..backbones.weights import weights_label
+from ..cache import FeatureSet, extraction_speed, split_features
 from ..data import DataSplit, known_labels
 from ..errors import DataError, WeightsError
 from ..headfit.split import stratified_subsample
-from ..training import TrainConfig, build_run, data_config_for, shared_pixels
-from ..training.cached import extract as extract_run_features
+from ..training import TrainConfig, build_run
 from ..training.config import OPTIONS
+from ..training.fallback import falls_back
+from ..training.shape import decode_once
 from ..util import digest
 
 RANK_OPTIONS = tuple(name for name, o in OPTIONS.items() if o.rank)
@@ -74,17 +73,7 @@ def candidate_config(backbone: str, options: dict[str, Any], progress: bool) -> 
 def predecode(cfg: TrainConfig, split: DataSplit) -> None:
     """Decode the training images at this backbone's input size into the shared pixel cache (a hit after the
     first backbone of that size), so no entry's time includes the one-off decoding."""
-    adapter, _ = registry.get_adapter(cfg.backbone)
-    shared_pixels(cfg, split, "train", data_config_for(adapter, cfg), None, quiet=not cfg.progress)
-
-
-def _speed(features: FeatureSet) -> float | None:
-    """Images/s of the extraction that made ``features`` (from its cache entry's ``meta.json``)."""
-    try:
-        meta = json.loads((features.path / "meta.json").read_text())  # type: ignore[operator]
-        return round(int(meta["n"]) / float(meta["seconds"]), 1) if float(meta["seconds"]) > 0 else None
-    except (OSError, TypeError, ValueError, KeyError):
-        return None
+    decode_once(cfg, split, progress=cfg.progress, only=("train",))
 
 
 def extract(cfg: TrainConfig, split: DataSplit, *, fallback_random: bool,
@@ -95,11 +84,11 @@ def extract(cfg: TrainConfig, split: DataSplit, *, fallback_random: bool,
     try:
         state = build_run(cfg, split)
     except WeightsError as exc:
-        if not fallback_random or cfg.weights is None or is_local_path(cfg.weights):
+        if not falls_back(cfg.weights, exc, allowed=fallback_random, say=say, who=f"zoo rank: {cfg.backbone}",
+                          going_on="ranking it"):
             raise
-        say(f"zoo rank: {cfg.backbone}: WARNING pretrained weights unavailable — ranking it from {RANDOM_INIT} "
-            f"instead ({exc})")
         cfg = dataclasses.replace(cfg, weights=None)
         state = build_run(cfg, split)
-    features = extract_run_features(state, ("train",), None, not cfg.progress)["train"]
-    return Extracted(features, weights_label(cfg.weights), _speed(features), time.perf_counter() - t0)
+    features = split_features(state.cfg, state.split, "train", state.model, state.adapter, state.data_cfg,
+                              state.device, quiet=not cfg.progress)
+    return Extracted(features, weights_label(cfg.weights), extraction_speed(features), time.perf_counter() - t0)

@@ -1,5 +1,5 @@
 """The cached-feature path: a frozen backbone without augmentation runs once over the data
-(:func:`zoo_core.cache.extract_features`, kept in the feature cache; sharded under torchrun) and only
+(:func:`zoo_core.cache.split_features`, kept in the feature cache; sharded under torchrun) and only
 the head trains, on the cached features: the converged L-BFGS fit (:func:`zoo_core.headfit.fit_linear_head`)
 when ``epochs`` is None, else ``epochs`` epochs of the shared loop (:func:`head_phase`).
 
@@ -9,58 +9,28 @@ Seams: ``headfit.fit_linear_head`` is called through its module.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from .. import cache, headfit, strategies
-from ..backbones.adapter import BackboneAdapter, DataConfig
 from ..backbones.freezing import count_parameters
-from ..data import augment as zaug
 from ..distributed import DistContext
 from ..errors import TrainingError
-from ..runtime import pass_modes, resolve_precision
 from . import report, steps
 from .checkpoint import checkpoint
-from .config import TrainConfig
-from .inputs import EpochSampler, shared_pixels
+from .inputs import EpochSampler
 from .loop import Fit, rounded, run_epochs
 from .setup import RunState, Trained
 
 
-def split_features(cfg: TrainConfig, split: Any, name: str, model: nn.Module, adapter: BackboneAdapter,
-                   data_cfg: DataConfig, device: torch.device, ctx: DistContext | None = None, *,
-                   quiet: bool = True, view: str | None = None, rows: Sequence[int] | None = None) -> cache.FeatureSet:
-    """The features of ``split``'s ``name`` split under ``model``'s frozen backbone, through the feature
-    cache under the key a run of ``cfg`` uses (``compare --folds`` reads them back with this too).
-
-    ``view`` names a check view (:func:`zoo_core.data.augment.check_view`, seeded per image) to extract instead of
-    the evaluation view, of the images ``rows`` (a subsample that depends only on the split: it is in the key
-    by its size), under a key of their own."""
-    part = name if view is None else f"{name}+{view}-view" + ("" if rows is None else f"@{len(rows)}")
-    images, transform, pixels = getattr(split, name), None, None
-    if view is not None:
-        images = images if rows is None else Subset(images, list(rows))
-        images = zaug.SeededView(images, zaug.check_view(data_cfg, view), zaug.VIEW_SEED)
-        transform = zaug.as_is
-    key = None
-    if cfg.cache_features:
-        key = cache.feature_key(backbone=cfg.backbone, weights=str(cfg.weights), data_config=data_cfg,
-                                fingerprint=split.fingerprint, split=part, precision=resolve_precision(cfg.precision, device),
-                                pass_modes=pass_modes(cfg.precision, device, len(images)))
-    if view is None and (key is None or not (cache.cache_root() / "features" / key).is_dir()):  # a hit: no pixels
-        pixels = shared_pixels(cfg, split, name, data_cfg, ctx, quiet=quiet)
-    return cache.extract_features(model, adapter, images, data_cfg, key=key, batch_size=cfg.batch_size,
-                                  device=device, precision=cfg.precision, pixels=pixels, transform=transform,
-                                  num_workers=cfg.num_workers, progress=not quiet, ctx=ctx)
-
-
 def extract(state: RunState, names: tuple[str, ...], ctx: DistContext | None, quiet: bool) -> dict[str, Any]:
-    """The backbone's features of the ``names`` splits (``FeatureSet`` each), from the cache when there."""
-    return {name: split_features(state.cfg, state.split, name, state.model, state.adapter, state.data_cfg,
-                                 state.device, ctx, quiet=quiet) for name in names}
+    """The backbone's features of the ``names`` splits (``FeatureSet`` each), from the cache when there
+    (:func:`zoo_core.cache.split_features`)."""
+    return {name: cache.split_features(state.cfg, state.split, name, state.model, state.adapter, state.data_cfg,
+                                       state.device, ctx, quiet=quiet) for name in names}
 
 
 def fit(state: RunState) -> Trained:

@@ -103,7 +103,7 @@ def fit(state: RunState) -> Trained:
         module=_PhaseModule(phases), model=state.model, train_loader=train_loader, sampler=sampler,
         val_loader=val_loader, prepare=prepare, amp=state.amp, scaler=state.scaler, ctx=ctx,
         setup_phase=phases.setup, record={**state.record, "batch_size_per_rank": batch},
-        start=state.probe["row"] if state.from_probe and state.probe else None))
+        start=state.probe["row"] if state.shape.from_probe and state.probe else None))
 
 
 def final_predictions(state: RunState) -> report.ValPredictions:

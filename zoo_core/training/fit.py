@@ -67,7 +67,7 @@ def run(cfg: TrainConfig, data: Any, *, run_path: Path, resume: bool = False,
         state = dataclasses.replace(state, resumes=resumes)
         report.start(state)
         state = with_auto_lr(with_probe(state))
-        path = cached if state.use_cache else endtoend
+        path = cached if state.shape.cached else endtoend
         t_start = time.perf_counter()
         trained = path.fit(state)
         train_seconds = time.perf_counter() - t_start

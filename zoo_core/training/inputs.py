@@ -1,8 +1,9 @@
-"""What a run feeds its model: the backbone's data config, decoded pixels shared through the pixel cache,
-evaluation datasets and the epoch samplers (one process or a shard per rank under torchrun).
+"""What a run feeds its model: the backbone's data config, evaluation datasets (decoded pixels shared through
+the pixel cache, :func:`zoo_core.cache.shared_pixels`) and the epoch samplers (one process or a shard per rank
+under torchrun).
 
-Public because ``compare`` pre-decodes with the same functions (:func:`data_config_for`,
-:func:`shared_pixels`) so that its entries hit the cache the runs then read.
+:func:`data_config_for` is public because ``compare`` and ``rank`` pre-decode with it
+(:func:`zoo_core.training.shape.decode_once`) so that their entries hit the cache the runs then read.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from torch.utils.data import Dataset, Sampler
 
 from .. import data as zdata
 from ..backbones.adapter import BackboneAdapter, DataConfig
-from ..cache import PixelCache
+from ..cache.service import shared_pixels
 from ..distributed import DistContext, DistributedEpochSampler, ShardSampler, epoch_permutation
 from .config import TrainConfig
 
@@ -57,16 +58,6 @@ def data_config_for(adapter: BackboneAdapter, cfg: TrainConfig) -> DataConfig:
     except Exception:  # noqa: BLE001 - a tag-less local checkpoint: the family's default preprocessing
         dc = adapter.data_config(cfg.backbone, "DEFAULT")
     return dc.with_image_size(cfg.image_size)
-
-
-def shared_pixels(cfg: TrainConfig, split: Any, name: str, data_cfg: DataConfig, ctx: DistContext | None = None,
-                  *, quiet: bool = False) -> PixelCache | None:
-    """The ``name`` split's decoded pixels from the shared cache when ``cfg.share_decoding``, else None
-    (also under torchrun, where every rank decodes its own shard)."""
-    if not cfg.share_decoding or (ctx is not None and ctx.enabled):
-        return None
-    return PixelCache.build(getattr(split, name), data_cfg, fingerprint=split.fingerprint, split=name,
-                            num_workers=cfg.num_workers, progress=not quiet)
 
 
 def eval_dataset(cfg: TrainConfig, split: Any, name: str, data_cfg: DataConfig, ctx: DistContext,

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from .. import cache
 from ..cache import FeatureSet
 from ..data import augment as zaug
 from ..headfit.split import stratified_subsample
@@ -50,15 +51,11 @@ SIGNIFICANCE = 0.05
 """An augmentation is dropped only when its drop is also significant at this level (exact McNemar)."""
 
 
-def needed(state: RunState) -> bool:
-    """True when the run starts from the probe or checks its augmentations with it."""
-    return not state.use_cache and state.strategy.trains_backbone() and (state.from_probe or state.augment_auto)
-
-
 def with_probe(state: RunState) -> RunState:
     """``state`` with the probe fitted (``state.probe``), its head in the model when ``head_init="probe"``,
-    and ``state.augment`` narrowed to what the check kept when the policy is ``auto``."""
-    if not needed(state):
+    and ``state.augment`` narrowed to what the check kept when the policy is ``auto``; ``state`` itself when
+    the run needs no probe (``state.shape.probe``)."""
+    if not state.shape.probe:
         return state
     if state.resume:
         return _restored(state)
@@ -70,12 +67,12 @@ def with_probe(state: RunState) -> RunState:
         record: dict[str, Any] = {"row": row, "head_fit": fit.config(),
                                   "features_from_cache": fx["train"].from_cache and fx["val"].from_cache}
         policy = state.augment
-        if state.augment_auto:
+        if state.shape.augment_auto:
             check = check_augmentations(state, head, fx, policy)
             check = state.ctx.broadcast_object(check)  # one decision for every rank
             policy = tuple(name for name in zaug.AUGMENTATIONS if name in check and check[name]["kept"])
             record["augment_check"] = check
-    if state.from_probe:
+    if state.shape.from_probe:
         state.model.get_submodule(state.head).load_state_dict(head.state_dict())
     report.probe_lines(state, record, policy)
     return dataclasses.replace(state, probe=record, augment=policy)
@@ -96,7 +93,7 @@ def check_augmentations(state: RunState, head: torch.nn.Module, fx: dict[str, An
                 f = fx[split]
                 features[split, name] = FeatureSet(f.features[rows[split]], f.labels[rows[split]], f.from_cache, f.path)
             else:
-                features[split, name] = cached.split_features(
+                features[split, name] = cache.split_features(
                     state.cfg, state.split, split, state.model, state.adapter, state.data_cfg, state.device,
                     state.ctx, quiet=state.quiet, view=name,
                     rows=None if len(rows[split]) == len(fx[split]) else rows[split].tolist())
@@ -135,7 +132,7 @@ def _restored(state: RunState) -> RunState:
     """A resumed run: the probe record and the augmentation decision from its ``config.json`` (the head
     itself is in ``last.pt``)."""
     saved = state.run.read_json("config.json")
-    policy = tuple(saved.get("augment") or ()) if state.augment_auto else state.augment
+    policy = tuple(saved.get("augment") or ()) if state.shape.augment_auto else state.augment
     return dataclasses.replace(state, probe=saved.get("probe"), augment=policy)
 
 

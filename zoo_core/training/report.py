@@ -74,7 +74,7 @@ def head_fit_line(state: RunState, fit: Any) -> None:
 def probe_lines(state: RunState, probe: dict[str, Any], augment: tuple[str, ...]) -> None:
     """LP-FT: the linear probe the run starts from (or only checks augmentations with) and what the check kept."""
     row = probe["row"]
-    start = "fine-tuning starts from it" if state.from_probe else "the head starts random (--head-init random)"
+    start = "fine-tuning starts from it" if state.shape.from_probe else "the head starts random (--head-init random)"
     state.say(f"zoo train: linear probe on {'cached' if probe['features_from_cache'] else 'extracted'} features: "
               f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} (epoch 0; {start})")
     check = probe.get("augment_check")

@@ -23,13 +23,13 @@ from ..backbones import registry
 from ..backbones.adapter import BackboneAdapter, DataConfig
 from ..backbones.freezing import Stages
 from ..backbones.models import create
-from ..data import augment as zaug
 from ..distributed import DistContext, per_rank_batch
 from ..rundir import RunDir
 from ..runtime import autocast_for, pick_device, seed_everything, training_precision
 from .config import DEFAULT_EPOCHS, TrainConfig, check_stages, resolve_config
 from .inputs import data_config_for
 from .loggers import RunLog, open_log
+from .shape import RunShape, run_shape
 
 
 @dataclass(frozen=True)
@@ -50,32 +50,26 @@ class RunState:
     precision: str  # resolved: fp32 | bf16 | fp16
     amp: Callable[[], Any]  # autocast context factory
     scaler: torch.amp.GradScaler | None
-    augment: tuple[str, ...]  # the training augmentations (zoo_core.data.augment), as the policy resolved them
-    use_cache: bool  # frozen backbone, no augmentation: the head trains on cached features
+    shape: RunShape  # what the config implies: cached path or not, LP-FT probe, shared pixels (training.shape)
+    augment: tuple[str, ...]  # the training augmentations (zoo_core.data.augment): shape.augment, narrowed by the probe
     epochs: int | None  # None: the converged head fit
     run: RunDir | None  # None when nothing is written (the LR range test)
     resume: bool = False
     lr_found: dict[str, Any] | None = None  # --lr auto: the range test's suggestion and plot
     resumes: tuple[dict[str, Any], ...] = ()  # every resume of the run so far (resume.ResumePlan.resumes)
     log: RunLog = dataclasses.field(default_factory=RunLog)  # TensorBoard (cfg.log), else logs nothing
-    augment_auto: bool = False  # augment="auto": the probe's check narrows `augment` before training
     probe: dict[str, Any] | None = None  # LP-FT: the linear probe's record (zoo_core.training.probe)
-
-    @property
-    def from_probe(self) -> bool:
-        """True when training starts from the linear probe's head (LP-FT; ``head_init="probe"``)."""
-        return self.cfg.head_init == "probe" and self.strategy.trains_backbone() and not self.use_cache
 
     @property
     def freeze_bn_stats(self) -> bool:
         """True when trainable BatchNorm layers keep their running statistics (``bn_stats``; ``auto``: when
         starting from the probe, whose head was fit on features made with those statistics)."""
-        return self.cfg.bn_stats == "frozen" or (self.cfg.bn_stats == "auto" and self.from_probe)
+        return self.cfg.bn_stats == "frozen" or (self.cfg.bn_stats == "auto" and self.shape.from_probe)
 
     @property
     def head_fit(self) -> bool:
         """True for the converged head fit (cached features, no epochs): it has no learning rate."""
-        return self.use_cache and self.epochs is None
+        return self.shape.cached and self.epochs is None
 
     @property
     def lr(self) -> float | None:
@@ -107,10 +101,10 @@ class RunState:
             "skipped_files": split.skipped, "data_config": self.data_cfg.to_dict(), "plugin": self.plugin,
             "family": self.adapter.family, "head": self.head, "stages": [s for s, _ in self.stages],
             "augment": list(self.augment),
-            "head_init": self.cfg.head_init if self.strategy.trains_backbone() and not self.use_cache else None,
+            "head_init": self.cfg.head_init if self.strategy.trains_backbone() else None,
             "bn_stats": "frozen" if self.freeze_bn_stats else "update",
             "probe": self.probe, "epochs": self.epochs, "lr": self.lr, "device": str(self.device),
-            "precision": self.precision, "world_size": self.ctx.world_size, "feature_cache": self.use_cache,
+            "precision": self.precision, "world_size": self.ctx.world_size, "feature_cache": self.shape.cached,
             "lr_find": self.lr_found, "weights": cfg.weights if cfg.weights is None else str(cfg.weights),
             "resumes": list(self.resumes),
         }
@@ -151,17 +145,15 @@ def build_run(cfg: TrainConfig, data: Any, *, ctx: DistContext | None = None, ru
     run = None if run_path is None else RunDir(run_path, enabled=ctx.is_main)  # bad data/weights: no empty dir
     if ctx.rank > 0:  # own augmentation/dropout streams per rank; rank 0 keeps the single-process stream
         seed_everything(cfg.seed + 1_000_003 * ctx.rank)
-    policy = zaug.for_strategy(cfg.augment, strategy.default_augment)
-    augment = zaug.DEFAULT if policy == zaug.AUTO else policy  # auto: narrowed by training.probe
-    use_cache = strategy.backbone_frozen_throughout() and not augment and cfg.cache_features
-    if not use_cache:
+    shape = run_shape(cfg, strategy)
+    if not shape.cached:
         per_rank_batch(cfg.batch_size, ctx.world_size)  # the global batch must split evenly: fail before any work
     amp, scaler = autocast_for(device, precision)
     return RunState(cfg=cfg, strategy=strategy, device=device, ctx=ctx, split=split, model=model, adapter=adapter,
                     plugin=plugin, data_cfg=data_config_for(adapter, cfg), stages=stages,
-                    head=adapter.head_name(model), precision=precision, amp=amp, scaler=scaler, augment=augment,
-                    use_cache=use_cache, epochs=cfg.epochs if cfg.epochs is not None else (None if use_cache else DEFAULT_EPOCHS),
-                    run=run, resume=resume, log=log, augment_auto=policy == zaug.AUTO and not use_cache)
+                    head=adapter.head_name(model), precision=precision, amp=amp, scaler=scaler, shape=shape,
+                    augment=shape.augment, run=run, resume=resume, log=log,
+                    epochs=cfg.epochs if cfg.epochs is not None else (None if shape.cached else DEFAULT_EPOCHS))
 
 
 def check_options(cfg: TrainConfig) -> torch.device:
