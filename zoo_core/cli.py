@@ -146,7 +146,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 # ---- shared training options (generated from TrainConfig, so the CLI never drifts from the API) ---------
 _TRAIN_HELP = {
-    "strategy": "feature-extraction | finetune | full | gradual (default: feature-extraction)",
+    "strategy": "feature-extraction | finetune | full | gradual | auto (trials choose the stages) (default: feature-extraction)",
     "epochs": "epochs (default: converged head fit for feature-extraction, else 5)",
     "batch_size": "global batch size (default 32)",
     "lr": "head learning rate, or 'auto' for the LR range test (default 1e-3 AdamW)",

@@ -59,6 +59,7 @@ class RunState:
     log: RunLog = dataclasses.field(default_factory=RunLog)  # TensorBoard (cfg.log), else logs nothing
     augment_auto: bool = False  # augment="auto": the probe's check narrows `augment` before training
     probe: dict[str, Any] | None = None  # LP-FT: the linear probe's record (zoo_core.training.probe)
+    surgical: dict[str, Any] | None = None  # --strategy auto: the trials and the choice (training.surgical)
 
     @property
     def from_probe(self) -> bool:
@@ -111,7 +112,7 @@ class RunState:
             "probe": self.probe, "epochs": self.epochs, "lr": self.lr, "device": str(self.device),
             "precision": self.precision, "world_size": self.ctx.world_size, "feature_cache": self.use_cache,
             "lr_find": self.lr_found, "weights": cfg.weights if cfg.weights is None else str(cfg.weights),
-            "resumes": list(self.resumes),
+            "resumes": list(self.resumes), "surgical": self.surgical,
         }
 
 

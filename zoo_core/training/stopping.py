@@ -60,5 +60,5 @@ def why_stopped(cfg: TrainConfig, history: list[dict[str, Any]], best: dict[str,
     if cfg.epochs is None and n >= cap(cfg) and stale_epochs(history) == 0:
         return (f"stopped at the cap of {n} epochs ({BUDGET_CAP}x the {DEFAULT_EPOCHS}-epoch budget) with the val "
                 f"loss still falling; pass --epochs to train longer; {kept}")
-    budget = "--epochs" if cfg.epochs is not None else "budget"
-    return f"finished the {end}-epoch {budget}; {kept}"
+    budget = "the epochs --epochs set" if cfg.epochs is not None else f"the {end}-epoch budget"
+    return f"finished {budget}; {kept}"
