@@ -40,7 +40,7 @@ def test_demo_compares_one_backbone_per_plugin_and_marks_random_init(
     board = demo.run_demo(tmp_path / "out", per_class=4)
     labels = {e.label: e for e in board.entries}
     assert set(labels) == {f"{b} [{s}]" for b in ("efficientnet_lite0", "timm/test_resnet")
-                           for s in ("feature-extraction", "finetune")}
+                           for s in ("feature-extraction", "auto")}
     # all trained by this run: the feature-extraction entries of the first compare call too (not "reused")
     assert all(e.status == "ok" for e in board.entries), board.entries
     assert {e.weights for e in board.entries if e.backbone == "efficientnet_lite0"} == {"pretrained"}

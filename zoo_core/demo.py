@@ -30,7 +30,7 @@ DEMO_BACKBONES = {  # plugin → backbone it contributes to the demo (small and 
     "vgg": "vgg11",
 }
 ONLY_IF_CACHED = {"vgg11"}  # 507 MB of weights: never downloaded for the demo, used when already cached
-DEMO_STRATEGIES = ("feature-extraction", "finetune")
+DEMO_STRATEGIES = ("feature-extraction", "auto")  # auto: LP-FT trials choose the stages that fine-tune
 DEMO_SETTINGS = {"image_size": 96, "epochs_finetune": None, "batch_size": 32}  # None: fine-tuning's own budget
 DEMO_DATA = {"per_class": 80, "size": 112}  # 480 images: 384 train / 96 validation
 

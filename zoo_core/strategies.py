@@ -7,6 +7,8 @@ Strategies (``--strategy``):
 - ``finetune`` — the head plus the last ``trainable_stages`` stages train (default 1).
 - ``full`` — every layer trains.
 - ``gradual`` — fastai's ``fine_tune``: the head alone for ``head_epochs`` epochs, then every layer.
+- ``auto`` — short LP-FT trials choose which stages train (:mod:`zoo_core.training.surgical`): the last
+  stage, the last half, all, the first stage, or all with Auto-RGN learning rates.
 
 Backbone stages get a fraction of the head's learning rate (``backbone_lr_mult``), decaying by
 ``layer_decay`` per stage towards the input (discriminative learning rates). Norm layers and biases get
@@ -60,6 +62,8 @@ STRATEGIES: dict[str, Strategy] = {  # strategy name → policy
     "gradual": Strategy(
         "gradual", "head only for --head-epochs, then every layer", lambda e, n, k, h: 0 if e < h else n, True
     ),
+    "auto": Strategy("auto", "short trials choose which stages fine-tune (surgical LP-FT)", lambda e, n, k, h: n,
+                     True),
 }
 ALIASES = {"linear": "feature-extraction", "freeze": "feature-extraction", "fe": "feature-extraction",
            "last-k": "finetune", "no-freeze": "full", "fine-tune": "finetune", "freeze-unfreeze": "gradual"}

@@ -148,9 +148,17 @@ def freeze_stages(
     """
     n = len(stages)
     k = n if trainable_stages < 0 else min(trainable_stages, n)
+    return freeze_all_but(model, stages, head, range(n - k, n))
+
+
+def freeze_all_but(model: nn.Module, stages: Stages, head: str, keep: Iterable[int]) -> nn.Module:
+    """Leave the head and the stages whose indices are in ``keep`` trainable (any of them, e.g. only the
+    first: surgical fine-tuning); freeze and eval-lock the rest as :func:`freeze_stages` does."""
+    keep = set(keep)
     frozen: set[str] = set()
-    for _, names in stages[: n - k]:
-        frozen.update(names)
+    for i, (_, names) in enumerate(stages):
+        if i not in keep:
+            frozen.update(names)
     for name, p in model.named_parameters():
         p.requires_grad_(name not in frozen or under(name, head))
     whole = _fully_frozen_modules(model, frozen)

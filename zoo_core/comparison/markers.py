@@ -33,13 +33,17 @@ def signature(backbone: str, strategy: str, fingerprint: str, cfg: TrainConfig) 
 
 
 def fill_from_run(entry: Entry, run_dir: Path) -> None:
-    """The entry's metrics, sizes, time and history from the run's ``summary.json`` and ``metrics.jsonl``."""
+    """The entry's metrics, sizes, time and history from the run's ``summary.json`` and ``metrics.jsonl`` (and,
+    for ``--strategy auto``, its choice of stages as a note from ``config.json``)."""
     summary = json.loads((run_dir / "summary.json").read_text())
     m = summary["metrics"]
     entry.val_acc, entry.val_top5, entry.val_loss = m.get("val_acc"), m.get("val_top5"), m.get("val_loss")
     entry.total_params, entry.trainable_params = summary["total_params"], summary["trainable_params"]
     entry.train_seconds = summary["train_seconds"]
     entry.history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    chosen = (json.loads((run_dir / "config.json").read_text()).get("surgical") or {}).get("chosen")
+    if chosen:  # --strategy auto: which stages its trials chose
+        entry.add_note(f"auto chose {chosen['name']} (stages {', '.join(map(str, chosen['stages']))})")
 
 
 def write_marker(entry: Entry, sig: str) -> Path:

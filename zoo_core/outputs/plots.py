@@ -154,3 +154,17 @@ def curves_overlay(series: dict[str, Sequence[dict[str, Any]]], path: Path, key:
     if ax.get_legend_handles_labels()[0]:  # no finished entries: an empty plot, without a warning
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     _save(fig, path)
+
+
+def trial_bars(trials: Sequence[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Validation top-1 per trial (``name``, ``val_acc``, ``ci`` = [low, high]) as bars with their intervals."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.1 * len(trials) + 2, 3.2))
+    acc = [100 * t["val_acc"] for t in trials]
+    err = [[a - 100 * t["ci"][0] for a, t in zip(acc, trials)], [100 * t["ci"][1] - a for a, t in zip(acc, trials)]]
+    ax.bar([t["name"] for t in trials], acc, yerr=err, capsize=4, color="tab:blue")
+    ax.set_ylabel("val top-1 (%)")
+    ax.set_ylim(max(0.0, min(100 * t["ci"][0] for t in trials) - 5), 100)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)

@@ -2,7 +2,7 @@
 
 Every checkpoint holds ``model`` (a state dict), ``classes``, ``backbone``, ``strategy``, ``data_config``,
 ``num_classes`` and ``config``. ``best.pt`` adds ``epoch`` and ``metrics`` (the best epoch's row).
-``last.pt`` adds ``epoch`` (epochs finished), ``step``, ``optimizer``, ``history``, ``best``, ``phase``
+``last.pt`` adds ``epoch`` (epochs finished), ``end`` (the planned last epoch), ``step``, ``optimizer``, ``history``, ``best``, ``phase``
 (what the strategy trained in that epoch), ``rng`` (the torch RNG state) and, under torchrun,
 ``rng_ranks`` (every rank's). A run on cached features changes only its head, so its ``last.pt`` holds
 the head alone (``part``: the head's module name; ``best_part``: the best head not yet in ``best.pt``)
@@ -51,6 +51,7 @@ class Resume:
     optimizer: dict[str, Any] | None = None
     phase: Any = None
     phase_saved: bool = False
+    end: int | None = None  # the run's last epoch as planned after the saved one (a grown budget)
 
     def restore_optimizer(self, optimizer: torch.optim.Optimizer, phase: Any) -> None:
         """Load the saved optimizer state when ``phase`` is the saved one.
@@ -100,7 +101,8 @@ class Checkpoints:
         self.best_part = ck.get("best_part")
         restore_rng(ck, self.ctx)
         return Resume(epoch=ck["epoch"], step=ck["step"], history=ck["history"], best=ck["best"],
-                      optimizer=ck.get("optimizer"), phase=ck.get("phase"), phase_saved="phase" in ck)
+                      optimizer=ck.get("optimizer"), phase=ck.get("phase"), phase_saved="phase" in ck,
+                      end=ck.get("end"))
 
     def _check_data(self, ck: dict[str, Any]) -> None:
         """Refuse to continue on other data: other classes, or images added, removed or relabelled."""
@@ -121,12 +123,13 @@ class Checkpoints:
             self.run.save("best.pt", checkpoint(self.state, self.model.state_dict(), epoch=epoch, metrics=row))
 
     def save_last(self, *, epoch: int, step: int, optimizer: torch.optim.Optimizer, history: list[dict[str, Any]],
-                  best: dict[str, Any], phase: Any) -> None:
-        """Save ``last.pt`` after epoch ``epoch`` (1-based); every rank calls it (the RNG gather)."""
+                  best: dict[str, Any], phase: Any, end: int | None = None) -> None:
+        """Save ``last.pt`` after epoch ``epoch`` (1-based) with ``end``, the planned last epoch; every rank
+        calls it (the RNG gather)."""
         extra = {"part": self.head, "best_part": self.best_part} if self.head else {}
         self.run.save("last.pt", checkpoint(self.state, self.part.state_dict(), epoch=epoch, step=step,
                                             optimizer=optimizer.state_dict(), history=history, best=best,
-                                            phase=phase, **rng_states(self.ctx), **extra))
+                                            phase=phase, end=end, **rng_states(self.ctx), **extra))
 
     def flush_best(self, history: list[dict[str, Any]], best: dict[str, Any]) -> None:
         """Head only: write the full ``best.pt`` = the frozen backbone + the best head (no-op otherwise)."""

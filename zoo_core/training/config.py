@@ -60,8 +60,8 @@ class TrainConfig:
                            cli=False, signed=False)
     data: str = option("", "image folder, built-in dataset name, or '<object>' for a Dataset passed in",
                        kind(str, what="a folder or a dataset name"), cli=False, signed=False)
-    strategy: str = option("feature-extraction", "feature-extraction | finetune | full | gradual (default: "
-                           "feature-extraction)", kind(str, what=f"one of {', '.join(strategies.STRATEGIES)}"),
+    strategy: str = option("feature-extraction", "feature-extraction | finetune | full | gradual | auto (trials choose the stages) "
+                           "(default: feature-extraction)", kind(str, what=f"one of {', '.join(strategies.STRATEGIES)}"),
                            signed=False)
     epochs: int | None = option(None, "epochs (default: converged head fit for feature-extraction, else 5)",
                                 integer(1, optional=True), resumable=True, lr_find=False)

@@ -17,7 +17,7 @@ from .. import data as zdata
 from .. import strategies
 from ..data import augment as zaug
 from ..distributed import DistContext, per_rank_batch
-from . import report, steps
+from . import report, steps, surgical
 from .inputs import eval_dataset, sampler_for
 from .loop import Fit, run_epochs
 from .setup import RunState, Trained
@@ -36,15 +36,21 @@ class StagePhases:
         s, cfg = self.state, self.state.cfg
         n = len(s.stages)
         k = s.strategy.trainable_stages(epoch, n, cfg.trainable_stages, cfg.head_epochs)
+        choice = surgical.chosen(s)  # --strategy auto: the stages its trials chose
+        if choice is not None:
+            k = len(choice.stages)
         if k == self.k and optimizer is not None:
             return k, optimizer
         self.k = k
-        strategies.apply_stages(s.model, s.adapter, k, n, freeze_bn_stats=s.freeze_bn_stats)
-        groups = strategies.param_groups(s.model, s.stages, s.head, lr=s.lr, weight_decay=cfg.weight_decay,
-                                         backbone_lr_mult=cfg.backbone_lr_mult, layer_decay=cfg.layer_decay)
+        if choice is not None:
+            groups = surgical.stage_groups(s, choice)
+        else:
+            strategies.apply_stages(s.model, s.adapter, k, n, freeze_bn_stats=s.freeze_bn_stats)
+            groups = strategies.param_groups(s.model, s.stages, s.head, lr=s.lr, weight_decay=cfg.weight_decay,
+                                             backbone_lr_mult=cfg.backbone_lr_mult, layer_decay=cfg.layer_decay)
         report.phase_line(s, epoch, k, len(groups))
         self.module = s.ctx.wrap(s.model, s.device)
-        return k, strategies.make_optimizer(groups, cfg.optimizer, cfg.momentum)
+        return k, surgical.make_optimizer(s, groups)
 
 
 class _PhaseModule(nn.Module):

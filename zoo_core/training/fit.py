@@ -2,7 +2,7 @@
 
 A run reads top to bottom in :func:`run`: build the run (:func:`~zoo_core.training.setup.build_run`, then
 the linear probe a fine-tuning starts from and its augmentation check (:mod:`~zoo_core.training.probe`),
-then ``--lr auto``), train through one of the two paths (end to end, or the head on cached features), reload
+then ``--lr auto``, then ``--strategy auto``'s trials (:mod:`~zoo_core.training.surgical`)), train through one of the two paths (end to end, or the head on cached features), reload
 the best weights, and report.
 """
 
@@ -20,6 +20,7 @@ from .lrfind import with_auto_lr
 from .probe import with_probe
 from .resume import resumed_config
 from .setup import build_run, check_options, join_processes
+from .surgical import with_choice
 
 
 def train(backbone: str | None = None, data: Any = None, *, config: TrainConfig | None = None,
@@ -66,7 +67,7 @@ def run(cfg: TrainConfig, data: Any, *, run_path: Path, resume: bool = False,
         state = build_run(cfg, data, ctx=ctx, run_path=run_path, resume=resume)
         state = dataclasses.replace(state, resumes=resumes)
         report.start(state)
-        state = with_auto_lr(with_probe(state))
+        state = with_choice(with_auto_lr(with_probe(state)))
         path = cached if state.shape.cached else endtoend
         t_start = time.perf_counter()
         trained = path.fit(state)

@@ -2,8 +2,8 @@
 
 :func:`run_epochs` reads top to bottom: per epoch, (re)set the strategy's phase, train, evaluate, keep
 the best checkpoint, save ``last.pt``, log, and stop early. The policy around it lives in small named
-functions: :func:`lr_schedule`, :func:`stale_epochs` / :func:`should_stop` (early stopping on the
-validation loss) and :func:`diverged` (the error of a non-finite loss). What trains in each phase is the
+functions: :func:`lr_schedule`, :mod:`~zoo_core.training.stopping` (early stopping on the
+validation loss, the budget that grows while it falls) and :func:`diverged` (the error of a non-finite loss). What trains in each phase is the
 path's ``setup_phase`` (``endtoend.StagePhases``, ``cached.head_phase``); files go through
 :mod:`~zoo_core.training.checkpoint` and lines through :mod:`~zoo_core.training.report`.
 
@@ -12,6 +12,7 @@ Seams: training and evaluation go through ``steps.train_one_epoch`` / ``steps.ev
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -24,9 +25,9 @@ from .. import strategies
 from ..backbones.freezing import count_parameters
 from ..distributed import DistContext
 from ..errors import TrainingError
-from . import report, steps
+from . import report, steps, stopping
 from .checkpoint import Checkpoints, Resume
-from .config import TrainConfig, patience
+from .config import TrainConfig
 from .setup import RunState, Trained
 
 Phase = Callable[[int, Any], tuple[Any, torch.optim.Optimizer]]
@@ -54,26 +55,29 @@ class Fit:
 
 
 def run_epochs(state: RunState, fit: Fit) -> Trained:
-    """Train ``fit`` for ``state.epochs`` epochs (continuing ``last.pt`` when ``state.resume``)."""
+    """Train ``fit`` for ``state.epochs`` epochs (continuing ``last.pt`` when ``state.resume``); without
+    ``--epochs`` the budget grows while the validation loss falls (:mod:`~zoo_core.training.stopping`)."""
     cfg, run = state.cfg, state.run
     steps_per_epoch = min(len(fit.train_loader), cfg.max_steps or len(fit.train_loader))
-    lr_at = lr_schedule(cfg, steps_per_epoch, state.epochs)
     ckpt = Checkpoints(state, fit.model, fit.head, fit.ctx)
     at = ckpt.resume() if state.resume else Resume()
     if state.resume:
         report.resuming(state, at.epoch)
+    end = at.end if at.end and cfg.epochs is None else state.epochs  # the budget as extended before a resume
+    state = dataclasses.replace(state, epochs=end)
+    lr_at = lr_schedule(cfg, steps_per_epoch, end)
     run.write_json("config.json", fit.record)
     history, best, step = at.history, at.best, at.step
     if fit.start is not None and not state.resume:  # LP-FT: epoch 0 is the probe; best.pt until an epoch beats it
         best = {"val_loss": fit.start["val_loss"], "epoch": 0}
         ckpt.improved(0, fit.start)
-    stale = stale_epochs(history, best)
-    if state.resume and should_stop(cfg, stale):
-        report.early_stop(state, stale, best["epoch"], before=True)
+    if state.resume and stopping.should_stop(cfg, stopping.stale_epochs(history)):
+        report.early_stop(state, stopping.stale_epochs(history), best["epoch"], before=True)
         ckpt.flush_best(history, best)
         return Trained(history, best, fit.record)
     phase = optimizer = None
-    for epoch in range(at.epoch, state.epochs):
+    epoch = at.epoch
+    while epoch < end:
         phase, optimizer = fit.setup_phase(epoch, optimizer)
         if epoch == at.epoch:
             at.restore_optimizer(optimizer, phase)
@@ -97,17 +101,24 @@ def run_epochs(state: RunState, fit: Fit) -> Trained:
                "trainable_params": count_parameters(fit.model)[1]}
         history.append(rounded(row))
         if val["val_loss"] < best["val_loss"]:
-            best, stale = {"val_loss": val["val_loss"], "epoch": epoch + 1}, 0
+            best = {"val_loss": val["val_loss"], "epoch": epoch + 1}
             ckpt.improved(epoch + 1, row)
-        else:
-            stale += 1
-        ckpt.save_last(epoch=epoch + 1, step=step, optimizer=optimizer, history=history, best=best, phase=phase)
+        longer = stopping.extended_end(cfg, history, end)  # still improving at the end of the budget
+        ckpt.save_last(epoch=epoch + 1, step=step, optimizer=optimizer, history=history, best=best, phase=phase,
+                       end=longer)
         run.write_metrics(history)
         state.log.epoch(history[-1], optimizer, lr_at, range(step - steps_per_epoch, step))
         report.epoch_line(state, epoch, train, val)
-        if should_stop(cfg, stale):
-            report.early_stop(state, stale, best["epoch"])
+        epoch += 1
+        if longer != end:
+            state.say(f"zoo train: val loss still falling at epoch {epoch} (best of the run): budget extended to "
+                      f"{longer} epochs (at most {stopping.cap(cfg)}; --epochs sets the length)")
+            end, state = longer, dataclasses.replace(state, epochs=longer)
+            lr_at = lr_schedule(cfg, steps_per_epoch, end)  # the cosine runs to the new end, as a resume's would
+        if stopping.should_stop(cfg, stopping.stale_epochs(history)):
             break
+    if history and epoch > at.epoch:
+        state.say(f"zoo train: {stopping.why_stopped(cfg, history, best, end)}")
     ckpt.flush_best(history, best)
     return Trained(history, best, fit.record)
 
@@ -115,17 +126,6 @@ def run_epochs(state: RunState, fit: Fit) -> Trained:
 def lr_schedule(cfg: TrainConfig, steps_per_epoch: int, epochs: int) -> Callable[[int], float]:
     """LR multiplier per global step: linear warm-up over ``cfg.warmup_epochs``, then cosine to the end."""
     return strategies.warmup_cosine(steps_per_epoch * epochs, int(cfg.warmup_epochs * steps_per_epoch))
-
-
-def stale_epochs(history: list[dict[str, Any]], best: dict[str, Any]) -> int:
-    """Epochs since the best one (0 before the first)."""
-    return 0 if not history else len(history) - best["epoch"]
-
-
-def should_stop(cfg: TrainConfig, stale: int) -> bool:
-    """Early stopping: :func:`~zoo_core.training.config.patience` epochs without a better validation loss."""
-    wait = patience(cfg)
-    return bool(wait and stale >= wait)
 
 
 def diverged(state: RunState, what: str, best: dict[str, Any]) -> TrainingError:

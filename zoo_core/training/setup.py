@@ -59,6 +59,7 @@ class RunState:
     resumes: tuple[dict[str, Any], ...] = ()  # every resume of the run so far (resume.ResumePlan.resumes)
     log: RunLog = dataclasses.field(default_factory=RunLog)  # TensorBoard (cfg.log), else logs nothing
     probe: dict[str, Any] | None = None  # LP-FT: the linear probe's record (zoo_core.training.probe)
+    surgical: dict[str, Any] | None = None  # --strategy auto: the trials and the choice (training.surgical)
 
     @property
     def freeze_bn_stats(self) -> bool:
@@ -106,7 +107,7 @@ class RunState:
             "probe": self.probe, "epochs": self.epochs, "lr": self.lr, "device": str(self.device),
             "precision": self.precision, "world_size": self.ctx.world_size, "feature_cache": self.shape.cached,
             "lr_find": self.lr_found, "weights": cfg.weights if cfg.weights is None else str(cfg.weights),
-            "resumes": list(self.resumes),
+            "resumes": list(self.resumes), "surgical": self.surgical,
         }
 
 
