@@ -5,9 +5,9 @@ bf16 only where bf16 is native and fast (CUDA GPUs with bf16, CPUs with AVX512-B
 ``training_precision`` adds fp16 with a grad scaler for older CUDA GPUs.
 
 A faster inference pass is never trusted blindly: ``precision_candidates("auto", device)`` lists what
-``auto`` tries (the resolved low precision first, fp32 as the fallback), and :func:`check_pass` accepts
-a pass only when its output on the first batch is finite and within :data:`PASS_TOLERANCE` of eager
-fp32 (feature extraction, :mod:`zoo_core.cache.passes`, applies it). ``pass_candidates`` adds the pass
+``auto`` tries (the resolved low precision first, fp32 as the fallback); feature extraction
+(:mod:`zoo_core.cache.passes`) accepts a pass only when its output on the first batch passes
+:func:`zoo_core.cache.criterion.check_pass` against eager fp32. ``pass_candidates`` adds the pass
 modes: each precision BatchNorm-folded, eager last, and for ``auto`` on a CPU with enough images
 (:data:`ONNX_MIN_IMAGES`, :func:`onnx_pays_back`) the backbone in ONNX Runtime, int8 first and fp32 before
 the first fp32 pass; ``$BACKBONE_ZOO_PASS`` (:data:`PASS_ENV`) pins one mode.
@@ -19,7 +19,6 @@ import contextlib
 import os
 import random
 import sys
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,9 +29,6 @@ from .errors import ZooError
 _PRECISIONS = {"auto": "auto", "fp32": "fp32", "float32": "fp32", "32": "fp32", "bf16": "bf16",
                "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16", "half": "fp16", "16": "fp16"}
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-PASS_TOLERANCE = 0.05
-"""Largest relative L2 error (:func:`relative_error`) against eager fp32 that :func:`check_pass` accepts."""
 
 
 _DEVICES = "auto, cpu, cuda, cuda:N or mps"
@@ -138,7 +134,7 @@ def autocast_for(device: torch.device, precision: str) -> tuple[Any, torch.amp.G
 
 
 def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
-    """``‖approx − exact‖ / ‖exact‖`` (Frobenius), the measure ``auto`` precision is checked with."""
+    """``‖approx − exact‖ / ‖exact‖`` (Frobenius): how far a pass's features are from eager fp32's."""
     exact = exact.float()
     return float((approx.float() - exact).norm() / exact.norm().clamp_min(1e-12))
 
@@ -235,26 +231,6 @@ def pass_candidates(precision: str, device: str | torch.device,
 def pass_modes(precision: str, device: str | torch.device, n_images: int | None = None) -> tuple[str, ...]:
     """The pass modes :func:`pass_candidates` tries, in order, once each: what a feature cache key records."""
     return tuple(dict.fromkeys(mode for mode, _ in pass_candidates(precision, device, n_images)))
-
-
-@dataclass(frozen=True)
-class PassCheck:
-    """Verdict on a faster pass: ``accepted``, its relative ``error`` vs eager fp32, and a log ``message``."""
-
-    accepted: bool
-    error: float
-    message: str
-
-
-def check_pass(approx: torch.Tensor, exact: torch.Tensor, name: str) -> PassCheck:
-    """Accept pass ``name`` when its output ``approx`` is finite and within :data:`PASS_TOLERANCE` of ``exact``.
-
-    ``exact`` is the eager fp32 output on the same batch.
-    """
-    err = relative_error(approx, exact)
-    if not bool(torch.isfinite(approx).all()) or err > PASS_TOLERANCE:
-        return PassCheck(False, err, f"{name} features differ from fp32 by {err:.3g} (relative)")
-    return PassCheck(True, err, f"{name} features within {err:.3g} of fp32 on the first batch")
 
 
 def seed_everything(seed: int) -> None:

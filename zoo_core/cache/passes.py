@@ -6,7 +6,7 @@ preceding convolutions (:func:`folded_pass`), and the backbone's features graph 
 (:func:`onnx_pass`) or int8-quantized (:func:`int8_pass`, :mod:`.onnxrt`); :func:`candidate_passes`
 lists the ones :func:`runtime.pass_candidates` names, preferred first, with eager fp32 last (for
 ``auto``), and :func:`choose_pass` keeps the first whose features on the first batch pass
-:func:`zoo_core.runtime.check_pass` against eager fp32 (one that raises is dropped, with its reason).
+:func:`.criterion.check_pass` against eager fp32 (one that raises is dropped, with its reason).
 :func:`choose_pass_once` remembers that verdict per model and weights, so the next split (or the
 augmentation check's views) of the same backbone skips the check and its extra passes.
 
@@ -31,7 +31,7 @@ from torch import nn
 from .. import runtime
 from ..adapter import BackboneAdapter
 from ..distributed import DistContext
-from . import onnxrt
+from . import criterion, onnxrt
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def _conv_bn_pairs(model: nn.Module, adapter: BackboneAdapter, x: torch.Tensor) 
 
     Only exact ``nn.Conv2d`` / ``nn.BatchNorm2d`` in eval mode with running statistics (subclasses such
     as timm's ``BatchNormAct2d`` or ``Conv2dSame`` do more than that and are left alone). A conv output
-    that something else also reads would be changed by folding: :func:`runtime.check_pass` catches it.
+    that something else also reads would be changed by folding: :func:`.criterion.check_pass` catches it.
     """
     outputs: dict[int, nn.Conv2d] = {}
     pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]] = []
@@ -206,13 +206,13 @@ def candidate_passes(model: nn.Module, adapter: BackboneAdapter, device: torch.d
 
 
 def choose_pass(passes: list[ForwardPass], x: torch.Tensor | None, ctx: DistContext,
-                requested: str) -> tuple[ForwardPass, torch.Tensor | None]:
+                requested: str, checks: list[dict[str, Any]] | None = None) -> tuple[ForwardPass, torch.Tensor | None]:
     """The pass to use and, when computed on the way, its features of the first batch ``x``.
 
     With one candidate it is used unchecked. Otherwise each earlier candidate is checked against the
     last (eager fp32) on ``x`` and the first accepted wins (one that raises is dropped with a warning); a
     rank without a batch (``x=None``) accepts the first. Every rank of ``ctx`` gets the same pass: the
-    latest of the ranks' choices.
+    latest of the ranks' choices. ``checks`` collects each verdict's :meth:`~.criterion.PassCheck.record`.
     """
     if len(passes) == 1:
         return passes[0], None
@@ -228,7 +228,9 @@ def choose_pass(passes: list[ForwardPass], x: torch.Tensor | None, ctx: DistCont
                 log.warning("precision %s: %s pass failed (%s); using %s", requested, p.name, _reason(exc),
                             passes[i + 1].name)
                 continue
-            verdict = runtime.check_pass(computed[i], exact, p.name)
+            verdict = criterion.check_pass(computed[i], exact, p.name)
+            if checks is not None:
+                checks.append(verdict.record(p.name))
             if verdict.accepted:
                 log.info("precision %s: %s", requested, verdict.message)
                 choice = i
@@ -241,25 +243,33 @@ def choose_pass(passes: list[ForwardPass], x: torch.Tensor | None, ctx: DistCont
     return passes[agreed], computed.get(agreed)
 
 
-_VERDICTS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, ...], str]] = weakref.WeakKeyDictionary()
+_VERDICTS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, ...], tuple[str, list[dict[str, Any]]]]] = \
+    weakref.WeakKeyDictionary()
 
 
 def choose_pass_once(model: nn.Module, state: str, passes: list[ForwardPass], x: torch.Tensor | None,
-                     ctx: DistContext, requested: str) -> tuple[ForwardPass, torch.Tensor | None]:
+                     ctx: DistContext, requested: str,
+                     checks: list[dict[str, Any]] | None = None) -> tuple[ForwardPass, torch.Tensor | None]:
     """:func:`choose_pass`, checked once per ``model`` object and ``state`` (its weights' fingerprint and
-    the device; ``""``: always check): a later call with the same candidates takes the pass chosen then.
+    the device; ``""``: always check): a later call with the same candidates takes the pass chosen then
+    (and gets that check's records in ``checks``).
 
     Every rank makes the same calls in the same order, so the ranks skip the check together.
     """
     key = (state, requested, *(p.name for p in passes))
     if state and key in _VERDICTS.get(model, {}):
-        name = _VERDICTS[model][key]
+        name, records = _VERDICTS[model][key]
         chosen = next(p for p in passes if p.name == name)
         log.debug("precision %s: %s, as chosen on an earlier split of this model", requested, name)
+        if checks is not None:
+            checks.extend(records)
         return chosen, None
-    fwd, f0 = choose_pass(passes, x, ctx, requested)
+    records: list[dict[str, Any]] = []
+    fwd, f0 = choose_pass(passes, x, ctx, requested, records)
     if state:
-        _VERDICTS.setdefault(model, {})[key] = fwd.name
+        _VERDICTS.setdefault(model, {})[key] = (fwd.name, records)
+    if checks is not None:
+        checks.extend(records)
     return fwd, f0
 
 
