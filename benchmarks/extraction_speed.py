@@ -32,7 +32,7 @@ from torchvision.datasets import FakeData
 
 from zoo_core import cache, runtime  # noqa: E402
 from zoo_core.backbones.adapter import BackboneAdapter, DataConfig  # noqa: E402
-from zoo_core.cache import policy  # noqa: E402
+from zoo_core.cache import criterion  # noqa: E402
 
 
 def time_round_robin(variants: list[tuple[str, object, list]], repeats: int) -> dict[str, float]:
@@ -148,7 +148,8 @@ def main() -> None:
     print(f"\nbf16 vs fp32 features on {len(xs)} images ({f32.shape[1]}-d):")
     print(f"  max abs diff        {diff.max().item():.4g}  (max |fp32| {f32.abs().max().item():.4g})")
     print(f"  max abs / max |f32| {diff.max().item() / f32.abs().max().item():.4g}")
-    print(f"  relative L2 error   {policy.relative_error(f16, f32):.4g}  (auto accepts ≤ {policy.PASS_TOLERANCE})")
+    print(f"  relative L2 error   {runtime.relative_error(f16, f32):.4g}")
+    print(f"  standardised error  {criterion.standardised_error(f16, f32):.4g}  (auto accepts ≤ {criterion.TOLERANCE})")
     print(f"  min cosine          {cos.min().item():.6f}")
     with torch.no_grad():
         agree = (head(f16.clone()).argmax(1) == head(f32.clone()).argmax(1)).float().mean().item()

@@ -2,16 +2,20 @@
 
     .venv/bin/python benchmarks/pass_modes.py [--images 96] [--batch-size 32] [--repeats 3] [--modes ...]
         [--no-native-bf16] [--decode N] [--accuracy N] [--memory] [--out numbers.json]
+        [--backbones resnet18 efficientnet_lite0 ...]
 
-**Speed** (always): torchvision ResNet-18 (random init with non-trivial BatchNorm statistics; speed does
-not depend on the weights) on ``--images`` pre-decoded, normalised 224 px images, batch ``--batch-size``.
+**Speed** (always), per ``--backbones`` (default ResNet-18): torchvision ResNet-18 (random init with
+non-trivial BatchNorm statistics; speed does not depend on the weights) or an EfficientNet-Lite with its
+ImageNet weights, on ``--images`` pre-decoded, normalised images at the backbone's input size, batch
+``--batch-size``.
 Each mode is set up (its *setup* seconds: building, exporting, calibrating, compiling, the first batch
 included; ``torch.compile`` starts from an empty inductor cache, so this is its cold compile), then all
 modes and the reference run interleaved, ``--repeats`` times, best kept (robust to other load on the
 machine). The reference, ``plain step``, is the plain hand-written loop's step
 (``benchmarks/transfer_vs_plain_loop.py``): ``model.train()``, every backbone parameter frozen, fp32
 forward + ``fc`` backward + SGD step. Columns: img/s, ratio to the plain step, relative L2 error of the
-features against eager fp32 (what :func:`zoo_core.cache.policy.check_pass` compares with ``PASS_TOLERANCE``).
+features against eager fp32, and the pass check's criterion (:func:`zoo_core.cache.criterion.standardised_error`,
+accepted up to ``criterion.TOLERANCE``).
 
 Modes marked ``product`` are the passes :mod:`zoo_core.cache.passes` builds (eager, ``bnfold``, ``int8``);
 the others are the alternatives evaluated for them and left out (``torch.compile``/inductor, PT2E int8
@@ -24,10 +28,12 @@ from ``torchao`` + inductor, OpenVINO), each run only when its package is instal
 px as the pixel cache does (:class:`zoo_core.cache.PixelCache` through ``eval_transform``), with 0, 1 and 2
 loader workers, against the ``auto`` pass: which side is the slower one.
 
-**Accuracy** (``--accuracy N``): real ImageNet weights (``efficientnet_lite0``, ``weights="DEFAULT"``,
-offline) on N generated demo images (half train, half val); features of each product mode, of what ``auto``
-picks for N images, and of PT2E int8 when installed; the converged linear head (:func:`zoo_core.headfit.fit_linear_head`) fitted on each mode's
-train features, validation accuracy against the fp32 head's.
+**Accuracy** (``--accuracy N``): real ImageNet weights (each EfficientNet-Lite of ``--backbones``, else
+``efficientnet_lite0``; ``weights="DEFAULT"``, offline) on N generated demo images (half train, half val);
+features of each product mode, of what ``auto`` picks for N images, of PT2E int8 when installed, and of
+eager fp32 plus Gaussian noise of a given standardised size (``noise``, the criterion's calibration); the
+converged linear head (:func:`zoo_core.headfit.fit_linear_head`) fitted on each mode's train features,
+validation accuracy against the fp32 head's, and the criterion on the first batch (what the check sees).
 
 **Memory** (``--memory``): each product mode, and the plain step, in a child process over the same
 batches: peak RSS (``VmHWM``). Printed first: decoding and these children run before the speed table.
@@ -64,6 +70,8 @@ from zoo_core.comparison.measure import hwm_mb  # noqa: E402
 from zoo_core.distributed import DistContext  # noqa: E402
 from zoo_core.onnxgraph import missing_packages  # noqa: E402
 
+criterion = importlib.import_module("zoo_core.cache.criterion")
+
 passes = importlib.import_module("zoo_core.cache.passes")
 policy = importlib.import_module("zoo_core.cache.policy")
 onnxrt = importlib.import_module("zoo_core.cache.onnxrt")
@@ -81,6 +89,16 @@ def resnet18() -> tuple[nn.Module, BackboneAdapter]:
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 2.0)
     return model, registry.get_adapter("resnet18")[0]
+
+
+def backbone(name: str) -> tuple[nn.Module, BackboneAdapter, int]:
+    """``resnet18`` as above, or a backbone with its ImageNet weights, eval mode; and its input size."""
+    if name == "resnet18":
+        return (*resnet18(), 224)
+    import zoo_core
+
+    adapter = registry.get_adapter(name)[0]
+    return zoo_core.create(name, num_classes=10, weights="DEFAULT").eval(), adapter, adapter.data_config(name).image_size[-1]
 
 
 def normalised_batches(n: int, batch: int, size: int) -> list[torch.Tensor]:
@@ -241,18 +259,18 @@ def auto_choice(model: nn.Module, adapter: BackboneAdapter, x: torch.Tensor, n_i
 has_native = runtime.cpu_has_native_bf16
 
 
-def speed(args: argparse.Namespace) -> dict[str, Any]:
-    model, adapter = resnet18()
-    batches = normalised_batches(args.images, args.batch_size, 224)
+def speed(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    model, adapter, size = backbone(name)
+    batches = normalised_batches(args.images, args.batch_size, size)
     native = runtime.cpu_has_native_bf16()
     cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
     with torch.inference_mode():
         exact = adapter.features(cl, batches[0])
     rows: dict[str, dict[str, Any]] = {}
     runs: dict[str, Run] = {"plain step": plain_step(model, args.batch_size)}
-    for name in args.modes:
-        build, is_product, needs, bf16 = MODES[name]
-        row = rows[name] = {"product": is_product}
+    for mode in args.modes:
+        build, is_product, needs, bf16 = MODES[mode]
+        row = rows[mode] = {"product": is_product}
         if missing(needs):
             row["note"] = f"not installed: {', '.join(missing(needs))}"
             continue
@@ -268,8 +286,9 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
             row["note"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
             continue
         row["setup_s"] = time.perf_counter() - t
-        row["rel_error"] = policy.relative_error(f, exact)
-        runs[name] = run
+        row["rel_error"] = runtime.relative_error(f, exact)
+        row["criterion"] = criterion.standardised_error(f, exact)
+        runs[mode] = run
     autos = {}
     for simulated in ([False, True] if native else [False]):
         if simulated:
@@ -284,21 +303,22 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     for name, rate in rates.items():
         rows.setdefault(name, {"product": False})
         rows[name].update(img_s=rate, vs_plain=rate / rates["plain step"])
-    print(f"\nspeed: resnet18, {args.images} images at 224 px, batch {args.batch_size}, {torch.get_num_threads()} "
+    print(f"\nspeed: {name}, {args.images} images at {size} px, batch {args.batch_size}, {torch.get_num_threads()} "
           f"threads, best of {args.repeats} interleaved; native bf16: {native}"
           f"{' (simulated off)' if args.no_native_bf16 else ''}; auto decides for a {args.auto_images}-image split")
-    print(f"{'mode':<34} {'kind':<8} {'setup s':>8} {'img/s':>8} {'vs plain':>9} {'rel err':>9}  note")
+    print(f"{'mode':<34} {'kind':<8} {'setup s':>8} {'img/s':>8} {'vs plain':>9} {'rel err':>9} {'std err':>8}  note")
     order = ["plain step"] + [k for k in rows if k != "plain step"]
-    for name in order:
-        r = rows[name]
-        kind = "product" if r.get("product") else ("ref" if name == "plain step" else "alt")
+    for mode in order:
+        r = rows[mode]
+        kind = "product" if r.get("product") else ("ref" if mode == "plain step" else "alt")
         cells = [f"{r['setup_s']:8.1f}" if "setup_s" in r else f"{'':8}",
                  f"{r['img_s']:8.1f}" if "img_s" in r else f"{'-':>8}",
                  f"{r['vs_plain']:8.2f}x" if "vs_plain" in r else f"{'-':>9}",
-                 f"{r['rel_error']:9.2e}" if "rel_error" in r else f"{'':9}"]
-        print(f"{name:<34} {kind:<8} {' '.join(cells)}  {r.get('note', '')}")
+                 f"{r['rel_error']:9.2e}" if "rel_error" in r else f"{'':9}",
+                 f"{r['criterion']:8.3f}" if "criterion" in r else f"{'':8}"]
+        print(f"{mode:<34} {kind:<8} {' '.join(cells)}  {r.get('note', '')}")
     first = next(iter(autos))
-    return {"rows": rows, "native_bf16": native, "threads": torch.get_num_threads(), "auto": autos[first],
+    return {"backbone": name, "rows": rows, "native_bf16": native, "threads": torch.get_num_threads(), "auto": autos[first],
             "auto_img_s": rates[first], "auto_images": args.auto_images}
 
 
@@ -347,13 +367,24 @@ def print_decode(out: dict[str, Any], pass_rate: float, pass_name: str) -> None:
 
 
 # ---- accuracy with real weights ------------------------------------------------------------------------
-def accuracy(args: argparse.Namespace) -> dict[str, Any]:
+NOISE = (0.25, 0.5, 1.0, 2.0)  # standardised sizes of the noise rows (the criterion's calibration)
+
+
+def noisy(exact: dict[str, torch.Tensor], level: float) -> dict[str, torch.Tensor]:
+    """Eager fp32 features plus Gaussian noise of ``level`` times each feature's between-image std (that of
+    the first batch, floored as the head fit floors it): a pass worse by a known amount."""
+    _, inv_std = criterion.moments(exact["first"].double())
+    g = torch.Generator().manual_seed(7)
+    out = {p: f + level * torch.randn(f.shape, generator=g) / inv_std.float() for p, f in exact.items() if p != "first"}
+    return {**out, "first": out["train"][:len(exact["first"])]}
+
+
+def accuracy(args: argparse.Namespace, name: str) -> dict[str, Any]:
     import zoo_core
     from zoo_core import data
     from zoo_core.data.demo import make_demo_dataset
     from zoo_core.headfit import fit_linear_head
 
-    name = "efficientnet_lite0"
     model = zoo_core.create(name, num_classes=6, weights="DEFAULT").eval().to(memory_format=torch.channels_last)
     adapter = registry.get_adapter(name)[0]
     dc = adapter.data_config(name)
@@ -386,8 +417,10 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
         try:
             run = build(copy.deepcopy(model), adapter, xs["train"][0])
             feats[mode] = {p: torch.cat([run(x) for x in xs[p]]) for p in ("train", "val")}
+            feats[mode]["first"] = feats[mode]["train"][:len(xs["train"][0])]
         except Exception as exc:  # noqa: BLE001
             print(f"{mode}: failed ({type(exc).__name__}: {exc})")
+    feats.update({f"noise {level}": noisy(feats["eager fp32"], level) for level in NOISE})
     rows = {}
     ref = feats["eager fp32"]
     ref_head = None
@@ -398,15 +431,17 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
             ref_head = fit
         same = float((f["val"] @ ref_head.weight.T + ref_head.bias).argmax(1).eq(
             (ref["val"] @ ref_head.weight.T + ref_head.bias).argmax(1)).float().mean()) * 100
-        rows[mode] = {"val_acc": acc, "rel_error": policy.relative_error(f["val"], ref["val"]),
-                      "fp32_head_agree": same}
+        rows[mode] = {"val_acc": acc, "rel_error": runtime.relative_error(f["val"], ref["val"]),
+                      "fp32_head_agree": same, "criterion": criterion.standardised_error(f["first"], ref["first"])}
     n_val = len(ys["val"])
     print(f"\naccuracy: {name} (ImageNet weights), demo shapes, {len(ys['train'])} train / {n_val} val images "
           f"(1 image = {100 / n_val:.2f} points), converged linear head per mode")
-    print(f"{'mode':<18} {'val acc %':>9} {'Δ points':>9} {'rel err':>9} {'fp32 head agrees %':>19}")
+    print(f"{'mode':<18} {'val acc %':>9} {'Δ points':>9} {'rel err':>9} {'fp32 head agrees %':>19} "
+          f"{'std err (1st batch)':>20}")
     for mode, r in rows.items():
         print(f"{mode:<18} {r['val_acc']:9.2f} {r['val_acc'] - rows['eager fp32']['val_acc']:+9.2f} "
-              f"{r['rel_error']:9.2e} {r['fp32_head_agree']:19.2f}")
+              f"{r['rel_error']:9.2e} {r['fp32_head_agree']:19.2f} {r['criterion']:20.3f}")
+    print(f"(the check accepts a standardised error up to {criterion.TOLERANCE})")
     return {"backbone": name, "train": len(ys["train"]), "val": n_val, "rows": rows}
 
 
@@ -444,6 +479,8 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     ap = _common.parser(__doc__, images=96, batch_size=32, repeats=3)
+    ap.add_argument("--backbones", nargs="+", default=["resnet18"], metavar="NAME",
+                    help="speed: these backbones; accuracy: the EfficientNet-Lites among them (default lite0)")
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES), metavar="MODE")
     ap.add_argument("--auto-images", type=int, default=5000, help="split size the auto row decides for")
     ap.add_argument("--no-native-bf16", action="store_true",
@@ -469,12 +506,14 @@ def main() -> None:
     decoded = decode(args) if args.decode and not args.no_speed else None
     results: dict[str, Any] = {"memory": memory(args)} if args.memory else {}
     if not args.no_speed:
-        results["speed"] = speed(args)
+        results["speed"] = {name: speed(args, name) for name in args.backbones}
     if decoded is not None:
-        print_decode(decoded, results["speed"]["auto_img_s"], results["speed"]["auto"])
+        first = results["speed"][args.backbones[0]]
+        print_decode(decoded, first["auto_img_s"], first["auto"])
         results["decode"] = decoded
     if args.accuracy:
-        results["accuracy"] = accuracy(args)
+        lites = [n for n in args.backbones if n.startswith("efficientnet_lite")] or ["efficientnet_lite0"]
+        results["accuracy"] = {name: accuracy(args, name) for name in lites}
     if args.out:
         _common.write_json(args.out, results)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import pickle
@@ -18,6 +19,8 @@ from zoo_core import cache, data, runtime
 from zoo_core.backbones.adapter import DataConfig
 from zoo_core.cache import policy
 from zoo_core.distributed import DistContext
+
+criterion = importlib.import_module("zoo_core.cache.criterion")
 
 CFG = DataConfig(input_size=(3, 32, 32))
 
@@ -313,7 +316,7 @@ def test_bf16_features_close_to_fp32_and_auto_falls_back(ds, monkeypatch, caplog
     assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)
     assert policy.relative_error(bf16, fp32) < 0.05
     monkeypatch.setattr(runtime, "resolve_precision", lambda p, d: "bf16")  # as on a CPU with native bf16
-    monkeypatch.setattr(policy, "PASS_TOLERANCE", 0.0)  # and bf16 judged too inaccurate
+    monkeypatch.setattr(criterion, "TOLERANCE", 0.0)  # and bf16 judged too inaccurate
     with caplog.at_level(logging.WARNING, logger="zoo_core.cache"):
         auto = extract(model, adapter, ds, precision="auto").features
     assert "using fp32" in caplog.text
@@ -363,9 +366,12 @@ def test_precision_candidates_and_check_pass(monkeypatch):
     assert policy.precision_candidates("auto", "cpu") == ["bf16", "fp32"]
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
     assert policy.precision_candidates("AUTO", "cpu") == ["fp32"]
-    exact = torch.ones(4, 8)
-    ok = policy.check_pass(exact * 1.01, exact, "bf16")
+    exact = torch.ones(4, 8)  # no between-image spread: judged by the relative L2 error
+    ok = criterion.check_pass(exact * 1.01, exact, "bf16")
     assert ok.accepted and ok.error == pytest.approx(0.01, rel=1e-3) and "within" in ok.message
-    bad = policy.check_pass(exact * 1.1, exact, "bf16")
+    assert ok.criterion == "relative_l2"
+    bad = criterion.check_pass(exact * 1.1, exact, "bf16")
     assert not bad.accepted and "differ from fp32" in bad.message
-    assert not policy.check_pass(exact * float("inf"), exact, "bf16").accepted
+    assert not criterion.check_pass(exact * float("inf"), exact, "bf16").accepted
+    spread = torch.randn(6, 8, generator=torch.Generator().manual_seed(0))
+    assert not criterion.check_pass(spread * float("nan"), spread, "bf16").accepted

@@ -63,6 +63,7 @@ class _Shard:
     precision: str  # the precision of the pass that ran
     seconds: float
     pass_name: str = ""  # the pass that ran (ForwardPass.name: "int8", "fp32+bnfold", …)
+    pass_check: list[dict[str, Any]] | None = None  # the check's verdicts (criterion.PassCheck.record)
 
 
 def extraction_speed(features: FeatureSet) -> float | None:
@@ -173,7 +174,8 @@ def _commit(writer: EntryWriter, key: Any, shard: _Shard, labels: np.ndarray, mo
     parts = getattr(key, "parts", {})
     final = writer.commit({
         "parts": parts, "backbone": parts.get("backbone"), "n": len(labels), "dim": shard.dim, "dtype": "float32",
-        "precision": shard.precision, "pass": shard.pass_name, "model_fingerprint": model_fp,
+        "precision": shard.precision, "pass": shard.pass_name, "pass_check": shard.pass_check or [],
+        "model_fingerprint": model_fp,
         "seconds": round(shard.seconds, 3),
         "device": str(dev), **({"world_size": ctx.world_size} if ctx.enabled else {})}, labels)
     shard.features = None  # drop the write map (world size 1); hand out the committed file instead
@@ -234,8 +236,9 @@ def _run_shard(model: nn.Module, adapter: BackboneAdapter, dev: torch.device, pr
     it = iter(batches)
     first = next(it, None)
     x0 = prepare(first[0]) if first is not None else None
+    checks: list[dict[str, Any]] = []
     fwd, f0 = choose_pass_once(model, state, candidate_passes(model, adapter, dev, precision, n_images), x0, ctx,
-                               str(precision).strip().lower())
+                               str(precision).strip().lower(), checks)
     out: np.ndarray | None = None
     labels = np.empty(len(rows), dtype=np.int64)
     i = 0
@@ -257,7 +260,7 @@ def _run_shard(model: nn.Module, adapter: BackboneAdapter, dev: torch.device, pr
         shard = f" shard {rows.start}–{rows.stop}" if ctx.enabled else ""
         raise DataError(f"the dataset{shard} yielded {i} items but has length {len(rows)}")
     dim = int(out.shape[1]) if out is not None else 0
-    return _Shard(out, labels, dim, fwd.precision, time.perf_counter() - t0, fwd.name)
+    return _Shard(out, labels, dim, fwd.precision, time.perf_counter() - t0, fwd.name, checks)
 
 
 def _gather(ctx: DistContext, shard: _Shard, n: int, writer: EntryWriter | None,

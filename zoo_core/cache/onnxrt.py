@@ -13,7 +13,7 @@ temporary folder that goes away with the object, and opens ONNX Runtime CPU sess
 The caller's model is only read. The passes built on these (:func:`zoo_core.cache.passes.onnx_pass`,
 :func:`~zoo_core.cache.passes.int8_pass`) are checked against eager fp32 on the first batch like any
 other and dropped, with the reason in the log, when they are not within
-:data:`zoo_core.cache.policy.PASS_TOLERANCE` or when anything on the way fails (a missing package, a model the
+the check of :func:`zoo_core.cache.criterion.check_pass` or when anything on the way fails (a missing package, a model the
 exporter cannot trace). When ``auto`` tries them: :func:`zoo_core.cache.policy.pass_candidates`; their
 measured speed and accuracy: README "Performance" (``benchmarks/pass_modes.py``).
 """

@@ -83,7 +83,7 @@ def _conv_bn_pairs(model: nn.Module, adapter: BackboneAdapter, x: torch.Tensor) 
 
     Only exact ``nn.Conv2d`` / ``nn.BatchNorm2d`` in eval mode with running statistics (subclasses such
     as timm's ``BatchNormAct2d`` or ``Conv2dSame`` do more than that and are left alone). A conv output
-    that something else also reads would be changed by folding: :func:`zoo_core.cache.policy.check_pass` catches it.
+    that something else also reads would be changed by folding: :func:`zoo_core.cache.criterion.check_pass` catches it.
     """
     outputs: dict[int, nn.Conv2d] = {}
     pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]] = []

@@ -8,8 +8,9 @@ in ONNX Runtime, int8 first and fp32 before the first fp32 pass; ``$BACKBONE_ZOO
 pins one mode. :func:`pass_modes` is what a feature cache key records of that.
 
 :func:`candidate_passes` builds those passes, and :func:`choose_pass` keeps the first whose features on the
-first batch pass :func:`check_pass` (finite, within :data:`PASS_TOLERANCE` of eager fp32); one that raises is
-dropped with its reason. :func:`choose_pass_once` remembers that verdict per model and weights, so the next
+first batch pass :func:`.criterion.check_pass` against eager fp32 (what the head needs: the error in units of
+the between-image spread of each feature); one that raises is dropped with its reason, and every verdict is
+recorded for ``meta.json``. :func:`choose_pass_once` remembers that verdict per model and weights, so the next
 split (or the augmentation check's views) of the same backbone skips the check and its extra passes.
 """
 
@@ -19,7 +20,7 @@ import logging
 import os
 import sys
 import weakref
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,13 +29,10 @@ from .. import onnxgraph, runtime
 from ..backbones.adapter import BackboneAdapter
 from ..distributed import DistContext
 from ..errors import ZooError
-from . import onnxrt
+from . import criterion, onnxrt
 from .passes import BUILDERS, FOLD, INT8, ONNX, PASS_MODES, SHARE_GRAPH, ForwardPass
 
 log = logging.getLogger(__name__)
-
-PASS_TOLERANCE = 0.05
-"""Largest relative L2 error (:func:`relative_error`) against eager fp32 that :func:`check_pass` accepts."""
 
 PASS_ENV = "BACKBONE_ZOO_PASS"
 """Environment variable that pins the pass mode: ``auto`` (the default policy) or one of
@@ -48,32 +46,6 @@ pays back from about 450 images against the folded fp32 pass and about 1,300 aga
 runs 3.7× and 1.9× as fast there; README "Performance", ``benchmarks/pass_modes.py``); the thresholds
 leave a margin of about two.
 """
-
-
-def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
-    """``‖approx − exact‖ / ‖exact‖`` (Frobenius), the measure a faster pass is checked with."""
-    exact = exact.float()
-    return float((approx.float() - exact).norm() / exact.norm().clamp_min(1e-12))
-
-
-@dataclass(frozen=True)
-class PassCheck:
-    """Verdict on a faster pass: ``accepted``, its relative ``error`` vs eager fp32, and a log ``message``."""
-
-    accepted: bool
-    error: float
-    message: str
-
-
-def check_pass(approx: torch.Tensor, exact: torch.Tensor, name: str) -> PassCheck:
-    """Accept pass ``name`` when its output ``approx`` is finite and within :data:`PASS_TOLERANCE` of ``exact``.
-
-    ``exact`` is the eager fp32 output on the same batch.
-    """
-    err = relative_error(approx, exact)
-    if not bool(torch.isfinite(approx).all()) or err > PASS_TOLERANCE:
-        return PassCheck(False, err, f"{name} features differ from fp32 by {err:.3g} (relative)")
-    return PassCheck(True, err, f"{name} features within {err:.3g} of fp32 on the first batch")
 
 
 def precision_candidates(precision: str, device: str | torch.device) -> list[str]:
@@ -154,13 +126,13 @@ def candidate_passes(model: nn.Module, adapter: BackboneAdapter, device: torch.d
 
 
 def choose_pass(passes: list[ForwardPass], x: torch.Tensor | None, ctx: DistContext,
-                requested: str) -> tuple[ForwardPass, torch.Tensor | None]:
+                requested: str, checks: list[dict[str, Any]] | None = None) -> tuple[ForwardPass, torch.Tensor | None]:
     """The pass to use and, when computed on the way, its features of the first batch ``x``.
 
     With one candidate it is used unchecked. Otherwise each earlier candidate is checked against the
     last (eager fp32) on ``x`` and the first accepted wins (one that raises is dropped with a warning); a
     rank without a batch (``x=None``) accepts the first. Every rank of ``ctx`` gets the same pass: the
-    latest of the ranks' choices.
+    latest of the ranks' choices. ``checks`` collects each verdict's :meth:`~.criterion.PassCheck.record`.
     """
     if len(passes) == 1:
         return passes[0], None
@@ -176,7 +148,9 @@ def choose_pass(passes: list[ForwardPass], x: torch.Tensor | None, ctx: DistCont
                 log.warning("precision %s: %s pass failed (%s); using %s", requested, p.name, _reason(exc),
                             passes[i + 1].name)
                 continue
-            verdict = check_pass(computed[i], exact, p.name)
+            verdict = criterion.check_pass(computed[i], exact, p.name)
+            if checks is not None:
+                checks.append(verdict.record(p.name))
             if verdict.accepted:
                 log.info("precision %s: %s", requested, verdict.message)
                 choice = i
@@ -189,25 +163,33 @@ def choose_pass(passes: list[ForwardPass], x: torch.Tensor | None, ctx: DistCont
     return passes[agreed], computed.get(agreed)
 
 
-_VERDICTS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, ...], str]] = weakref.WeakKeyDictionary()
+_VERDICTS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, ...], tuple[str, list[dict[str, Any]]]]] = \
+    weakref.WeakKeyDictionary()
 
 
 def choose_pass_once(model: nn.Module, state: str, passes: list[ForwardPass], x: torch.Tensor | None,
-                     ctx: DistContext, requested: str) -> tuple[ForwardPass, torch.Tensor | None]:
+                     ctx: DistContext, requested: str,
+                     checks: list[dict[str, Any]] | None = None) -> tuple[ForwardPass, torch.Tensor | None]:
     """:func:`choose_pass`, checked once per ``model`` object and ``state`` (its weights' fingerprint and
-    the device; ``""``: always check): a later call with the same candidates takes the pass chosen then.
+    the device; ``""``: always check): a later call with the same candidates takes the pass chosen then
+    (and gets that check's records in ``checks``).
 
     Every rank makes the same calls in the same order, so the ranks skip the check together.
     """
     key = (state, requested, *(p.name for p in passes))
     if state and key in _VERDICTS.get(model, {}):
-        name = _VERDICTS[model][key]
+        name, records = _VERDICTS[model][key]
         chosen = next(p for p in passes if p.name == name)
         log.debug("precision %s: %s, as chosen on an earlier split of this model", requested, name)
+        if checks is not None:
+            checks.extend(records)
         return chosen, None
-    fwd, f0 = choose_pass(passes, x, ctx, requested)
+    records: list[dict[str, Any]] = []
+    fwd, f0 = choose_pass(passes, x, ctx, requested, records)
     if state:
-        _VERDICTS.setdefault(model, {})[key] = fwd.name
+        _VERDICTS.setdefault(model, {})[key] = (fwd.name, records)
+    if checks is not None:
+        checks.extend(records)
     return fwd, f0
 
 
