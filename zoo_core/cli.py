@@ -17,6 +17,7 @@ from typing import Any, Callable, NoReturn
 
 from . import __version__
 from .errors import ZooError
+from .scaleout.options import add_executor_options, executor_from_args
 from .tables import format_pairs, format_table, human_count
 
 Subparsers = Any  # argparse's _SubParsersAction (private type)
@@ -401,6 +402,7 @@ def _add_compare(sub: Subparsers) -> None:
     p.add_argument("--select-score", choices=("probe", "logme"), default="probe",
                    help="what orders the ranking stage (default probe)")
     _add_train_options(p, skip=("strategy", "out_dir", "run_name"))
+    add_executor_options(p)
     p.set_defaults(func=_cmd_compare)
 
 
@@ -411,7 +413,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                     fallback_random=args.fallback_random, rerun=args.rerun, progress=not args.json,
                     max_entries=args.max_entries or None, folds=args.folds, select=args.select,
                     select_keep=args.select_keep, select_budget=args.select_budget, select_score=args.select_score,
-                    **_train_overrides(args, skip=("strategy", "out_dir", "run_name")))
+                    executor=executor_from_args(args, not args.json), **_train_overrides(args, skip=("strategy", "out_dir", "run_name")))
     if args.json:
         _print_json(board.rows())
     else:
@@ -449,6 +451,7 @@ def _add_rank(sub: Subparsers) -> None:
     p.add_argument("--max-entries", type=int, default=256, metavar="N",
                    help="refuse to score more than N backbones (default 256; 0: no limit)")
     _add_train_options(p, skip=_rank_skip())
+    add_executor_options(p)
     p.set_defaults(func=_cmd_rank)
 
 
@@ -458,7 +461,7 @@ def _cmd_rank(args: argparse.Namespace) -> int:
     ranking = rank(args.backbones, args.data, family=args.family, budget=args.budget, folds=args.folds,
                    score=args.score, out_dir=args.out, fallback_random=args.fallback_random,
                    max_entries=args.max_entries or None, progress=not args.json,
-                   **_train_overrides(args, skip=_rank_skip()))
+                   executor=executor_from_args(args, not args.json), **_train_overrides(args, skip=_rank_skip()))
     if args.json:
         _print_json(ranking.rows())
     else:
