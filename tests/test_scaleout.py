@@ -203,6 +203,11 @@ def test_two_writers_of_one_key_keep_the_first_entry(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "pixels").iterdir()] == ["k1"]
     found = store.open_entry(first, "pixels", "k1", lambda meta: {"pixels.npy": ((2, 3), "uint8", False)})
     assert found is not None and int(found[1]["pixels.npy"].max()) == 0  # the first writer's, intact
+    stale = store.EntryWriter("pixels", "k1", tmp_path)  # same key, other contents: the old entry is replaced
+    stale.open_array("pixels.npy", (1, 3), "uint8")[:] = 7
+    stale.commit({"n": 1})
+    found = store.open_entry(first, "pixels", "k1", lambda meta: {"pixels.npy": ((1, 3), "uint8", False)})
+    assert found is not None and int(found[1]["pixels.npy"].max()) == 7
 
 
 def test_executor_ray_without_ray_is_one_line_with_the_install_command(capsys: pytest.CaptureFixture[str],

@@ -118,6 +118,9 @@ def open_entry(entry: Path, kind: str, key: str, arrays: Callable[[dict[str, Any
         return None
 
 
+_IDENTITY = ("parts", "n", "shape", "dim", "model_fingerprint")  # meta that tells two entries of a key apart
+
+
 class EntryWriter:
     """Builds one entry in a hidden temp dir; :meth:`commit` renames it into place atomically."""
 
@@ -166,17 +169,21 @@ class EntryWriter:
                 os.replace(self.tmp, self.final)
                 return self.final
             except OSError:  # another process committed the same key first, or a stale entry is there
-                if self._keep_existing():
+                if self._keep_existing(self.meta):
                     return self.final
                 shutil.rmtree(self.final, ignore_errors=True)
         raise ZooError(f"could not move the {self.kind} cache entry into {self.final}; run `zoo cache clear`")
 
-    def _keep_existing(self) -> bool:
+    def _keep_existing(self, mine: dict[str, Any]) -> bool:
         """True (and this copy dropped) when another writer — a process on any host sharing the cache —
-        committed a valid entry of this key first: readers may already hold it open, so it stays."""
+        committed a valid entry of this key with the same contents first (same parts, sizes and model
+        fingerprint): readers may already hold it open, so it stays. A stale entry (other backbone weights)
+        is replaced."""
         try:
             meta = _read_meta(self.final, self.kind, self.key)
         except _BadEntry:
+            return False
+        if any(meta.get(k) != mine.get(k) for k in _IDENTITY):
             return False
         self.abort()
         self.meta = meta

@@ -138,6 +138,8 @@ class RayExecutor(Executor):
     # ---- the entries -----------------------------------------------------------------------------------
     def map(self, job: Job, items: Sequence[Any]) -> list[Any]:
         """Submit one task per item and gather the results in order (see the module docstring)."""
+        if not items:
+            return []
         ray = self._connect()
         t0 = time.perf_counter()
         task = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=self.max_retries,
