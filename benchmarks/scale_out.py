@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -73,11 +74,19 @@ def main() -> int:
 
     import torch
 
+    gpus = torch.cuda.device_count()
+    work = Path(tempfile.mkdtemp(prefix="zoo-scale-out-"))
+    try:
+        return _run(args, gpus, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, gpus: int, work: Path) -> int:
+    """Both measurements in ``work`` (deleted afterwards)."""
     from zoo_core.demo_data import make_demo_dataset
     from zoo_core.scaleout import RayExecutor
 
-    gpus = torch.cuda.device_count()
-    work = Path(tempfile.mkdtemp(prefix="zoo-scale-out-"))
     os.environ["BACKBONE_ZOO_CACHE"] = str(work / "cache")
     data = make_demo_dataset(work / "data", per_class=args.per_class, size=max(args.image_size, 64))
     report: dict[str, Any] = {"gpus": gpus, "cpus": os.cpu_count()}
