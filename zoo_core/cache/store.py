@@ -3,7 +3,9 @@
 An entry is ``<cache_root>/<kind>/<key>/`` holding ``.npy`` arrays and a ``meta.json`` sidecar with the
 size and a CRC32 per 8 MiB chunk of every file. :class:`EntryWriter` builds it in a hidden sibling
 directory and renames it into place when complete; :func:`open_entry` verifies it on read and deletes
-(and reports) an entry that fails, so the caller rebuilds it.
+(and reports) an entry that fails, so the caller rebuilds it. Many writers of one key — processes on many
+hosts sharing the cache on NFS or a bucket — need no lock: the first rename wins and the others drop their
+copy, so a reader never sees an entry replaced under it and a dead writer leaves only a ``.tmp-`` folder.
 """
 
 from __future__ import annotations
@@ -116,6 +118,9 @@ def open_entry(entry: Path, kind: str, key: str, arrays: Callable[[dict[str, Any
         return None
 
 
+_IDENTITY = ("parts", "n", "shape", "dim", "model_fingerprint")  # meta that tells two entries of a key apart
+
+
 class EntryWriter:
     """Builds one entry in a hidden temp dir; :meth:`commit` renames it into place atomically."""
 
@@ -164,8 +169,25 @@ class EntryWriter:
                 os.replace(self.tmp, self.final)
                 return self.final
             except OSError:  # another process committed the same key first, or a stale entry is there
+                if self._keep_existing(self.meta):
+                    return self.final
                 shutil.rmtree(self.final, ignore_errors=True)
         raise ZooError(f"could not move the {self.kind} cache entry into {self.final}; run `zoo cache clear`")
+
+    def _keep_existing(self, mine: dict[str, Any]) -> bool:
+        """True (and this copy dropped) when another writer — a process on any host sharing the cache —
+        committed a valid entry of this key with the same contents first (same parts, sizes and model
+        fingerprint): readers may already hold it open, so it stays. A stale entry (other backbone weights)
+        is replaced."""
+        try:
+            meta = _read_meta(self.final, self.kind, self.key)
+        except _BadEntry:
+            return False
+        if any(meta.get(k) != mine.get(k) for k in _IDENTITY):
+            return False
+        self.abort()
+        self.meta = meta
+        return True
 
     def abort(self) -> None:
         """Delete the unfinished entry."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..scaleout.options import add_executor_options, executor_from_args
 from .common import Subparsers, add_train_options, json_flag, print_json, train_flags, train_overrides
 
 _OWN = ("strategy", "out_dir", "run_name")  # compare's own --strategies and --out; each entry names its run
@@ -38,6 +39,7 @@ def add_compare(sub: Subparsers) -> None:
     p.add_argument("--select-score", choices=("probe", "logme"), default="probe",
                    help="what orders the ranking stage (default probe)")
     add_train_options(p, _compare_flags())
+    add_executor_options(p)
     p.set_defaults(func=_cmd_compare)
 
 
@@ -48,7 +50,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                     fallback_random=args.fallback_random, rerun=args.rerun, progress=not args.json,
                     max_entries=args.max_entries or None, folds=args.folds, select=args.select,
                     select_keep=args.select_keep, select_budget=args.select_budget, select_score=args.select_score,
-                    **train_overrides(args, _compare_flags()))
+                    executor=executor_from_args(args, not args.json), **train_overrides(args, _compare_flags()))
     if args.json:
         print_json(board.rows())
     else:
@@ -86,6 +88,7 @@ def add_rank(sub: Subparsers) -> None:
     p.add_argument("--max-entries", type=int, default=256, metavar="N",
                    help="refuse to score more than N backbones (default 256; 0: no limit)")
     add_train_options(p, _rank_flags())
+    add_executor_options(p)
     p.set_defaults(func=_cmd_rank)
 
 
@@ -95,7 +98,7 @@ def _cmd_rank(args: argparse.Namespace) -> int:
     ranking = rank(args.backbones, args.data, family=args.family, budget=args.budget, folds=args.folds,
                    score=args.score, out_dir=args.out, fallback_random=args.fallback_random,
                    max_entries=args.max_entries or None, progress=not args.json,
-                   **train_overrides(args, _rank_flags()))
+                   executor=executor_from_args(args, not args.json), **train_overrides(args, _rank_flags()))
     if args.json:
         print_json(ranking.rows())
     else:

@@ -40,12 +40,14 @@ from .. import data as zdata
 from ..backbones.weights import RANDOM_INIT, weights_label
 from ..errors import WeightsError
 from ..runtime import pick_device
+from ..scaleout import Executor, use_executor
 from ..training import TrainConfig, train
 from ..training.fallback import falls_back
 from ..training.shape import decode_once
 from ..util import atomic_write_text
 from . import folds as zfolds
 from . import markers, measure, significance
+from .fanout import CompareJob
 from .folds import check_folds
 from .leaderboard import Entry, Leaderboard, ranked, write_outputs
 from .plan import make_plan
@@ -77,10 +79,14 @@ class EntryRunner:
         """TensorBoard: one run per entry under one folder (``--log-dir``, default ``OUT/tensorboard``)."""
         return (self.base.log_dir or str(self.out / "tensorboard")) if self.base.log else None
 
+    def entry_dir(self, backbone: str, strategy: str) -> Path:
+        """The run directory of ``backbone`` × ``strategy``: ``<out>/runs/<backbone>-<strategy>``."""
+        return self.out / "runs" / f"{backbone.replace('/', '_')}-{strategy}"
+
     def run(self, backbone: str, strategy: str) -> Entry:
         """The entry of ``backbone`` × ``strategy``: reused, trained, trained from random init, or failed."""
-        run_name = f"{backbone.replace('/', '_')}-{strategy}"
-        entry = Entry(backbone, strategy, run_dir=str(self.out / "runs" / run_name))
+        run_name = self.entry_dir(backbone, strategy).name
+        entry = Entry(backbone, strategy, run_dir=str(self.entry_dir(backbone, strategy)))
         weights = None if (self.fallback_random and backbone in self.unavailable) else self.base.weights
         while True:
             cfg = dataclasses.replace(self.base, backbone=backbone, strategy=strategy, out_dir=str(self.out / "runs"),
@@ -164,7 +170,7 @@ def compare(backbones: Sequence[str] | str | None, data: Any, *, strategies: Seq
             rerun: bool = False, merge: bool = False, progress: bool = True, max_entries: int | None = 64,
             folds: int | None = None, session: Session | None = None, select: int | None = None,
             select_keep: float = DEFAULT_KEEP, select_budget: int | None = None, select_score: str = "probe",
-            **train_overrides: Any) -> Leaderboard:
+            executor: str | Executor = "local", **train_overrides: Any) -> Leaderboard:
     """Run every backbone × strategy on the same data and write the leaderboard into ``out_dir``.
 
     :param strategies: strategy names (default ``["feature-extraction"]``); ``strategy="finetune"`` also works.
@@ -184,6 +190,9 @@ def compare(backbones: Sequence[str] | str | None, data: Any, *, strategies: Seq
         training (``select_score``, on ``select_budget`` training images or all of them), train feature
         extraction on the best ``select_keep`` fraction, then the other strategies (``finetune`` when only
         feature extraction was asked) on the ``select`` best of those by top-1.
+    :param executor: ``"local"`` (this process, entry after entry) or ``"ray"`` (each entry a Ray task on its
+        own GPU or cores, :mod:`zoo_core.scaleout`; a :class:`~zoo_core.scaleout.RayExecutor` sets the address
+        and resources); the same leaderboard either way.
     :param train_overrides: any :class:`zoo_core.TrainConfig` field (epochs, image_size, lr, …).
         ``share_decoding`` defaults to True here: images are decoded once per distinct input size.
     """
@@ -201,12 +210,15 @@ def compare(backbones: Sequence[str] | str | None, data: Any, *, strategies: Seq
     say(f"zoo compare: {len(plan.backbones)} backbone(s) × {len(plan.strategies)} strategy(ies) on {split.summary()}")
     runner = EntryRunner(split, base, out, device, say=say, session=session if session is not None else Session(),
                          fallback_random=fallback_random, rerun=rerun, progress=progress)
-    selection = None
-    if plan.select is not None:
-        entries, selection = successive_halving(plan, split, out, plan.select, runner.run, say=say,
-                                                fallback_random=fallback_random, progress=progress)
-    else:
-        entries = [runner.run(backbone, strategy) for backbone, strategy in plan.entries]
+    selection, job = None, CompareJob(runner)
+    with use_executor(executor, progress) as ex:
+        ex.prepare(out, plan.backbones, data)
+        if plan.select is not None:
+            entries, selection = successive_halving(plan, split, out, plan.select, lambda items: ex.map(job, items),
+                                                    say=say, fallback_random=fallback_random, progress=progress,
+                                                    executor=ex)
+        else:
+            entries = ex.map(job, plan.entries)
     if merge:
         entries += markers.earlier_entries(out, {(e.backbone, e.strategy) for e in entries}, runner.session.trained)
     board = Leaderboard(ranked(entries), out, selection)

@@ -66,28 +66,31 @@ def _best_by_top1(entries: list[Entry], k: int) -> list[str]:
     return [e.backbone for e in done[:k]]
 
 
-def successive_halving(plan: Any, split: Any, out: Path, sel: Selection, run_entry: Callable[[str, str], Entry],
-                       *, fallback_random: bool, progress: bool,
-                       say: Callable[[str], None]) -> tuple[list[Entry], dict[str, Any]]:
-    """Rank ``plan.backbones``, train feature extraction on the kept ones and fine-tune the best ``sel.k``.
+def successive_halving(plan: Any, split: Any, out: Path, sel: Selection,
+                       run_entries: Callable[[list[tuple[str, str]]], list[Entry]], *, fallback_random: bool,
+                       progress: bool, say: Callable[[str], None],
+                       executor: Any = "local") -> tuple[list[Entry], dict[str, Any]]:
+    """Rank ``plan.backbones``, train feature extraction on the kept ones and fine-tune the best ``sel.k``;
+    each stage's entries (``run_entries``) and the ranking (``executor``) fan out together.
 
     :returns: the trained entries (and the ranking's failures as failed entries), and the record of the
         selection for the leaderboard.
     """
     options = {k: getattr(plan.base, k) for k in RANK_OPTIONS}
     ranking = rank(list(plan.backbones), split, out_dir=out / "rank", budget=sel.budget, score=sel.score,
-                   fallback_random=fallback_random, max_entries=None, progress=progress, **options)
+                   fallback_random=fallback_random, max_entries=None, progress=progress, executor=executor,
+                   **options)
     ranked = [e.backbone for e in ranking.entries if e.ok]
     kept = ranked[:sel.kept(len(ranked))]
     say(f"zoo compare: --select {sel.k}: ranked {len(plan.backbones)} backbone(s) by {sel.score} "
         f"({out / 'rank' / 'ranking.md'}); feature extraction on the best {len(kept)}: {', '.join(kept)}")
     entries = [Entry(e.backbone, FEATURE_EXTRACTION, status="failed", error=f"ranking failed: {e.error}")
                for e in ranking.entries if not e.ok]
-    fe = [run_entry(b, FEATURE_EXTRACTION) for b in kept]
+    fe = run_entries([(b, FEATURE_EXTRACTION) for b in kept])
     best = _best_by_top1(fe, sel.k)
     later = later_strategies(plan.strategies)
     say(f"zoo compare: --select {sel.k}: {', '.join(later)} on the best {len(best)} by top-1: {', '.join(best)}")
-    tuned = [run_entry(b, s) for b in best for s in later]
+    tuned = run_entries([(b, s) for b in best for s in later])
     record = {"k": sel.k, "keep": sel.keep, "score": sel.score, "budget": sel.budget,
               "ranked": [e.backbone for e in ranking.entries], "feature_extraction": kept,
               "fine_tuned": best, "strategies": list(later), "ranking": str(out / "rank" / "ranking.json")}

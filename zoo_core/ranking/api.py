@@ -12,6 +12,7 @@ import os
 import sys
 import time
 import traceback
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -22,7 +23,9 @@ from .. import data as zdata
 from ..backbones.registry import expand_backbones
 from ..errors import ZooError
 from ..runtime import pick_device, resolve_precision
+from ..scaleout import Executor, use_executor
 from ..util import atomic_write_text
+from .fanout import RankJob
 from .features import RANK_OPTIONS, candidate_config, extract, predecode, subsample
 from .outputs import write_outputs
 from .results import RankEntry, Ranking, order
@@ -57,7 +60,7 @@ def _names(backbones: Sequence[str] | str | None, family: str | None, max_entrie
 def rank(backbones: Sequence[str] | str | None, data: Any, *, family: str | None = None, budget: int | None = None,
          folds: int = 5, score: str = DEFAULT_SCORE, out_dir: str | os.PathLike = "zoo-rank",
          fallback_random: bool = False, max_entries: int | None = 256, progress: bool = True,
-         **options: Any) -> Ranking:
+         executor: str | Executor = "local", **options: Any) -> Ranking:
     """Score every backbone's frozen features on ``data`` (no fine-tuning) and write the ranking into ``out_dir``.
 
     :param backbones: names and glob patterns (``"timm/resnet*"``), as for ``compare``; ``family`` selects or filters.
@@ -69,6 +72,8 @@ def rank(backbones: Sequence[str] | str | None, data: Any, *, family: str | None
     :param fallback_random: score a backbone whose pretrained weights are unavailable from random init
         (marked RANDOM INIT) instead of recording a failure.
     :param max_entries: refuse (before touching any data) more backbones than this; None lifts the limit.
+    :param executor: ``"local"`` (one candidate after another) or ``"ray"`` (each candidate a Ray task,
+        :mod:`zoo_core.scaleout`); the same ranking either way.
     :param options: the :class:`~zoo_core.TrainConfig` fields that decide the features (:data:`RANK_OPTIONS`:
         ``weights``, ``image_size``, ``batch_size``, ``device``, ``precision``, ``seed``, ``val_fraction``, …);
         equal values give the features of a feature-extraction run.
@@ -89,16 +94,10 @@ def rank(backbones: Sequence[str] | str | None, data: Any, *, family: str | None
     out = Path(out_dir)
     say = _say(progress)
     say(f"zoo rank: {len(names)} backbone(s) on {what} of {split.source}")
-    entries = []
-    with tqdm(total=len(names), desc="zoo rank", unit="backbone", disable=not progress, dynamic_ncols=True) as bar:
-        for i, name in enumerate(names, 1):
-            bar.set_postfix_str(name)
-            entry = _rank_one(candidate_config(name, options, progress), ranked_on, folds, fallback_random, out, say)
-            entries.append(entry)
-            bar.update(1)
-            if entry.ok:
-                say(f"zoo rank: [{i}/{len(names)}] {name}: LogME {entry.logme:.4f} ± {entry.logme_std:.4f}, probe "
-                    f"{entry.probe_acc:.4f} ± {entry.probe_std:.4f} ({entry.seconds:.1f}s)")
+    with use_executor(executor, progress) as ex:
+        ex.prepare(out, names, data)
+        config = partial(candidate_config, options=options, progress=progress)
+        entries = ex.map(RankJob(_rank_one, config, ranked_on, folds, fallback_random, out, say), names)
     ranking = Ranking(order(entries, score), out, score, folds, split.source, summary, budget)
     write_outputs(ranking)
     say("\n" + ranking.table())
