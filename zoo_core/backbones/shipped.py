@@ -30,6 +30,7 @@ from torch import nn
 
 from ..errors import WeightsError
 from ..util import atomic_write_bytes, atomic_write_text, few
+from .weights import read_state_dict
 
 log = logging.getLogger("zoo_core")
 
@@ -105,21 +106,12 @@ def verify_checksum(path: Path, expected: str, what: str) -> None:
 
 
 def read_checkpoint(path: Path, what: str) -> dict[str, torch.Tensor]:
-    """A state dict of tensors from a ``.pth``/``.pt`` (``weights_only=True``) or ``.safetensors`` file."""
+    """A state dict of tensors from a ``.pth``/``.pt`` (``weights_only=True``) or ``.safetensors`` file
+    (:func:`zoo_core.backbones.weights.read_state_dict`), its errors prefixed with ``what``."""
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state: Any = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - reported with the file name
-        raise WeightsError(f"{what}: cannot read weights file {path}: {type(exc).__name__}: {exc}") from exc
-    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
-        state = state["state_dict"]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{what}: weights file {path} does not hold a state dict of tensors")
-    return dict(state)
+        return read_state_dict(path)
+    except WeightsError as exc:
+        raise WeightsError(f"{what}: {exc}") from exc
 
 
 def map_keys(source: Mapping[str, torch.Tensor], key_map: Mapping[str, str] | Callable[[str], str | None],
