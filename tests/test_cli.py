@@ -51,15 +51,16 @@ def test_list_text_and_json(capsys) -> None:
     code, out, err = run(capsys, "list", "resnet1*")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["NAME", "FAMILY", "PRETRAINED"]
-    assert [line.split() for line in lines[2:]] == [
-        ["resnet101", "resnet", "yes"], ["resnet152", "resnet", "yes"], ["resnet18", "resnet", "yes"]]
+    assert lines[0].split() == ["NAME", "FAMILY", "PRETRAINED", "WEIGHTS_NOW"]
+    assert [line.split() for line in lines[2:]] == [  # upstream, not in the (empty) cache
+        ["resnet101", "resnet", "yes", "download"], ["resnet152", "resnet", "yes", "download"],
+        ["resnet18", "resnet", "yes", "download"]]
     assert "3 backbone(s)" in err
 
     code, out, _ = run(capsys, "list", "--family", "vgg", "--json")
     rows = json.loads(out)
     assert code == 0 and len(rows) == 8
-    assert rows[0] == {"name": "vgg11", "family": "vgg", "plugin": "vgg", "pretrained": True}
+    assert rows[0] == {"name": "vgg11", "family": "vgg", "plugin": "vgg", "pretrained": True, "weights_now": "download"}
 
 
 def test_list_pretrained_filter(capsys) -> None:

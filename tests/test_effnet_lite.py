@@ -21,6 +21,7 @@ from zoo_effnet_lite import weights as W
 
 import zoo_core
 from zoo_core import WeightsError, cli
+from zoo_core.backbones import shipped as S
 from zoo_core.data.demo import make_demo_dataset
 from zoo_core.testing import check_plugin
 
@@ -84,9 +85,9 @@ def test_conversion_is_exact_verified_and_cached(shipped_lite0: dict[str, torch.
         assert tensor.shape == ours.shape and torch.equal(tensor, ours), (src, dst)
     assert next(iter(converted)) == "conv_stem.weight" and list(converted)[-1] == "classifier.bias"
     record = _record()
-    assert record["checks"] == ["sha256", "shapes", "reference-forward"]
-    assert record["source_sha256"] == W.SHIPPED[LITE0].sha256 == W.sha256_file(W.shipped_file(W.SHIPPED[LITE0], LITE0))
-    assert W.sha256_file(W.cache_path(W.SHIPPED[LITE0])) == record["sha256"]
+    assert record["checks"] == ["sha256", "load", "reference-forward"]
+    assert record["source_sha256"] == W.SHIPPED[LITE0].sha256 == S.sha256_file(W.shipped_file(W.SHIPPED[LITE0], LITE0))
+    assert S.sha256_file(W.cache_path(W.SHIPPED[LITE0])) == record["sha256"]
 
 
 def test_cached_conversion_is_reused_and_a_damaged_one_rebuilt(monkeypatch: pytest.MonkeyPatch,
@@ -99,7 +100,7 @@ def test_cached_conversion_is_reused_and_a_damaged_one_rebuilt(monkeypatch: pyte
         raise AssertionError("the shipped file was read although a verified conversion is cached")
 
     with monkeypatch.context() as m:
-        m.setattr(W, "shipped_file", no_source)
+        m.setattr(S, "locate", no_source)
         again = zoo_core.create(LITE0, num_classes=5)
     body = [k for k in first.state_dict() if not k.startswith("classifier.")]
     assert all(torch.equal(first.state_dict()[k], again.state_dict()[k]) for k in body)
@@ -110,7 +111,7 @@ def test_cached_conversion_is_reused_and_a_damaged_one_rebuilt(monkeypatch: pyte
     path.write_bytes(bytes(blob))
     rebuilt = zoo_core.create(LITE0, num_classes=5)
     assert "damaged" in caplog.text
-    assert W.sha256_file(path) == _record()["sha256"]
+    assert S.sha256_file(path) == _record()["sha256"]
     assert all(torch.equal(first.state_dict()[k], rebuilt.state_dict()[k]) for k in body)
 
 
@@ -120,7 +121,7 @@ def test_a_corrupted_shipped_file_fails_with_the_checksum(tmp_path: Path, monkey
     blob = bytearray(W.shipped_file(w, LITE0).read_bytes())
     blob[len(blob) // 2] ^= 0x01
     bad.write_bytes(bytes(blob))
-    monkeypatch.setattr(W, "shipped_file", lambda *_a: bad)
+    monkeypatch.setattr(S, "locate", lambda *_a: bad)
     with pytest.raises(WeightsError, match=rf"{LITE0}: weights file .*{w.file_name} has SHA-256 .*expected 57934424"):
         zoo_core.create(LITE0)
     assert not W.cache_path(w).exists()  # nothing half-converted was cached
@@ -130,7 +131,7 @@ def test_a_file_of_another_architecture_does_not_map(monkeypatch: pytest.MonkeyP
     # lite1's genuine file (with its own checksum) offered as lite0's: the tensor counts differ
     lite1, real_file = W.SHIPPED["efficientnet_lite1"], W.shipped_file
     monkeypatch.setitem(W.SHIPPED, LITE0, dataclasses.replace(W.SHIPPED[LITE0], sha256=lite1.sha256))
-    monkeypatch.setattr(W, "shipped_file", lambda *_a: real_file(lite1, "efficientnet_lite1"))
+    monkeypatch.setattr(S, "locate", lambda *_a: real_file(lite1, "efficientnet_lite1"))
     with pytest.raises(WeightsError, match=r"efficientnet_lite0 \(efficientnet-lite1-77cc7160\.pth\): 386 tensors "
                                            r"in the file but 296 in the model"):
         zoo_core.create(LITE0)
@@ -181,7 +182,8 @@ def test_zoo_info_and_list_show_offline_pretrained_weights(capsys: pytest.Captur
     assert "224x224" in out and "bicubic" in out and "apache-2.0" in out
     assert cli.main(["list", "--pretrained", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
-    assert rows[LITE0] == {"name": LITE0, "family": "efficientnet_lite", "plugin": "effnet_lite", "pretrained": True}
+    assert rows[LITE0] == {"name": LITE0, "family": "efficientnet_lite", "plugin": "effnet_lite", "pretrained": True,
+                           "weights_now": "available"}  # installed with the plugin: no download needed
     assert {"efficientnet_lite1", "efficientnet_lite2"} <= set(rows)
 
 

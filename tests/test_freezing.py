@@ -3,11 +3,13 @@ stage counts, and stages named by patterns. A tiny two-stage net, one SGD step a
 
 from __future__ import annotations
 
+import pytest
 import torch
 from helpers_toys import TwoStageNet
 from torch import nn
 
 from zoo_core.backbones.freezing import (
+    StageError,
     count_parameters,
     default_stages,
     freeze_stages,
@@ -63,12 +65,15 @@ def test_freeze_stage_counts_and_stages_from_patterns() -> None:
     assert count_parameters(freeze_stages(model, stages, "fc", -1))[1] == count_parameters(model)[0]
     assert count_parameters(freeze_stages(model, stages, "fc", 5))[1] == count_parameters(model)[0]
 
-    split = stages_from_patterns(model, [("conv", r"stem\.0"), ("norm", r"stem\.1"), ("unused", r"nothing")], "fc")
+    patterns = [("conv", r"stem\.0"), ("norm", r"stem\.1"), ("unused", r"nothing")]
+    with pytest.raises(StageError, match=r"match no stage pattern: block\.0\.weight.*block_stages"):
+        stages_from_patterns(model, patterns, "fc")  # leftovers are an error, never a hidden stage
+    split = stages_from_patterns(model, patterns + [("other", r"nothing")], "fc", unmatched="other")
     by_name = dict(split)
-    assert [s for s, _ in split] == ["conv", "norm", "other"]  # empty stages dropped, leftovers last
+    assert [s for s, _ in split] == ["conv", "norm", "other"]  # empty stages dropped, leftovers where asked
     assert set(by_name["conv"]) == {"stem.0", "stem.0.weight", "stem.0.bias"}
     assert {"stem.1.running_mean", "stem.1.num_batches_tracked", "stem.1.weight"} <= set(by_name["norm"])
     assert "block.1.running_var" in by_name["other"] and "block.0.weight" in by_name["other"]
     members = {n for _, names in split for n in names}
     assert not any(n.startswith("fc") for n in members)  # the head is never a stage
-    assert not members & {"stem.2", "block.2", "block.3", "pool"}  # stateless leaves need no stage
+    assert members & {"block.2", "block.3", "pool"} == {"block.2", "block.3", "pool"}  # with their stage

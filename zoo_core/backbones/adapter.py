@@ -54,6 +54,46 @@ class DataConfig:
         return cls(**known)
 
 
+@dataclass(frozen=True)
+class InputSizes:
+    """The square input sizes (pixels) a backbone accepts: one of ``fixed`` when given, else any multiple
+    of ``multiple_of`` from ``min_size`` on. ``why`` ends the refusal ("its position embedding is 14x14")."""
+
+    fixed: tuple[int, ...] = ()
+    multiple_of: int = 1
+    min_size: int = 1
+    why: str = ""
+
+    def refusal(self, size: int) -> str | None:
+        """Why ``size`` is not accepted (``"accepts only 224 px"``), or ``None`` when it is."""
+        if self.fixed and size not in self.fixed:
+            what = f"accepts only {' or '.join(str(f) for f in self.fixed)} px"
+        elif size < self.min_size:
+            what = f"needs at least {self.min_size} px"
+        elif size % self.multiple_of:
+            lo = max(self.min_size, size - size % self.multiple_of)
+            what = f"needs a multiple of {self.multiple_of} px (e.g. {lo} or {lo + self.multiple_of})"
+        else:
+            return None
+        return what + (f": {self.why}" if self.why else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"fixed": list(self.fixed), "multiple_of": self.multiple_of, "min_size": self.min_size}
+
+
+@dataclass(frozen=True)
+class StageSize:
+    """One stage's parameter count, and what ``trainable_stages = k`` trains when this stage is the
+    deepest one unfrozen (``trained`` parameters, head included; ``share`` of the whole model)."""
+
+    stage: str
+    params: int
+    k: int
+    trained: int
+    share: float
+
+
 @dataclass
 class BackboneInfo:
     """What :func:`zoo_core.info` reports about one backbone."""
@@ -69,11 +109,19 @@ class BackboneInfo:
     weights: list[str]
     default_weights: str | None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: per stage, input → output: its parameter count and what ``--trainable-stages k`` trains
+    stage_sizes: list[StageSize] = field(default_factory=list)
+    #: head parameters (what ``--trainable-stages 0`` trains)
+    head_params: int = 0
+    input_sizes: InputSizes = field(default_factory=InputSizes)
+    #: ``weights="DEFAULT"`` loads without a download now (cached or installed); ``None``: unknown
+    weights_available: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         d = asdict(self)
         d["data_config"] = self.data_config.to_dict()
+        d["input_sizes"] = self.input_sizes.to_dict()
         return d
 
 
@@ -113,11 +161,15 @@ class BackboneAdapter:
         return freezing.find_head(model)
 
     def stage_patterns(self, model: nn.Module) -> list[tuple[str, str]]:
-        """Ordered ``(stage, regex)`` pairs, input→output; empty means one stage per child."""
+        """Ordered ``(stage, regex)`` pairs, input→output; empty means one stage per top-level child
+        (right for a plain sequential CNN only: a transformer overrides :meth:`stages` with
+        :func:`~zoo_core.backbones.freezing.block_stages`)."""
         return []
 
     def stages(self, model: nn.Module) -> freezing.Stages:
-        """Ordered ``(stage, member names)`` list, input→output, head excluded."""
+        """Ordered ``(stage, member names)`` list, input→output, head excluded; every parameter and buffer
+        outside the head in exactly one stage. Default: :meth:`stage_patterns`, else one stage per
+        top-level child (:func:`~zoo_core.backbones.freezing.default_stages`)."""
         head = self.head_name(model)
         patterns = self.stage_patterns(model)
         if patterns:
@@ -133,8 +185,18 @@ class BackboneAdapter:
         return []
 
     def has_pretrained(self, name: str) -> bool:
-        """True when ``weights="DEFAULT"`` gives pretrained weights for ``name``."""
+        """True when ``weights="DEFAULT"`` gives pretrained weights for ``name`` (they exist upstream)."""
         return bool(self.available_weights(name))
+
+    def weights_available(self, name: str) -> bool | None:
+        """Whether ``weights="DEFAULT"`` loads now without a download (cached, or installed with a
+        package); ``False`` when it needs one (or there are none), ``None`` when the adapter cannot tell."""
+        return None if self.has_pretrained(name) else False
+
+    def input_sizes(self, name: str) -> InputSizes:
+        """The input sizes ``name`` accepts (default: any); a ViT with a fixed position embedding
+        returns ``InputSizes(fixed=(224,))``, a model that needs whole patches ``InputSizes(multiple_of=16)``."""
+        return InputSizes()
 
     def describe(self, name: str) -> dict[str, Any]:
         """Extra metadata for ``zoo info`` (paper, license, …); default empty."""

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from ..util import few, under
+from . import stagecheck
 from .adapter import BackboneAdapter, DataConfig
 from .manager import new_plugin_manager, register_checked, short_error
 from .registry import get_adapter
@@ -60,6 +61,11 @@ class _Check:
 
     def logits(self, step: str, model: nn.Module, x: torch.Tensor, num_classes: int) -> torch.Tensor:
         out = self.call(step, model, x)
+        if isinstance(out, tuple):
+            mode = "train" if model.training else "eval"
+            raise self.fail(step, f"model(x) in {mode} mode returned a {type(out).__name__} of {len(out)}, expected "
+                            f"one tensor of logits [N, {num_classes}]: the trainer has no auxiliary loss; drop the "
+                            "auxiliary head in create() (CONTRIBUTING.md, 'Models with auxiliary outputs')")
         if not isinstance(out, torch.Tensor):
             raise self.fail(step, f"model(x) returned {type(out).__name__}, expected a tensor of logits")
         want = (x.shape[0], num_classes)
@@ -137,41 +143,6 @@ def _check_replace_head(check: _Check, model: nn.Module, x: torch.Tensor, n: int
     return model
 
 
-def _check_stages(check: _Check, model: nn.Module, head_name: str) -> list[tuple[str, list[str]]]:
-    """``stages(model)`` partitions the non-head parameters into named, non-empty, disjoint stages."""
-    stages = check.call("stages(model)", check.adapter.stages, model)
-    step = "stages(model)"
-    if not isinstance(stages, (list, tuple)) or not stages:
-        raise check.fail(step, f"returned {stages!r}; expected a non-empty list of (stage name, member names)")
-    known = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
-    known |= {n for n, _ in model.named_modules() if n}
-    seen: dict[str, str] = {}
-    out = []
-    for item in stages:
-        if not (isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str)):
-            raise check.fail(step, f"item {item!r} is not a (stage name, member names) pair")
-        stage, members = item[0], list(item[1])
-        if any(stage == s for s, _ in out):
-            raise check.fail(step, f"stage name {stage!r} appears twice")
-        if not members:
-            raise check.fail(step, f"stage {stage!r} is empty")
-        unknown = [m for m in members if m not in known]
-        if unknown:
-            raise check.fail(step, f"stage {stage!r} names things the model does not have: {few(unknown, 6, sort=True)}")
-        in_head = [m for m in members if under(m, head_name)]
-        if in_head:
-            raise check.fail(step, f"stage {stage!r} contains head members {few(in_head, 6, sort=True)} (head is {head_name!r})")
-        for m in members:
-            if m in seen:
-                raise check.fail(step, f"{m!r} is in both stage {seen[m]!r} and stage {stage!r}")
-            seen[m] = stage
-        out.append((stage, members))
-    orphans = [n for n, _ in model.named_parameters() if n not in seen and not under(n, head_name)]
-    if orphans:
-        raise check.fail(step, f"{len(orphans)} non-head parameter(s) belong to no stage: {few(orphans, 6, sort=True)}")
-    return out
-
-
 def _train_steps(check: _Check, model: nn.Module, x: torch.Tensor, num_classes: int, steps: int) -> None:
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     y = torch.arange(x.shape[0]) % num_classes
@@ -231,12 +202,18 @@ def check_adapter(adapter_or_name: BackboneAdapter | type[BackboneAdapter] | str
         their ``data_config`` input size (e.g. ViT).
 
     Checks, in order: ``names()``; ``create(name, weights=None, num_classes)`` gives ``(B, num_classes)``
-    logits; ``replace_head`` changes the output size; ``stages()`` partitions the non-head parameters;
-    ``freeze(model, 0)`` leaves exactly the head trainable and ``freeze(model, 1)`` the head plus the last
+    logits; ``replace_head`` changes the output size; the module ``head_name()`` names produces the
+    logits itself (not a container around it); ``stages()`` puts every non-head parameter and buffer in
+    exactly one stage, no stage is normalisation layers only (a final norm goes with the last block), and
+    the stages are in forward order (forward pre-hooks); in train mode ``model(x)`` is one
+    ``[B, num_classes]`` tensor (no auxiliary logits); ``freeze(model, 0)`` leaves exactly the head trainable and ``freeze(model, 1)`` the head plus the last
     stage; SGD steps under ``model.train()`` change the head but leave every frozen parameter and every
-    frozen BatchNorm buffer bit-for-bit unchanged; ``features(model, x)`` has shape
+    frozen BatchNorm buffer bit-for-bit unchanged, and every module of a frozen stage (Dropout included)
+    stays in eval mode; ``features(model, x)`` has shape
     ``(B, head.in_features)`` and the head applied to it gives the model's logits; a state dict saved
     with ``torch.save`` loads with ``weights_only=True`` into a fresh model with identical outputs.
+    An adapter that relies on the default stages for a model that is not a plain sequential CNN gets a
+    ``UserWarning`` saying what to check.
     """
     adapter, name = _resolve(adapter_or_name, name)
     check = _check_static(adapter, name, batch_size)
@@ -289,12 +266,19 @@ def _run(check: _Check, num_classes: int, image_size: int, steps: int) -> None:
         model = _check_replace_head(check, model, x, n)
 
     head_name, head, head_params = check.head(model)
-    stages = _check_stages(check, model, head_name)
+    stagecheck.check_head_output(check, model, x, head_name)
+    stagecheck.default_stages_warning(adapter, model)
+    stages = stagecheck.check_partition(check, model, head_name)
+    stagecheck.check_no_norm_only_stage(check, model, stages)
+    stagecheck.check_forward_order(check, model, x, stages)
+    model.train()
+    check.logits("train-mode forward", model, x, num_classes)
     model = _check_freeze(check, model, stages, head_params)
     for k in (1, 0):
         model = adapter.freeze(model, k)
         frozen_members = {m for _, members in stages[: len(stages) - k] for m in members}
         _check_frozen_step(check, model, x, num_classes, steps, frozen_members, head_params, k)
+        stagecheck.check_frozen_modes(check, model, frozen_members, k)
 
     model.eval()
     with torch.no_grad():

@@ -74,20 +74,34 @@ def member_names(model: nn.Module) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+class StageError(ValueError):
+    """A model's stages leave a parameter or buffer out (the message names them and the fix)."""
+
+
+def _stateful_names(model: nn.Module) -> set[str]:
+    """Parameter and buffer names, and the names of modules that hold parameters themselves."""
+    names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+    return names | {n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))}
+
+
 def stages_from_patterns(
-    model: nn.Module, patterns: Sequence[tuple[str, str]], head: str
+    model: nn.Module, patterns: Sequence[tuple[str, str]], head: str, *, unmatched: str | None = None
 ) -> Stages:
     """Assign every parameter, buffer and leaf module (outside the head) to a stage.
 
     ``patterns`` is an ordered input→output list of ``(stage name, regex)``; a name joins the first
-    stage whose regex matches it (``re.match``). Names no pattern matches join a final stage
-    ``"other"``, so nothing is left unaccounted for.
+    stage whose regex matches it (``re.match``). A parameter or buffer no pattern matches raises
+    :class:`StageError` naming it, unless ``unmatched`` names the stage it should join (an explicit
+    choice, e.g. ``unmatched="stem"`` for a class token; unmatched stateless leaves join it too).
+    Without ``unmatched``, stateless leaves (ReLU, pooling) that no pattern matches need no stage, and
+    are locked in eval with their parent when it is frozen whole; empty stages are dropped.
     """
     compiled = [(stage, re.compile(rx)) for stage, rx in patterns]
     out: dict[str, list[str]] = {stage: [] for stage, _ in patterns}
-    other: list[str] = []
-    stateful = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
-    stateful |= {n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))}
+    if unmatched is not None and unmatched not in out:
+        raise ValueError(f"unmatched={unmatched!r} is not one of the stages {list(out)}")
+    left: list[str] = []
+    stateful = _stateful_names(model)
     for name in member_names(model):
         if under(name, head):
             continue
@@ -96,22 +110,95 @@ def stages_from_patterns(
                 out[stage].append(name)
                 break
         else:
-            if name in stateful:  # stateless leaves (ReLU, pooling) need no stage
-                other.append(name)
-    stages = [(s, n) for s, n in out.items() if n]
-    if other:
-        stages.append(("other", other))
-    return stages
+            if name in stateful:
+                left.append(name)
+            elif unmatched is not None:
+                out[unmatched].append(name)  # a stateless leaf (dropout) follows its stage's mode
+    if left and unmatched is None:
+        shown = ", ".join(left[:6]) + (f" … (+{len(left) - 6} more)" if len(left) > 6 else "")
+        raise StageError(
+            f"{type(model).__name__}: {len(left)} parameter(s)/buffer(s) match no stage pattern: {shown}; add them "
+            "to a stage in stage_patterns() (a class token or position embedding goes with the embedding stem, "
+            "a final norm with the last block) or pass unmatched='<stage>' to stages_from_patterns — for a "
+            "transformer, override stages() with block_stages(model, '<blocks>', head)"
+        )
+    if left:
+        out[unmatched] += left  # type: ignore[index]
+    return [(s, n) for s, n in out.items() if n]
 
 
 def default_stages(model: nn.Module, head: str) -> Stages:
-    """One stage per top-level child holding parameters (the head itself excluded)."""
+    """One stage per top-level child holding parameters (the head itself excluded): right for a plain
+    sequential CNN (stem, layer1 … layer4); a model with parameters of its own (a class token) raises
+    :class:`StageError`. Transformers need :func:`block_stages`."""
     patterns = [
         (n, rf"^{re.escape(n)}(\.|$)")
         for n, m in model.named_children()
         if any(True for _ in m.parameters()) and n != head
     ]
     return stages_from_patterns(model, patterns, head)
+
+
+def block_stages(model: nn.Module, blocks: str, head: str, *, per_stage: int = 1, stem: str = "stem") -> Stages:
+    """Transformer stages in the shape of timm's ``group_matcher``: the embedding stem, one stage per
+    block (or per ``per_stage`` blocks), and what comes after the last block (the final norm) with it.
+
+    :param blocks: dotted name of the ``nn.Sequential``/``nn.ModuleList`` of blocks (``"encoder.layers"``
+        for torchvision's ViT, ``"blocks"`` for timm's, ``"features"`` for torchvision's Swin, whose
+        stages and patch mergings then become one stage each).
+    :param head: the head's dotted name (never in a stage).
+    Everything that holds state and is not in the blocks or the head joins the stem when it runs (is
+    registered) before the blocks, else the last stage. Stage names are ``stem`` and ``<blocks>.<i>``.
+    """
+    container = model.get_submodule(blocks)
+    children = [n for n, m in container.named_children() if any(True for _ in m.parameters())]
+    if not children:
+        raise StageError(f"{type(model).__name__}.{blocks} holds no blocks with parameters")
+    groups = [children[i:i + per_stage] for i in range(0, len(children), per_stage)]
+    names = [f"{blocks}.{g[0]}" if len(g) == 1 else f"{blocks}.{g[0]}-{g[-1]}" for g in groups]
+    patterns = [(stage, rf"^{re.escape(blocks)}\.({'|'.join(map(re.escape, g))})(\.|$)")
+                for stage, g in zip(names, groups)]
+    stages = stages_from_patterns(model, patterns, head, unmatched=names[-1])
+    before = {n for n in stages[-1][1] if not under(n, blocks) and _runs_before(model, n, blocks)}
+    if before:
+        stages = [(stem, [n for n in stages[-1][1] if n in before])] + [
+            (s, [n for n in m if n not in before]) for s, m in stages]
+    return stages
+
+
+def _runs_before(model: nn.Module, name: str, blocks: str) -> bool:
+    """Whether ``name`` sits before the ``blocks`` container: a parameter held directly by one of its
+    ancestors (a class token, a position embedding), or a module registered before it."""
+    parts, bparts = name.split("."), blocks.split(".")
+    i = 0
+    while i < min(len(parts), len(bparts)) and parts[i] == bparts[i]:
+        i += 1
+    parent = model.get_submodule(".".join(bparts[:i]))
+    children = [n for n, _ in parent.named_children()]
+    if parts[i] not in children:
+        return True
+    return children.index(parts[i]) < children.index(bparts[i])
+
+
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+"""Module types that count as normalisation layers (a stage of these only is a final norm on its own)."""
+
+
+def is_norm_only(model: nn.Module, members: Iterable[str]) -> bool:
+    """True when the parameters among ``members`` all belong to normalisation layers (:data:`NORM_LAYERS`)."""
+    modules = dict(model.named_modules())
+    params = {n for n, _ in model.named_parameters()}
+    owners = {m.rpartition(".")[0] for m in members if m in params}
+    return bool(owners) and all(isinstance(modules.get(o), NORM_LAYERS) for o in owners)
+
+
+def join_trailing_norm(model: nn.Module, stages: Stages) -> Stages:
+    """``stages`` with a last stage of normalisation layers only (a final norm) joined to the stage before it,
+    so ``trainable_stages=1`` trains the last block and its norm rather than the norm alone."""
+    if len(stages) < 2 or not is_norm_only(model, stages[-1][1]):
+        return list(stages)
+    (name, members), (_, norm) = stages[-2], stages[-1]
+    return [*stages[:-2], (name, [*members, *norm])]
 
 
 def _frozen_train(self: nn.Module, mode: bool = True) -> nn.Module:
@@ -162,6 +249,8 @@ def freeze_all_but(model: nn.Module, stages: Stages, head: str, keep: Iterable[i
     for name, p in model.named_parameters():
         p.requires_grad_(name not in frozen or under(name, head))
     whole = _fully_frozen_modules(model, frozen)
+    whole |= {n for n, m in model.named_modules()  # stateless leaves (Dropout) of a frozen module
+              if n and n.rpartition(".")[0] in whole and not any(True for _ in m.children())}
     for name, m in model.named_modules():
         if (name in frozen or name in whole) and not under(name, head):
             lock_eval(m)

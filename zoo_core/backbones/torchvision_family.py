@@ -64,6 +64,10 @@ class TorchvisionAdapter(BackboneAdapter):
         default = enum_cls["DEFAULT"].name
         return [default] + [w.name for w in enum_cls if w.name != default]
 
+    def weights_available(self, name: str) -> bool | None:
+        """True when the DEFAULT weights' file is in torch hub's cache (no download needed)."""
+        return torch_hub_checkpoint(self._enum(name, "DEFAULT").url).is_file()
+
     def data_config(self, name: str, weights: str | None = "DEFAULT") -> DataConfig:
         """Read input size, mean/std, interpolation and crop from the weights' ``transforms()``."""
         tf = self._enum(name, weights or "DEFAULT").transforms()

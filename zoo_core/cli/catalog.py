@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from ..errors import ZooError
-from ..outputs.tables import format_pairs, format_table, human_count
+from ..outputs.tables import format_pairs, format_table, human_count, input_sizes_text, stage_size_pairs
 from .common import Subparsers, json_flag, print_json
 
 
@@ -37,19 +37,23 @@ def add_list(sub: Subparsers) -> None:
     p = sub.add_parser("list", help="list backbone names (glob PATTERN, e.g. 'resnet*' or 'timm/vit_*')")
     p.add_argument("pattern", nargs="?", default=None, metavar="PATTERN", help="case-insensitive glob")
     p.add_argument("--family", "-f", default=None, help="only this family or plugin (resnet, vgg, timm, …)")
-    p.add_argument("--pretrained", action="store_true", help="only backbones with pretrained weights")
+    p.add_argument("--pretrained", action="store_true", help="only backbones with pretrained weights (upstream; "
+                   "the weights_now column says whether they load now: available = cached or installed, download "
+                   "= needs the network)")
     json_flag(p, "print JSON instead of a table")
     p.set_defaults(func=_cmd_list)
 
 
 def _list_row(name: str) -> dict[str, Any]:
     """One ``zoo list`` row; a name several plugins register shows every owner and an ``error``."""
+    from ..backbones.models import weights_status
     from ..backbones.registry import conflict_message, owners
 
     claims = owners(name)
     row: dict[str, Any] = {"name": name, "family": ", ".join(dict.fromkeys(a.family for a, _ in claims)),
                            "plugin": ", ".join(dict.fromkeys(p for _, p in claims)),
                            "pretrained": any(a.has_pretrained(name) for a, _ in claims)}
+    row["weights_now"] = weights_status(name) if row["pretrained"] else "none"
     conflict = conflict_message(name)
     if conflict:
         row["error"] = conflict
@@ -71,7 +75,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     conflicts = [r for r in rows if "error" in r]
     for r in conflicts:
         r["family"] += " (!)"  # explained below the table
-    print(format_table(rows, ["name", "family", "pretrained"]))
+    print(format_table(rows, ["name", "family", "pretrained", "weights_now"]))
     print(f"{len(rows)} backbone(s)", file=sys.stderr)
     for r in conflicts:
         print(f"zoo: warning: {r['error']}", file=sys.stderr)
@@ -107,13 +111,17 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ("feature dim", bi.feature_dim),
         ("head", bi.head),
         ("input size", f"{c}x{h}x{w}"),
+        ("accepted sizes", input_sizes_text(**bi.input_sizes.to_dict())),
         ("resize", f"{dc.resize_size}, then center crop {h}x{w} (crop_pct {dc.crop_pct:g})"),
         ("interpolation", dc.interpolation),
         ("mean", ", ".join(f"{m:.4g}" for m in dc.mean)),
         ("std", ", ".join(f"{s:.4g}" for s in dc.std)),
         ("stages", f"{', '.join(bi.stages)} ({len(bi.stages)})"),
+        *stage_size_pairs(bi.stage_sizes, bi.head_params, bi.num_params),
         ("weights", ", ".join(f"{w} (default)" if w == bi.default_weights else w for w in bi.weights)
          or "none (random init only)"),
+        ("weights now", {True: "available (cached or installed)", False: "download needed" if bi.weights else "none",
+                         None: "unknown (the plugin cannot tell)"}[bi.weights_available]),
     ]
     for key, value in bi.extra.items():
         if isinstance(value, dict):

