@@ -1,9 +1,11 @@
 """The shape of the package: no import cycle among zoo_core modules (imports inside functions count too),
-and every module docs/ARCHITECTURE.md names exists."""
+and every module and ``module.name`` docs/ARCHITECTURE.md names exists (README.md's and CONTRIBUTING.md's
+``zoo_core``-prefixed ones too)."""
 
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import zoo_core
 
 ZOO_CORE = Path(zoo_core.__file__).parent
 ARCHITECTURE = ZOO_CORE.parent / "docs" / "ARCHITECTURE.md"
+USER_DOCS = (ZOO_CORE.parent / "README.md", ZOO_CORE.parent / "CONTRIBUTING.md")
 
 
 def module_files(root: Path = ZOO_CORE) -> dict[str, Path]:
@@ -167,3 +170,99 @@ def test_every_module_named_in_architecture_exists() -> None:
     assert len(names) > 20  # the document is read at all
     missing = sorted(n for n in names if not exists_in_zoo_core(n))
     assert not missing, f"{ARCHITECTURE.name} names modules zoo_core does not have: {', '.join(missing)}"
+
+
+def test_docs_name_only_zoo_core_files_that_exist() -> None:
+    for doc in USER_DOCS:
+        names = {n for n in re.findall(r"`(zoo_core/[\w/]*(?:\.py|/))`", doc.read_text())}
+        missing = sorted(n for n in names if not exists_in_zoo_core(n.removeprefix("zoo_core/")))
+        assert not missing, f"{doc.name} names modules zoo_core does not have: {', '.join(missing)}"
+
+
+FILE_SUFFIXES = {"json", "jsonl", "csv", "png", "pt", "pth", "md", "npy", "html", "txt", "py", "toml", "onnx",
+                 "safetensors", "sh"}
+
+
+def dotted_references(text: str, *, prefixed_only: bool = False) -> set[str]:
+    """The ``a.b.c`` references a document puts in backticks (a call's arguments dropped: ``f.g(x)`` → ``f.g``),
+    file names (``config.json``) left out; ``prefixed_only``: only those starting with ``zoo_core.``."""
+    out = set()
+    for span in re.findall(r"`([^`\n]+)`", text):
+        ref = span.split("(")[0].strip()
+        if not re.fullmatch(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+", ref) or ref.rsplit(".", 1)[1] in FILE_SUFFIXES:
+            continue
+        if not prefixed_only or ref.startswith("zoo_core."):
+            out.add(ref)
+    return out
+
+
+@functools.cache
+def _defined(path: Path) -> tuple[set[str], dict[str, set[str]]]:
+    """The names module ``path`` defines at top level (functions, classes, assignments, imports; with a
+    module ``__getattr__``, also every string in its top-level assignments: the names it serves lazily), and
+    per class defined there, the names its body defines."""
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    members: dict[str, set[str]] = {}
+    lazy = any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body)
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        if isinstance(node, ast.ClassDef):
+            members[node.name] = {t.id for n in node.body for t in (
+                n.targets if isinstance(n, ast.Assign) else [n.target] if isinstance(n, ast.AnnAssign) else [])
+                if isinstance(t, ast.Name)} | {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+            if lazy and node.value is not None:
+                names |= {c.value for c in ast.walk(node.value) if isinstance(c, ast.Constant)
+                          and isinstance(c.value, str)}
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    return names, members
+
+
+def resolves(ref: str, files: dict[str, Path]) -> bool | None:
+    """Whether ``ref`` (``[zoo_core.]module[.submodule].name[.member]``, or ``Class.member``) names something
+    zoo_core has: the module is any zoo_core module whose dotted name ends with the first part; ``name`` is
+    defined there (or is a submodule); a ``member`` of a class defined there is defined in its body (deeper
+    parts are not read); a ``Class`` is any class zoo_core defines. None when the first part is neither
+    (``torch.load``, ``state.log``: not checked)."""
+    parts = ref.split(".")
+    bases = ["zoo_core"] if parts[0] == "zoo_core" else [m for m in files if m.rsplit(".", 1)[-1] == parts[0]]
+    if not bases:
+        classes = [members[parts[0]] for members in (_defined(p)[1] for p in files.values()) if parts[0] in members]
+        return any(parts[1] in body for body in classes) if classes else None
+    for base in bases:
+        module, rest = base, parts[1:]
+        while rest and f"{module}.{rest[0]}" in files:
+            module, rest = f"{module}.{rest[0]}", rest[1:]
+        if not rest:
+            return True
+        names, members = _defined(files[module])
+        if rest[0] in names and (len(rest) == 1 or rest[0] not in members or rest[1] in members[rest[0]]):
+            return True
+    return False
+
+
+def test_dotted_references_are_read_and_resolved() -> None:
+    text = "`report.write_outputs`, `zoo_core.cache.split_features(cfg)`, `config.json`, `torch.load`, `a b.c`"
+    assert dotted_references(text) == {"report.write_outputs", "zoo_core.cache.split_features", "torch.load"}
+    assert dotted_references(text, prefixed_only=True) == {"zoo_core.cache.split_features"}
+    files = module_files()
+    assert resolves("training.config.LOGGERS", files) and resolves("zoo_core.train", files)
+    assert resolves("Plan.select", files) and not resolves("Plan.no_such_field", files)
+    assert resolves("torch.load", files) is None and resolves("state.log", files) is None
+    assert resolves("headfit.objective.Problem.to_raw", files) and resolves("data.augment", files)
+    assert not resolves("runtime.check_pass", files) and not resolves("loggers.LOGGERS", files)
+    assert not resolves("objective.Problem.no_such_method", files)
+
+
+def test_every_dotted_name_in_the_docs_exists() -> None:
+    files = module_files()
+    refs = {ARCHITECTURE: dotted_references(ARCHITECTURE.read_text())}
+    refs |= {doc: dotted_references(doc.read_text(), prefixed_only=True) for doc in USER_DOCS}
+    assert len(refs[ARCHITECTURE]) > 30  # the document is read at all
+    missing = [f"{doc.name}: {r}" for doc, rs in refs.items() for r in sorted(rs) if resolves(r, files) is False]
+    assert not missing, "the docs name things zoo_core does not have: " + "; ".join(missing)
