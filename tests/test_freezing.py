@@ -77,3 +77,13 @@ def test_freeze_stage_counts_and_stages_from_patterns() -> None:
     members = {n for _, names in split for n in names}
     assert not any(n.startswith("fc") for n in members)  # the head is never a stage
     assert members & {"block.2", "block.3", "pool"} == {"block.2", "block.3", "pool"}  # with their stage
+
+
+def test_default_stages_put_the_models_own_buffers_first_and_refuse_its_own_parameters() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3), nn.Linear(4, 2))
+    model.register_buffer("projection", torch.ones(3))
+    stages = default_stages(model, "2")
+    assert [s for s, _ in stages] == ["0", "1"] and "projection" in dict(stages)["0"]
+    model.token = nn.Parameter(torch.zeros(4))  # a class token needs an explicit stage
+    with pytest.raises(StageError, match="token"):
+        default_stages(model, "2")

@@ -129,13 +129,18 @@ def stages_from_patterns(
 
 def default_stages(model: nn.Module, head: str) -> Stages:
     """One stage per top-level child holding parameters (the head itself excluded): right for a plain
-    sequential CNN (stem, layer1 … layer4); a model with parameters of its own (a class token) raises
-    :class:`StageError`. Transformers need :func:`block_stages`."""
+    sequential CNN (stem, layer1 … layer4). Buffers of the model itself (constants no step changes) join
+    the first stage; parameters of its own (a class token) raise :class:`StageError`. Transformers need
+    :func:`block_stages`."""
     patterns = [
         (n, rf"^{re.escape(n)}(\.|$)")
         for n, m in model.named_children()
         if any(True for _ in m.parameters()) and n != head
     ]
+    own_buffers = [re.escape(n) for n, _ in model.named_buffers(recurse=False)]
+    if patterns and own_buffers:
+        first, rx = patterns[0]
+        patterns[0] = (first, rf"{rx}|^({'|'.join(own_buffers)})$")
     return stages_from_patterns(model, patterns, head)
 
 
