@@ -185,9 +185,9 @@ def test_a_dead_worker_fails_its_entry_and_the_others_finish(local_ray: Any, dat
 
 def test_workers_lacking_a_plugin_are_named_before_any_work(local_ray: Any, data: Path, tmp_path: Path,
                                                             add_plugin: Any) -> None:
-    from helpers_toys import KnownPlugin
+    from helpers_toys import KnownAdapter, plugin_of
 
-    add_plugin(KnownPlugin(), name="raytoy")  # registered in this process only, not on the workers
+    add_plugin(plugin_of(KnownAdapter()), name="raytoy")  # registered in this process only, not on the workers
     name = next(n for n in zoo_core.list_backbones() if zoo_core.backbones.registry.get_adapter(n)[1] == "raytoy")
     with pytest.raises(ZooError, match=rf"plugins missing on Ray workers: .*: {name}; install the same plugins"):
         zoo_core.rank([name, TINY], data, folds=2, out_dir=tmp_path / "r", executor="ray", **FAST)

@@ -41,6 +41,8 @@ def fill_from_run(entry: Entry, run_dir: Path) -> None:
     entry.total_params, entry.trainable_params = summary["total_params"], summary["trainable_params"]
     entry.train_seconds = summary["train_seconds"]
     entry.history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    if entry.strategy != "auto":
+        return
     chosen = (json.loads((run_dir / "config.json").read_text()).get("surgical") or {}).get("chosen")
     if chosen:  # --strategy auto: which stages its trials chose
         entry.add_note(f"auto chose {chosen['name']} (stages {', '.join(map(str, chosen['stages']))})")
