@@ -39,7 +39,8 @@ from . import data as zdata
 from .errors import ZooError
 from .inference import ZooClassifier, checkpoint_path, load
 from .onnxgraph import MAX_BYTES, onnx_bytes, weight_bytes
-from .util import atomic_write_bytes, atomic_write_text
+from .training.options import check_values, integer, number
+from .util import atomic_write_bytes, atomic_write_text, csv_value
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 """Export formats and the file each writes into the run directory by default."""
@@ -102,6 +103,7 @@ def export(run: str | os.PathLike, format: str = "onnx", out: str | os.PathLike 
     ``"torchscript"``) to ``out`` (default ``RUN_DIR/model.onnx`` / ``RUN_DIR/model.torchscript.pt``), with
     the sidecar ``<out>.json``; the parity check uses ``images`` when given, else up to ``num_images`` of
     the run's validation images (random noise images, with a note, when neither can be read)."""
+    check_values({"--tolerance": (tolerance, number(0)), "--num-images": (num_images, integer(1))})
     if format not in FORMATS:
         raise ZooError(f"unknown export format {format!r}; choose one of: {', '.join(FORMATS)} (--format)")
     clf = load(run)
@@ -175,7 +177,7 @@ def validation_images(run_dir: Path, n: int) -> tuple[list[Image.Image], str]:
     picks = sorted({round(j * (len(rows) - 1) / max(1, k - 1)) for j in range(k)})
     folder = Path(str(source.get("data_source", "")))
     if folder.is_dir():
-        files = [folder / rows[i]["item"] for i in picks]
+        files = [folder / csv_value(rows[i].get("item") or "") for i in picks]
         pil = [img for img in map(_try_image, files) if img is not None]
         return pil, "" if pil else f"none of its validation files under {folder} can be read"
     name, train = source.get("data_source", ""), source.get("train", {})

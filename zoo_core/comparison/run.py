@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import time
 import traceback
@@ -43,7 +44,7 @@ from ..runtime import pick_device
 from ..training import TrainConfig, train
 from ..training.fallback import falls_back
 from ..training.shape import decode_once
-from ..util import atomic_write_text
+from ..util import atomic_write_text, check_output_folder, child_dir
 from . import folds as zfolds
 from . import markers, measure, significance
 from .folds import check_folds
@@ -79,8 +80,8 @@ class EntryRunner:
 
     def run(self, backbone: str, strategy: str) -> Entry:
         """The entry of ``backbone`` × ``strategy``: reused, trained, trained from random init, or failed."""
-        run_name = f"{backbone.replace('/', '_')}-{strategy}"
-        entry = Entry(backbone, strategy, run_dir=str(self.out / "runs" / run_name))
+        run_name = re.sub(r"[/\\\0]", "_", backbone) + f"-{strategy}"
+        entry = Entry(backbone, strategy, run_dir=str(child_dir(self.out / "runs", run_name, "compare entry name")))
         weights = None if (self.fallback_random and backbone in self.unavailable) else self.base.weights
         while True:
             cfg = dataclasses.replace(self.base, backbone=backbone, strategy=strategy, out_dir=str(self.out / "runs"),
@@ -190,11 +191,13 @@ def compare(backbones: Sequence[str] | str | None, data: Any, *, strategies: Seq
     plan = make_plan(backbones, data, strategies=strategies, family=family, max_entries=max_entries, folds=folds,
                      overrides=train_overrides,
                      select=make_selection(select, select_keep, select_budget, select_score))
+    out = check_output_folder(out_dir, "--out")  # before any data is read
+    if plan.base.log_dir is not None:
+        check_output_folder(plan.base.log_dir, "--log-dir")
     split = zdata.load_data(data, val_fraction=plan.base.val_fraction, seed=plan.base.seed,
                             download=plan.base.download, data_root=plan.base.data_root, progress=progress)
     check_folds(plan.folds, len(split.train) + len(split.val))
     base = dataclasses.replace(plan.base, data=plan.base.data or split.source)  # config.json records it (--resume)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(base.device)
     say: Say = _stderr if progress else (lambda msg: None)

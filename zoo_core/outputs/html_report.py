@@ -150,12 +150,14 @@ def _compare_notes(board: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     return "".join(f"<p class=\"note\">{escape(t)}</p>" for t in notes)
 
 
-def _run_dir(folder: Path, run_dir: str) -> Path:
-    """An entry's run directory: as recorded, else under this folder's ``runs/`` (the folder was moved)."""
+def resolve_run_dir(folder: Path, run_dir: str) -> Path:
+    """The run directory a compare folder's leaderboard names: under the folder's own ``runs/`` when it is
+    there; else relative to the folder (how it is stored); else an older file's absolute path."""
     p = Path(run_dir)
-    if p.is_dir():
-        return p
-    return folder / "runs" / p.name
+    for candidate in (folder / "runs" / p.name, folder / p):
+        if candidate.is_dir():
+            return candidate
+    return p if p.is_absolute() else folder / p
 
 
 def _entry(folder: Path, r: dict[str, Any]) -> str:
@@ -163,7 +165,7 @@ def _entry(folder: Path, r: dict[str, Any]) -> str:
     head = f"<h3>#{escape(str(r.get('rank', '-')))} {escape(r.get('backbone', ''))} [{escape(r.get('strategy', ''))}]</h3>"
     if r.get("status") == "failed" or not r.get("run_dir"):
         return f"<div class=\"entry\">{head}<p class=\"note\">{escape(str(r.get('error') or 'no run directory'))}</p></div>"
-    run = _run_dir(folder, r["run_dir"])
+    run = resolve_run_dir(folder, r["run_dir"])
     figs = "".join(image(run / f, f"{r['backbone']} [{r['strategy']}]: {c}") for f, c in RUN_PLOTS)
     return (f"<div class=\"entry\">{head}<p class=\"note\">run directory: {escape(str(r['run_dir']))}</p>"
             f"<div class=\"plots\">{figs}</div></div>")

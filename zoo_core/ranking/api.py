@@ -22,7 +22,7 @@ from .. import data as zdata
 from ..backbones.registry import expand_backbones
 from ..errors import ZooError
 from ..runtime import pick_device, resolve_precision
-from ..util import atomic_write_text
+from ..util import atomic_write_text, check_output_folder
 from .features import RANK_OPTIONS, candidate_config, extract, predecode, subsample
 from .outputs import write_outputs
 from .results import RankEntry, Ranking, order
@@ -74,6 +74,7 @@ def rank(backbones: Sequence[str] | str | None, data: Any, *, family: str | None
         equal values give the features of a feature-extraction run.
     """
     _check(score, folds, options)
+    check_output_folder(out_dir, "--out")  # before any data is read
     names = _names(backbones, family, max_entries)
     base = candidate_config(names[0], options, progress)
     split = zdata.load_data(data, val_fraction=base.val_fraction, seed=base.seed, download=base.download,

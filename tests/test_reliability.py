@@ -1,0 +1,82 @@
+"""Runs stay inside their folders and reports show their own runs: run names, compare folders, output paths."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from helpers_cli import one_line_error, run
+
+import zoo_core
+from zoo_core.errors import ZooError
+
+FAST = {"weights": None, "image_size": 32, "progress": False}
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "/abs", "a\\b", ""])
+def test_a_run_name_must_be_one_folder_inside_out_dir(tmp_path: Path, data3: Path, name: str, toys: None,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "box" / "runs"
+    out.mkdir(parents=True)
+    (tmp_path / "box" / "config.json").write_text("precious")
+    code, _, err = run(capsys, "train", "rank_good", "--data", data3, "--out-dir", out, "--run-name", name,
+                       "--weights", "none", "--image-size", "32")
+    assert code == 2 and "--run-name" in one_line_error(err)
+    assert (tmp_path / "box" / "config.json").read_text() == "precious" and not any(out.iterdir())
+
+
+def test_a_run_name_that_is_a_link_out_of_out_dir_is_refused(tmp_path: Path, data3: Path, toys: None) -> None:
+    out, elsewhere = tmp_path / "runs", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "r").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(ZooError, match="outside"):
+        zoo_core.train("rank_good", data3, out_dir=out, run_name="r", **FAST)
+    assert not any(elsewhere.iterdir())
+
+
+def test_log_dir_runs_stay_inside_log_dir(tmp_path: Path) -> None:
+    from zoo_core.training.config import TrainConfig, run_directory
+
+    cfg = TrainConfig(data="d", out_dir=str(tmp_path / "o"), run_name="..", log="tensorboard",
+                      log_dir=str(tmp_path / "tb"))
+    with pytest.raises(ZooError, match="--run-name"):
+        run_directory(cfg)
+
+
+def test_output_paths_that_are_files_are_refused_before_any_work(tmp_path: Path, data3: Path, toys: None,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    for argv in (["train", "rank_good", "--data", data3, "--out-dir", a_file],
+                 ["train", "rank_good", "--data", data3, "--out-dir", tmp_path / "o", "--log", "tensorboard",
+                  "--log-dir", a_file],
+                 ["compare", "rank_good", "--data", data3, "--out", a_file],
+                 ["compare", "rank_good", "--data", data3, "--out", a_file / "sub"]):
+        code, _, err = run(capsys, *argv, "--weights", "none", "--image-size", "32")
+        assert code == 2 and str(a_file) in one_line_error(err), argv
+    assert a_file.read_text() == "x"
+
+
+def test_a_compare_folder_rebuilds_its_own_report_from_any_folder(tmp_path: Path, data3: Path, toys: None,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two compares run from two folders, each with the same relative --out; each report rebuilt from the other
+    folder (and from a copy) shows its own run's plots."""
+    for side in ("a", "b"):
+        (tmp_path / side).mkdir()
+        monkeypatch.chdir(tmp_path / side)
+        backbone = "rank_good" if side == "a" else "rank_weak"
+        zoo_core.compare(backbone, data3, out_dir="cmp", **FAST)
+        (row,) = json.loads(Path("cmp/leaderboard.json").read_text())["entries"]
+        assert row["run_dir"] == f"runs/{backbone}-feature-extraction"
+    for here, there, backbone in (("a", "b", "rank_weak"), ("b", "a", "rank_good")):
+        monkeypatch.chdir(tmp_path / here)
+        assert zoo_core.cli.main(["report", str(tmp_path / there / "cmp")]) == 0
+        html = (tmp_path / there / "cmp" / "report.html").read_text()
+        assert "is missing" not in html
+        own = (tmp_path / there / "cmp" / "runs" / f"{backbone}-feature-extraction" / "confusion.png").read_bytes()
+        other = next((tmp_path / here / "cmp" / "runs").iterdir()) / "confusion.png"
+        assert own != other.read_bytes()
+        assert base64.b64encode(own).decode() in html and base64.b64encode(other.read_bytes()).decode() not in html
