@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
-from helpers_cli import one_line_error, run
+from helpers_cli import one_line, one_line_error, run
 
 import zoo_core
+from zoo_core.cache import service, store
+from zoo_core.cache.policy import PASS_ENV
 from zoo_core.errors import ZooError
 
 FAST = {"weights": None, "image_size": 32, "progress": False}
@@ -80,3 +89,59 @@ def test_a_compare_folder_rebuilds_its_own_report_from_any_folder(tmp_path: Path
         other = next((tmp_path / here / "cmp" / "runs").iterdir()) / "confusion.png"
         assert own != other.read_bytes()
         assert base64.b64encode(own).decode() in html and base64.b64encode(other.read_bytes()).decode() not in html
+
+
+# ---- the feature cache: off means in memory, the same result; orphans; a full disk --------------------------
+def test_feature_extraction_without_the_disk_cache_is_the_same_fit_in_memory(
+        tmp_path: Path, data3: Path, toys: None, zoo_home: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    on = zoo_core.train("rank_good", data3, out_dir=tmp_path, run_name="on", **FAST)
+    shutil.rmtree(zoo_home.zoo_cache, ignore_errors=True)
+    calls = count_extractions(monkeypatch)
+    off = zoo_core.train("rank_good", data3, out_dir=tmp_path, run_name="off", cache_features=False, **FAST)
+    assert off.metrics["val_acc"] == on.metrics["val_acc"] and off.metrics["val_loss"] == pytest.approx(
+        on.metrics["val_loss"], abs=1e-6)
+    assert len(off.history) == 1 and off.config["head_fit"] and off.config["feature_cache"] is False
+    assert [key for key in calls] == [None, None]  # train and val, once each, in memory
+    assert not (zoo_home.zoo_cache / "features").exists() or not any((zoo_home.zoo_cache / "features").iterdir())
+    monkeypatch.setenv(PASS_ENV, "bogus")  # the pinned pass is read on this path too
+    with pytest.raises(ZooError, match=PASS_ENV):
+        zoo_core.train("rank_good", data3, out_dir=tmp_path, run_name="pinned", cache_features=False, **FAST)
+
+
+def count_extractions(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The ``key`` of every call to the feature extraction from now on."""
+    calls: list[Any] = []
+    real = service.extract_features
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs.get("key"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service, "extract_features", counting)
+    return calls
+
+
+def test_an_unfinished_entry_of_a_killed_process_is_removed_by_the_next_writer(tmp_path: Path) -> None:
+    folder = tmp_path / "features"
+    folder.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = folder / f".tmp-abc-{int(dead.stdout)}@{socket.gethostname()}-0123abcd"
+    old_style = folder / f".tmp-abc-{int(dead.stdout)}-89abcdef"
+    mine = folder / f".tmp-abc-{os.getpid()}@{socket.gethostname()}-00000000"
+    other_host = folder / f".tmp-abc-{int(dead.stdout)}@another-host-11111111"
+    for d in (orphan, old_style, mine, other_host):
+        d.mkdir()
+        (d / "features.npy").write_bytes(b"x" * 100)
+    writer = store.EntryWriter("features", "k", root=tmp_path)
+    writer.abort()
+    assert sorted(p.name for p in folder.iterdir()) == sorted([mine.name, other_host.name])
+
+
+def test_a_full_disk_names_the_margin_and_the_real_sizes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = store.EntryWriter("features", "k", root=tmp_path)
+    monkeypatch.setattr(store.shutil, "disk_usage", lambda p: SimpleNamespace(free=10 << 20))
+    with pytest.raises(ZooError) as info:
+        writer.open_array("features.npy", (1000, 512), "float32")
+    writer.abort()
+    msg = one_line(info.value)
+    assert "1.95 MiB" in msg and "64.00 MiB" in msg and "margin" in msg and "10.00 MiB" in msg, msg

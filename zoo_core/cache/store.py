@@ -43,10 +43,10 @@ _TEMP = re.compile(r"\.tmp-.+-(\d+)(?:@(.+))?-[0-9a-f]{8}")  # .tmp-<key>-<pid>[
 
 
 def byte_size(n: float) -> str:
-    """``n`` bytes for a message: ``1.50 GiB``, ``64.0 MiB``, ``12.0 KiB`` or ``512 bytes``."""
+    """``n`` bytes for a message: ``1.50 GiB``, ``64.00 MiB``, ``12.00 KiB`` or ``512 bytes``."""
     for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
         if n >= 1 << shift:
-            return f"{n / (1 << shift):.{2 if shift == 30 else 1}f} {unit}"
+            return f"{n / (1 << shift):.2f} {unit}"
     return f"{int(n)} bytes"
 
 
