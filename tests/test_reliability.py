@@ -145,3 +145,27 @@ def test_a_full_disk_names_the_margin_and_the_real_sizes(tmp_path: Path, monkeyp
     writer.abort()
     msg = one_line(info.value)
     assert "1.95 MiB" in msg and "64.00 MiB" in msg and "margin" in msg and "10.00 MiB" in msg, msg
+
+
+# ---- values checked before any work, one rule each --------------------------------------------------------------
+@pytest.mark.parametrize("argv, said", [
+    (["lr-find", "rank_good", "--data", "D", "--steps", "0"], "--steps must be an integer >= 2, got 0"),
+    (["lr-find", "rank_good", "--data", "D", "--steps", "-5"], "--steps must be an integer >= 2, got -5"),
+    (["lr-find", "rank_good", "--data", "D", "--start-lr", "1", "--end-lr", "0.1"], "--start-lr (1) must be below"),
+    (["lr-find", "rank_good", "--data", "D", "--end-lr", "-1"], "--end-lr must be a number > 0, got -1.0"),
+    (["lr-find", "rank_good", "--data", "D", "--start-lr", "nan"], "--start-lr must be a number > 0, got nan"),
+    (["predict", "RUN", "x.png", "--topk", "0"], "--topk must be a positive integer, got 0"),
+    (["predict", "RUN", "x.png", "--topk", "-1"], "--topk must be a positive integer, got -1"),
+    (["export", "RUN", "--tolerance", "-1"], "--tolerance must be a number >= 0, got -1.0"),
+    (["export", "RUN", "--tolerance", "nan"], "--tolerance must be a number >= 0, got nan"),
+    (["export", "RUN", "--tolerance", "inf"], "--tolerance must be a number >= 0, got inf"),
+    (["train", "rank_good", "--data", "D", "--val-fraction", "0"], "--val-fraction must be a number in (0, 1), got 0.0"),
+    (["compare", "rank_good", "--data", "D", "--select-keep", "0.3"], "--select-keep only apply with --select K"),
+    (["compare", "rank_good", "--data", "D", "--select-budget", "10"], "--select-budget only apply with --select K"),
+])
+def test_bad_values_are_one_line_before_any_work(argv: list[str], said: str, tmp_path: Path, data3: Path,
+                                                 toys: None, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [str(data3) if a == "D" else str(tmp_path / "run") if a == "RUN" else a for a in argv]
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and said in one_line_error(err)
+    assert not (tmp_path / "run").exists() and not Path("lr-find").exists()
