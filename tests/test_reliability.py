@@ -169,3 +169,51 @@ def test_bad_values_are_one_line_before_any_work(argv: list[str], said: str, tmp
     code, _, err = run(capsys, *argv)
     assert code == 2 and said in one_line_error(err)
     assert not (tmp_path / "run").exists() and not Path("lr-find").exists()
+
+
+# ---- damaged or hand-edited files: one line naming the file and the field ------------------------------------
+BOARD = {"data": "d", "classes": ["a"], "entries": [{"rank": 1, "backbone": "b", "strategy": "feature-extraction",
+                                                      "status": "ok", "val_acc": 0.5, "run_dir": "runs/b"}]}
+
+
+@pytest.mark.parametrize("name, text, said", [
+    ("leaderboard.json", "{not json", "leaderboard.json is not valid JSON"),
+    ("leaderboard.json", "[1, 2]", "leaderboard.json: the file must be an object, not a list"),
+    ("leaderboard.json", json.dumps({"entries": {"a": 1}}), "field 'entries' must be a list"),
+    ("leaderboard.json", json.dumps({"entries": [{**BOARD["entries"][0], "val_acc": "high"}]}),
+     "entries[0] field 'val_acc' must be a number"),
+    ("leaderboard.json", json.dumps({"entries": [{"rank": 1}]}), "entries[0] has no field 'backbone'"),
+    ("ranking.json", json.dumps({"entries": [{"backbone": "b", "score": [1]}]}),
+     "entries[0] field 'score' must be a number"),
+    ("ranking.json", "", "ranking.json is not valid JSON"),
+])
+def test_a_damaged_compare_or_rank_file_is_one_line_in_report(tmp_path: Path, name: str, text: str, said: str,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / name).write_text(text)
+    code, _, err = run(capsys, "report", tmp_path)
+    assert code == 2 and said in one_line_error(err) and str(tmp_path / name) in err
+
+
+@pytest.mark.parametrize("config, said", [
+    ([1, 2], "config.json: the file must be an object, not a list"),
+    ({"classes": ["a"]}, "config.json: has no field 'train'"),
+    ({"train": {}, "data_source": 3}, "field 'data_source' must be a text, not a number"),
+    ({"train": [], "data_source": "d"}, "field 'train' must be an object, not a list"),
+])
+def test_a_damaged_config_json_is_one_line_on_resume_and_export(tmp_path: Path, data3: Path, toys: None,
+                                                               config: Any, said: str,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    result = zoo_core.train("rank_good", data3, out_dir=tmp_path, run_name="r", **FAST)
+    (result.run_dir / "config.json").write_text(json.dumps(config))
+    for argv in (["train", "--resume", result.run_dir, "--epochs", "3"], ["export", result.run_dir]):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and said in one_line_error(err) and str(result.run_dir / "config.json") in err, argv
+
+
+def test_a_renamed_column_of_val_predictions_is_one_line_on_export(tmp_path: Path, data3: Path, toys: None,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    result = zoo_core.train("rank_good", data3, out_dir=tmp_path, run_name="r", **FAST)
+    table = result.run_dir / "val_predictions.csv"
+    table.write_text(table.read_text().replace("item", "file", 1))
+    code, _, err = run(capsys, "export", result.run_dir)
+    assert code == 2 and "val_predictions.csv has no column 'item'" in one_line_error(err)

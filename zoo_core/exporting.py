@@ -22,7 +22,6 @@ logits in the order of ``classes``; the sidecar spells the preprocessing out.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -39,6 +38,7 @@ from . import data as zdata
 from .errors import ZooError
 from .inference import ZooClassifier, checkpoint_path, load
 from .onnxgraph import MAX_BYTES, onnx_bytes, weight_bytes
+from .records import read_run_config, read_table
 from .training.options import check_values, integer, number
 from .util import atomic_write_bytes, atomic_write_text, csv_value
 
@@ -165,19 +165,18 @@ def parity_batch(clf: ZooClassifier, run_dir: Path, images: Sequence[str | os.Pa
 def validation_images(run_dir: Path, n: int) -> tuple[list[Image.Image], str]:
     """Up to ``n`` validation images of the run, spread over ``val_predictions.csv``, re-read from the data the
     run's ``config.json`` names (an image folder or a built-in dataset); ``([], why)`` when there are none."""
-    try:
-        source = json.loads((run_dir / "config.json").read_text())
-        with open(run_dir / "val_predictions.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, ValueError) as exc:
-        return [], f"cannot read the run's config.json / val_predictions.csv: {type(exc).__name__}"
+    missing = [n for n in ("config.json", "val_predictions.csv") if not (run_dir / n).is_file()]
+    if missing:
+        return [], f"the run has no {' or '.join(missing)}"
+    source = read_run_config(run_dir)  # a damaged file is a one-line error naming it and the field
+    rows = read_table(run_dir / "val_predictions.csv", ("index", "item"))
     if not rows:
         return [], "the run has no validation images"
     k = min(n, len(rows))
     picks = sorted({round(j * (len(rows) - 1) / max(1, k - 1)) for j in range(k)})
     folder = Path(str(source.get("data_source", "")))
     if folder.is_dir():
-        files = [folder / csv_value(rows[i].get("item") or "") for i in picks]
+        files = [folder / csv_value(rows[i]["item"]) for i in picks]
         pil = [img for img in map(_try_image, files) if img is not None]
         return pil, "" if pil else f"none of its validation files under {folder} can be read"
     name, train = source.get("data_source", ""), source.get("train", {})

@@ -12,7 +12,6 @@ written atomically. The module reads those files only; it imports nothing of ``c
 from __future__ import annotations
 
 import base64
-import json
 import os
 from html import escape
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 from ..backbones.weights import RANDOM_INIT
 from ..errors import ZooError
+from ..records import read_leaderboard, read_ranking
 from ..util import atomic_write_text
 from .tables import leaderboard_cell, ranking_cell
 
@@ -107,7 +107,7 @@ COMPARE_HEADERS = ["#", "backbone", "strategy", "top-1 (95 % interval)", "vs #1 
 
 def compare_body(folder: Path) -> str:
     """Data, leaderboard table, its statistics notes, the plots, each entry's curves and confusion matrix."""
-    board = json.loads((folder / "leaderboard.json").read_text())
+    board = read_leaderboard(folder)
     rows = board.get("entries", [])
     classes = ["failed" if r.get("status") == "failed" else "tied" if r.get("tied_with_1") else "" for r in rows]
     parts = [f"<p>Data: {escape(str(board.get('data')))} — {len(board.get('classes') or [])} classes: "
@@ -177,7 +177,7 @@ RANK_HEADERS = ["#", "backbone", "score", "±", "LogME", "±", "probe top-1", "�
 
 def rank_body(folder: Path, level: int = 2) -> str:
     """A ranking's table (both scores with their spreads over the folds), notes and plot."""
-    ranking = json.loads((folder / "ranking.json").read_text())
+    ranking = read_ranking(folder)
     rows = ranking.get("entries", [])
     cells = [[ranking_cell(k, r.get(k)) for k in RANK_KEYS] for r in rows]
     h = f"h{min(level + 1, 6)}"
