@@ -15,11 +15,13 @@ from typing import Any
 
 import pytest
 from helpers_cli import one_line, one_line_error, run
+from helpers_images import make_folder
 
 import zoo_core
 from zoo_core.cache import service, store
 from zoo_core.cache.policy import PASS_ENV
 from zoo_core.errors import ZooError
+from zoo_core.stats import majority_baseline
 
 FAST = {"weights": None, "image_size": 32, "progress": False}
 
@@ -217,3 +219,28 @@ def test_a_renamed_column_of_val_predictions_is_one_line_on_export(tmp_path: Pat
     table.write_text(table.read_text().replace("item", "file", 1))
     code, _, err = run(capsys, "export", result.run_dir)
     assert code == 2 and "val_predictions.csv has no column 'item'" in one_line_error(err)
+
+
+# ---- folds that lack a class; the majority-class baseline beside every leaderboard and ranking ------------------
+def test_folds_lacking_a_class_are_said_and_the_majority_baseline_is_printed(tmp_path: Path, toys: None) -> None:
+    data = make_folder(tmp_path / "data", counts={"big": 16, "s1": 2, "s2": 2})
+    board = zoo_core.compare("rank_good", data, out_dir=tmp_path / "cmp", folds=4, **FAST)
+    doc = json.loads((tmp_path / "cmp" / "leaderboard.json").read_text())
+    assert doc["majority_baseline"] == board.majority_baseline == 3 / 5  # val: 3 big, 1 s1, 1 s2
+    (row,) = doc["entries"]
+    assert "folds hold no image of class(es) s1, s2" in row["stats_note"]
+    for text in (str(board), (tmp_path / "cmp" / "leaderboard.md").read_text(),
+                 (tmp_path / "cmp" / "report.html").read_text()):
+        assert "majority-class baseline: 0.6000 top-1" in text
+    ranking = zoo_core.rank("rank_good", data, out_dir=tmp_path / "rank", folds=2, **FAST)
+    assert ranking.majority_baseline == pytest.approx(13 / 15)
+    for text in (ranking.table(), (tmp_path / "rank" / "ranking.md").read_text(),
+                 (tmp_path / "rank" / "report.html").read_text()):
+        assert "majority-class baseline: 0.8667 top-1" in text
+    assert json.loads((tmp_path / "rank" / "ranking.json").read_text())["majority_baseline"] == pytest.approx(13 / 15)
+
+
+def test_majority_baseline() -> None:
+    assert majority_baseline([0, 0, 1]) == pytest.approx(2 / 3)
+    assert majority_baseline([1, 1, 0], train_labels=[0, 0, 1]) == pytest.approx(1 / 3)
+    assert majority_baseline([]) == 0.0

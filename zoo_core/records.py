@@ -95,7 +95,8 @@ def read_leaderboard(folder: str | os.PathLike) -> dict[str, Any]:
     """A compare folder's ``leaderboard.json``: ``entries`` a list of rows whose fields have their types."""
     path = Path(folder) / "leaderboard.json"
     doc = check_fields(read_json(path, "not a compare folder"), path,
-                       {"entries": "list", "classes": "list", "selection": "object", "tie_alpha": "number"},
+                       {"entries": "list", "classes": "list", "selection": "object", "tie_alpha": "number",
+                        "majority_baseline": "number"},
                        required=("entries",))
     for i, row in enumerate(doc["entries"]):
         check_fields(row, path, _BOARD_ROW, where=f"entries[{i}]", required=("backbone", "strategy"))
@@ -115,7 +116,8 @@ _RANK_ROW = {"rank": "rank", "backbone": "text", "status": "text", "weights": "t
 def read_ranking(folder: str | os.PathLike) -> dict[str, Any]:
     """A rank folder's ``ranking.json``: ``entries`` a list of rows whose fields have their types."""
     path = Path(folder) / "ranking.json"
-    doc = check_fields(read_json(path, "not a rank folder"), path, {"entries": "list"}, required=("entries",))
+    doc = check_fields(read_json(path, "not a rank folder"), path, {"entries": "list", "majority_baseline": "number"},
+                       required=("entries",))
     for i, row in enumerate(doc["entries"]):
         check_fields(row, path, _RANK_ROW, where=f"entries[{i}]", required=("backbone",))
     return doc

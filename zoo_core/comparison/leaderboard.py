@@ -20,7 +20,7 @@ from typing import Any
 from ..backbones.weights import RANDOM_INIT
 from ..outputs import html_report, plots
 from ..outputs.tables import leaderboard_cell
-from ..stats import TIE_ALPHA
+from ..stats import TIE_ALPHA, baseline_note
 from ..training.report import probe_start
 from ..util import atomic_write_text, csv_text
 
@@ -102,6 +102,7 @@ class Leaderboard:
     entries: list[Entry]
     out_dir: Path
     selection: dict[str, Any] | None = None  # compare(select=K): what was ranked, kept and fine-tuned
+    majority_baseline: float | None = None  # val top-1 of always predicting the most frequent training class
 
     def rows(self) -> list[dict[str, Any]]:
         """Leaderboard rows (dicts: rank, results, statistics, folds, error), in leaderboard order."""
@@ -142,7 +143,7 @@ class Leaderboard:
 
     def _notes(self, rows: list[dict[str, Any]]) -> list[str]:
         """The lines under the table: how to read the statistics, random-init entries, notes, failures."""
-        notes = []
+        notes = [n for n in [baseline_note(self.majority_baseline, "the validation images")] if n]
         n = next((r["val_images"] for r in rows if r["val_images"]), None)
         if n:
             notes.append(f"top-1 (low-high): 95 % Wilson interval on the {n} validation images. vs #1: exact "
@@ -197,7 +198,7 @@ def write_outputs(board: Leaderboard, split: Any) -> None:
         list(rows[0]) if rows else ["backbone"]))
     atomic_write_text(out / "leaderboard.json", json.dumps(
         {"data": split.source, "classes": split.classes, "tie_alpha": TIE_ALPHA, "selection": board.selection,
-         "entries": rows},
+         "majority_baseline": board.majority_baseline, "entries": rows},
         indent=2, default=str) + "\n")
     ok = [e for e in board.entries if e.finished]
     points = [{"label": e.label, "tag": i, "hollow": e.weights == RANDOM_INIT, "acc": e.val_acc,

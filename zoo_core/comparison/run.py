@@ -41,6 +41,7 @@ from .. import data as zdata
 from ..backbones.weights import RANDOM_INIT, weights_label
 from ..errors import WeightsError
 from ..runtime import pick_device
+from ..stats import majority_baseline
 from ..training import TrainConfig, train
 from ..training.fallback import falls_back
 from ..training.shape import decode_once
@@ -212,7 +213,8 @@ def compare(backbones: Sequence[str] | str | None, data: Any, *, strategies: Seq
         entries = [runner.run(backbone, strategy) for backbone, strategy in plan.entries]
     if merge:
         entries += markers.earlier_entries(out, {(e.backbone, e.strategy) for e in entries}, runner.session.trained)
-    board = Leaderboard(ranked(entries), out, selection)
+    board = Leaderboard(ranked(entries), out, selection, majority_baseline(
+        zdata.known_labels(split.val), zdata.known_labels(split.train)))
     significance.annotate(board.entries)
     if plan.folds:
         add_folds(board, split, plan.folds, device, say, progress)

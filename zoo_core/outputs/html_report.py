@@ -20,6 +20,7 @@ from typing import Any
 from ..backbones.weights import RANDOM_INIT
 from ..errors import ZooError
 from ..records import read_leaderboard, read_ranking
+from ..stats import baseline_note
 from ..util import atomic_write_text
 from .tables import leaderboard_cell, ranking_cell
 
@@ -123,7 +124,7 @@ def compare_body(folder: Path) -> str:
 
 def _compare_notes(board: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     """How to read the statistics (Wilson, McNemar, ties, folds), the --select record, per-entry notes."""
-    notes = []
+    notes = [n for n in [baseline_note(board.get("majority_baseline"), "the validation images")] if n]
     n = next((r["val_images"] for r in rows if r.get("val_images")), None)
     alpha = board.get("tie_alpha", 0.05)
     if n:
@@ -183,6 +184,7 @@ def rank_body(folder: Path, level: int = 2) -> str:
     h = f"h{min(level + 1, 6)}"
     notes = [f"Data: {ranking.get('data')} — {ranking.get('summary')}. Ordered by {ranking.get('score')}; ± is "
              f"the standard deviation over the {ranking.get('folds')} folds."]
+    notes += [n for n in [baseline_note(ranking.get("majority_baseline"), "the training images (probe top-1)")] if n]
     notes += [f"FAILED {r['backbone']}: {r['error']}" for r in rows if r.get("error")]
     return "\n".join([f"<{h}>Ranking</{h}>", table(RANK_HEADERS, cells,
                                                    ["failed" if r.get("status") == "failed" else "" for r in rows]),

@@ -22,6 +22,7 @@ from .. import data as zdata
 from ..backbones.registry import expand_backbones
 from ..errors import ZooError
 from ..runtime import pick_device, resolve_precision
+from ..stats import majority_baseline
 from ..util import atomic_write_text, check_output_folder
 from .features import RANK_OPTIONS, candidate_config, extract, predecode, subsample
 from .outputs import write_outputs
@@ -100,7 +101,8 @@ def rank(backbones: Sequence[str] | str | None, data: Any, *, family: str | None
             if entry.ok:
                 say(f"zoo rank: [{i}/{len(names)}] {name}: LogME {entry.logme:.4f} ± {entry.logme_std:.4f}, probe "
                     f"{entry.probe_acc:.4f} ± {entry.probe_std:.4f} ({entry.seconds:.1f}s)")
-    ranking = Ranking(order(entries, score), out, score, folds, split.source, summary, budget)
+    ranking = Ranking(order(entries, score), out, score, folds, split.source, summary, budget,
+                      majority_baseline(zdata.known_labels(ranked_on.train)))
     write_outputs(ranking)
     say("\n" + ranking.table())
     say(f"\nzoo rank: ranking and plot in {out}/ (ranking.md, .csv, .json, score_vs_speed.png)")

@@ -23,7 +23,7 @@ def write_outputs(ranking: Ranking) -> None:
         ({**r, "probe_folds": " ".join(f"{a:.4f}" for a in r["probe_folds"])} for r in rows), list(FIELDS)))
     atomic_write_text(out / "ranking.json", json.dumps({
         "data": ranking.data, "summary": ranking.summary, "score": ranking.score, "folds": ranking.folds,
-        "budget": ranking.budget, "entries": rows}, indent=2, default=str) + "\n")
+        "budget": ranking.budget, "majority_baseline": ranking.majority_baseline, "entries": rows}, indent=2, default=str) + "\n")
     points = [{"label": e.backbone, "tag": i, "hollow": e.weights == RANDOM_INIT, "score": e.score(ranking.score)[0],
                "speed": e.extract_images_per_s} for i, e in enumerate(ranking.entries, 1) if e.ok]
     plots.scatter(points, "speed", "score", out / PLOT, xlabel="feature extraction images/s (log)",
