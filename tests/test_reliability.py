@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import shutil
 import socket
@@ -16,6 +17,8 @@ from typing import Any
 import pytest
 from helpers_cli import one_line, one_line_error, run
 from helpers_images import make_folder
+from PIL import Image
+from torchvision.transforms import v2
 
 import zoo_core
 from zoo_core.cache import service, store
@@ -244,3 +247,17 @@ def test_majority_baseline() -> None:
     assert majority_baseline([0, 0, 1]) == pytest.approx(2 / 3)
     assert majority_baseline([1, 1, 0], train_labels=[0, 0, 1]) == pytest.approx(1 / 3)
     assert majority_baseline([]) == 0.0
+
+
+def test_the_export_sidecar_says_how_the_resize_rounds(tmp_path: Path, data3: Path, toys: None) -> None:
+    result = zoo_core.train("rank_good", data3, out_dir=tmp_path, run_name="r", **FAST)
+    exported = zoo_core.export(result.run_dir, format="torchscript")
+    pre = json.loads(Path(str(exported.path) + ".json").read_text())["preprocessing"]
+    assert pre["resize_longer_side"] == "floor(resize_size * long / short)"
+    assert any("floor(" in step for step in pre["steps"]) and "halves to even" in " ".join(pre["steps"])
+    # the rule is the one the run's resize follows (torchvision's Resize of the shorter side)
+    s = pre["resize_size"]
+    for size in ((50, 37), (37, 50), (101, 64), (45, 31), (77, 40), (40, 71)):
+        long, short = max(size), min(size)
+        resized = v2.Resize(s, antialias=True)(Image.new("RGB", size))
+        assert max(resized.size) == math.floor(s * long / short) and min(resized.size) == s

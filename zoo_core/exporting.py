@@ -135,10 +135,14 @@ def describe(clf: ZooClassifier, format: str, path: Path, parity: Parity, run_di
         "output": {"name": "logits", "shape": ["batch", len(clf.classes)],
                    "meaning": "class logits in the order of 'classes'; softmax gives probabilities"},
         "preprocessing": {
-            "steps": ["decode as 8-bit RGB", f"resize the shorter side to {dc.resize_size} px ({dc.interpolation}, "
-                      "antialiased)", f"center-crop to {h}x{w}", "scale pixel values to [0, 1] (divide by 255)",
+            "steps": ["decode as 8-bit RGB", f"resize the shorter side to {dc.resize_size} px and the longer side "
+                      f"to floor({dc.resize_size} * long / short) px ({dc.interpolation}, antialiased)",
+                      f"center-crop to {h}x{w}, the top/left offset round((size - crop) / 2) with halves to even",
+                      "scale pixel values to [0, 1] (divide by 255)",
                       "subtract mean and divide by std, per channel", "lay out as NCHW float32"],
-            "resize_size": dc.resize_size, "interpolation": dc.interpolation, "crop_size": [h, w],
+            "resize_size": dc.resize_size, "resize_longer_side": "floor(resize_size * long / short)",
+            "crop_offset": "round half to even of (size - crop) / 2", "interpolation": dc.interpolation,
+            "crop_size": [h, w],
             "crop_pct": dc.crop_pct, "mean": list(dc.mean), "std": list(dc.std), "pixel_scale": 1 / 255,
         },
         "parity": asdict(parity), "run": os.fspath(run_dir.resolve()),
