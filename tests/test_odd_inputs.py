@@ -156,6 +156,8 @@ def test_an_unwritable_cache_folder_runs_without_the_disk_cache_and_says_so(
     assert code == 0, err
     assert "zoo: warning: cannot write the feature cache" in err and "without the disk cache" in err
     assert json.loads(out)["val_acc"] > 0.5 and blocked.read_text() == "x"
+    board = zoo_core.compare("rank_good", data3, out_dir=tmp_path / "cmp", **FAST)  # pixels shared by default
+    assert board.entries[0].status == "ok", board.entries[0].error
 
 
 def test_warnings_are_written_through_tqdm(monkeypatch: pytest.MonkeyPatch) -> None:
