@@ -68,10 +68,14 @@ def test_output_paths_that_are_files_are_refused_before_any_work(tmp_path: Path,
                  ["train", "rank_good", "--data", data3, "--out-dir", tmp_path / "o", "--log", "tensorboard",
                   "--log-dir", a_file],
                  ["compare", "rank_good", "--data", data3, "--out", a_file],
-                 ["compare", "rank_good", "--data", data3, "--out", a_file / "sub"]):
+                 ["compare", "rank_good", "--data", data3, "--out", a_file / "sub"],
+                 ["rank", "rank_good", "--data", data3, "--out", a_file],
+                 ["lr-find", "rank_good", "--data", data3, "--out", a_file]):
         code, _, err = run(capsys, *argv, "--weights", "none", "--image-size", "32")
         assert code == 2 and str(a_file) in one_line_error(err), argv
     assert a_file.read_text() == "x"
+    code, _, err = run(capsys, "predict", tmp_path / "no-run", "x.png", "--csv", tmp_path)
+    assert code == 2 and "--csv" in one_line_error(err) and "is a folder" in err
 
 
 def test_a_compare_folder_rebuilds_its_own_report_from_any_folder(tmp_path: Path, data3: Path, toys: None,
