@@ -93,7 +93,7 @@ def test_compare_json_and_exit_status(tmp_path: Path, data3: Path, capsys: pytes
     assert row["backbone"] == "timm/test_resnet" and row["status"] == "ok" and row["weights"] == "RANDOM INIT"
     board = json.loads((out_dir / "leaderboard.json").read_text())["entries"]
     assert board == json.loads(out)
-    summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
+    summary = json.loads((out_dir / row["run_dir"] / "summary.json").read_text())
     assert row["val_acc"] == summary["metrics"]["val_acc"]
     for name in ("leaderboard.md", "leaderboard.csv", "accuracy_vs_speed.png"):
         assert (out_dir / name).is_file()

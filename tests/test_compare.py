@@ -109,8 +109,8 @@ def test_compare_outputs_agree_with_run_dirs_and_a_rerun_reuses_them(
     assert {r["backbone"] for r in rows} == {"resnet18", "timm/test_resnet"}
     assert (rows[0]["val_acc"], -rows[0]["val_loss"]) >= (rows[1]["val_acc"], -rows[1]["val_loss"])  # best first
     for r in rows:
-        run = Path(r["run_dir"])
-        assert run.parent == out / "runs"
+        assert r["run_dir"] == f"runs/{Path(r['run_dir']).name}"  # stored relative to the compare folder
+        run = out / r["run_dir"]
         summary = json.loads((run / "summary.json").read_text())
         assert summary["backbone"] == r["backbone"] and summary["strategy"] == r["strategy"] == "feature-extraction"
         assert r["val_acc"] == summary["metrics"]["val_acc"] and r["val_loss"] == summary["metrics"]["val_loss"]
@@ -130,7 +130,7 @@ def test_compare_outputs_agree_with_run_dirs_and_a_rerun_reuses_them(
         assert (run / "best.pt").is_file()
         assert json.loads((run / "config.json").read_text())["train"]["data"] == str(data3)
     # statistics: the Wilson interval of each top-1 and the McNemar test against #1, on the runs' own CSVs
-    correct = [csv_correct(Path(r["run_dir"])) for r in rows]
+    correct = [csv_correct(out / r["run_dir"]) for r in rows]
     for r, c in zip(rows, correct):
         assert (r["val_images"], r["val_correct"]) == (9, sum(c.values())) and r["stats_note"] is None
         assert r["val_correct"] / 9 == pytest.approx(r["val_acc"])
@@ -189,7 +189,7 @@ def test_a_failing_entry_is_recorded_and_the_others_finish(tmp_path: Path, data3
     broken = rows["cmp_broken"]
     assert broken["status"] == "failed" and broken["rank"] == "-" and broken["val_acc"] is None
     assert broken["error"] == "RuntimeError: boom: cmp_broken cannot be built"
-    assert "boom: cmp_broken" in (Path(broken["run_dir"]) / "error.txt").read_text()  # the full traceback
+    assert "boom: cmp_broken" in (out / broken["run_dir"] / "error.txt").read_text()  # the full traceback
     assert [e.backbone for e in board.entries] == ["cmp_toy_a", "cmp_broken"]  # failures last
     assert "Failed entries:\n- cmp_broken [feature-extraction]: RuntimeError: boom" in board.table()
     assert "RuntimeError: boom" in (out / "leaderboard.md").read_text()
@@ -359,6 +359,6 @@ def test_top5_is_reported_from_five_classes(tmp_path: Path, cmp_toys: None) -> N
     data5 = make_folder(tmp_path / "data5", num_classes=5, per_class=5, size=32)
     board = zoo_core.compare("cmp_toy_a", data5, out_dir=tmp_path / "cmp", **FAST)
     (row,) = read_board(tmp_path / "cmp")["entries"]
-    summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
+    summary = json.loads((tmp_path / "cmp" / row["run_dir"] / "summary.json").read_text())
     assert row["val_top5"] == summary["metrics"]["val_top5"] == 1.0  # 5 classes: the true one is always in the top 5
     assert "top-5" in board.table().splitlines()[0] and "| top-5 |" in (tmp_path / "cmp" / "leaderboard.md").read_text()

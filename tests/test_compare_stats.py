@@ -134,7 +134,7 @@ def test_compare_reports_ties_and_its_outputs_hold_the_statistics_of_the_csvs(
     lead = {zdata.item_name(board_split(data3).val, i): ok for i, ok in enumerate(outcomes["resnet18"])}
     items = sorted(lead)
     for name, r in rows.items():
-        with open(Path(r["run_dir"]) / "val_predictions.csv", newline="") as f:
+        with open(out / r["run_dir"] / "val_predictions.csv", newline="") as f:
             mine = {row["item"]: row["correct"] == "1" for row in csv.DictReader(f)}
         assert mine.keys() == lead.keys()
         assert [r["top1_low"], r["top1_high"]] == list(stats.wilson_interval(sum(mine.values()), len(mine)))

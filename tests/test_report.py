@@ -174,7 +174,7 @@ def test_zoo_report_rebuilds_and_escapes(dirs: tuple[Path, Path], tmp_path: Path
     for p in cmp_dir.glob("*.png"):
         (moved / p.name).write_bytes(p.read_bytes())
     for r in board["entries"]:  # the folder moved: run dirs are found under its runs/
-        run = Path(r["run_dir"])
+        run = cmp_dir / r["run_dir"]
         (moved / "runs" / run.name).mkdir()
         for f in ("curves.png", "confusion.png"):
             (moved / "runs" / run.name / f).write_bytes((run / f).read_bytes())

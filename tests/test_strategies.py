@@ -164,7 +164,7 @@ def test_warmup_cosine_shape() -> None:
     ({"strategy": "finetune"}, (False, ("crop", "flip"), True, True, ("train", "val"))),  # LP-FT + auto check
     ({"strategy": "finetune", "augment": "crop", "head_init": "random"}, (False, ("crop",), False, False, ("val",))),
     ({"strategy": "full", "augment": "crop"}, (False, ("crop",), True, False, ("train", "val"))),  # the probe reads train
-    ({"cache_features": False}, (False, (), False, False, ("train", "val"))),
+    ({"cache_features": False}, (True, (), False, False, ("train", "val"))),  # the same path, in memory
     ({"share_decoding": False}, (True, (), False, False, ())),
 ])
 def test_run_shape_decides_the_cached_path_the_probe_and_the_decoded_splits(options: dict, expected: tuple) -> None:

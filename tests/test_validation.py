@@ -65,7 +65,7 @@ BAD = [
     (["--head-init", "zeros"], "--head-init must be 'probe' or 'random', got 'zeros'"),
     (["--backbone-lr-mult", "-1"], "--backbone-lr-mult must be a number >= 0, got -1.0"),
     (["--momentum", "1"], "--momentum must be a number in [0, 1), got 1.0"),
-    (["--val-fraction", "1"], "--val-fraction must be a number in [0, 1), got 1.0"),
+    (["--val-fraction", "1"], "--val-fraction must be a number in (0, 1), got 1.0"),
     (["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
     (["--max-steps", "-3"], "--max-steps must be a positive integer, got -3"),
     (["--strategy", "finetune", "--trainable-stages", "-1"], "--trainable-stages must be an integer >= 0, got -1"),
@@ -132,7 +132,7 @@ def test_bad_option_is_the_same_zoo_error_from_python(tmp_path: Path, data2: Pat
     (dict(augment="sometimes"), "--augment must be auto, on, off, or a comma list of crop, mild-crop, flip (or none)"),
     (dict(augment=["flip", "blur"]), "--augment must be auto, on, off, or a comma list"),
     (dict(head_init=None), "--head-init must be 'probe' or 'random', got None"),
-    (dict(run_name="a/b"), "--run-name must be a folder name without path separators, got 'a/b'"),
+    (dict(run_name="a/b"), "--run-name must be a folder name without path separators (not '.' or '..'), got 'a/b'"),
     (dict(lrr=0.1), "unknown training option(s) lrr; did you mean lr"),
 ])
 def test_python_values_of_the_wrong_kind_and_unknown_names(tmp_path: Path, data2: Path, kw: dict,

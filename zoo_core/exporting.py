@@ -22,7 +22,6 @@ logits in the order of ``classes``; the sidecar spells the preprocessing out.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -39,7 +38,9 @@ from . import data as zdata
 from .errors import ZooError
 from .inference import ZooClassifier, checkpoint_path, load
 from .onnxgraph import MAX_BYTES, onnx_bytes, weight_bytes
-from .util import atomic_write_bytes, atomic_write_text
+from .records import read_run_config, read_table
+from .training.options import check_values, integer, number
+from .util import atomic_write_bytes, atomic_write_text, csv_value
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 """Export formats and the file each writes into the run directory by default."""
@@ -102,6 +103,7 @@ def export(run: str | os.PathLike, format: str = "onnx", out: str | os.PathLike 
     ``"torchscript"``) to ``out`` (default ``RUN_DIR/model.onnx`` / ``RUN_DIR/model.torchscript.pt``), with
     the sidecar ``<out>.json``; the parity check uses ``images`` when given, else up to ``num_images`` of
     the run's validation images (random noise images, with a note, when neither can be read)."""
+    check_values({"--tolerance": (tolerance, number(0)), "--num-images": (num_images, integer(1))})
     if format not in FORMATS:
         raise ZooError(f"unknown export format {format!r}; choose one of: {', '.join(FORMATS)} (--format)")
     clf = load(run)
@@ -133,10 +135,14 @@ def describe(clf: ZooClassifier, format: str, path: Path, parity: Parity, run_di
         "output": {"name": "logits", "shape": ["batch", len(clf.classes)],
                    "meaning": "class logits in the order of 'classes'; softmax gives probabilities"},
         "preprocessing": {
-            "steps": ["decode as 8-bit RGB", f"resize the shorter side to {dc.resize_size} px ({dc.interpolation}, "
-                      "antialiased)", f"center-crop to {h}x{w}", "scale pixel values to [0, 1] (divide by 255)",
+            "steps": ["decode as 8-bit RGB", f"resize the shorter side to {dc.resize_size} px and the longer side "
+                      f"to floor({dc.resize_size} * long / short) px ({dc.interpolation}, antialiased)",
+                      f"center-crop to {h}x{w}, the top/left offset round((size - crop) / 2) with halves to even",
+                      "scale pixel values to [0, 1] (divide by 255)",
                       "subtract mean and divide by std, per channel", "lay out as NCHW float32"],
-            "resize_size": dc.resize_size, "interpolation": dc.interpolation, "crop_size": [h, w],
+            "resize_size": dc.resize_size, "resize_longer_side": "floor(resize_size * long / short)",
+            "crop_offset": "round half to even of (size - crop) / 2", "interpolation": dc.interpolation,
+            "crop_size": [h, w],
             "crop_pct": dc.crop_pct, "mean": list(dc.mean), "std": list(dc.std), "pixel_scale": 1 / 255,
         },
         "parity": asdict(parity), "run": os.fspath(run_dir.resolve()),
@@ -163,19 +169,18 @@ def parity_batch(clf: ZooClassifier, run_dir: Path, images: Sequence[str | os.Pa
 def validation_images(run_dir: Path, n: int) -> tuple[list[Image.Image], str]:
     """Up to ``n`` validation images of the run, spread over ``val_predictions.csv``, re-read from the data the
     run's ``config.json`` names (an image folder or a built-in dataset); ``([], why)`` when there are none."""
-    try:
-        source = json.loads((run_dir / "config.json").read_text())
-        with open(run_dir / "val_predictions.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, ValueError) as exc:
-        return [], f"cannot read the run's config.json / val_predictions.csv: {type(exc).__name__}"
+    missing = [n for n in ("config.json", "val_predictions.csv") if not (run_dir / n).is_file()]
+    if missing:
+        return [], f"the run has no {' or '.join(missing)}"
+    source = read_run_config(run_dir)  # a damaged file is a one-line error naming it and the field
+    rows = read_table(run_dir / "val_predictions.csv", ("index", "item"))
     if not rows:
         return [], "the run has no validation images"
     k = min(n, len(rows))
     picks = sorted({round(j * (len(rows) - 1) / max(1, k - 1)) for j in range(k)})
     folder = Path(str(source.get("data_source", "")))
     if folder.is_dir():
-        files = [folder / rows[i]["item"] for i in picks]
+        files = [folder / csv_value(rows[i]["item"]) for i in picks]
         pil = [img for img in map(_try_image, files) if img is not None]
         return pil, "" if pil else f"none of its validation files under {folder} can be read"
     name, train = source.get("data_source", ""), source.get("train", {})

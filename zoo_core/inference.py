@@ -3,8 +3,6 @@ images, ``write_predictions`` saves its results as CSV."""
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import sys
 from pathlib import Path
@@ -22,7 +20,8 @@ from .backbones.adapter import DataConfig
 from .backbones.models import create
 from .errors import ZooError
 from .rundir import load_checkpoint
-from .util import atomic_write_text
+from .training.options import check_values, integer
+from .util import atomic_write_text, csv_text
 
 PROGRESS_MIN = 64  # predict() shows a progress bar from this many images
 
@@ -155,18 +154,21 @@ def load(run: str | os.PathLike, device: str | torch.device = "cpu") -> ZooClass
 
 def expand_images(paths: Sequence[str | os.PathLike]) -> list[tuple[str, str | None]]:
     """``(path, error)`` per image to label: a file as given (``error`` None; whether it reads is found out
-    later), a folder as its image files (extensions of :data:`zoo_core.data.IMAGE_EXTENSIONS`, recursive,
-    sorted, hidden files and folders left out), a folder without any as one entry with an error."""
+    later; a pipe, socket or device gets an error unopened), a folder as its regular image files (extensions
+    of :data:`zoo_core.data.IMAGE_EXTENSIONS`, recursive, sorted, hidden files and folders left out), a folder
+    without any as one entry with an error."""
     out: list[tuple[str, str | None]] = []
     for p in paths:
-        if not os.path.isdir(p):
-            out.append((os.fspath(p), None))
+        if not os.path.isdir(p):  # a FIFO, socket or device would block or never end: refused unopened
+            odd = os.path.exists(p) and not os.path.isfile(p)
+            out.append((os.fspath(p), "not a regular file (a pipe, socket or device)" if odd else None))
             continue
         found = []
         for root, dirs, files in os.walk(p):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             found += [os.path.join(root, f) for f in sorted(files) if not f.startswith(".")
-                      and os.path.splitext(f)[1].lower() in zdata.IMAGE_EXTENSIONS]
+                      and os.path.splitext(f)[1].lower() in zdata.IMAGE_EXTENSIONS
+                      and os.path.isfile(os.path.join(root, f))]  # regular files only (never a FIFO)
         out += [(f, None) for f in found] or [
             (os.fspath(p), f"folder holds no image files ({' '.join(zdata.IMAGE_EXTENSIONS)})")]
     return out
@@ -178,6 +180,7 @@ def predict(run: str | os.PathLike, images: Sequence[str | os.PathLike], topk: i
     ``run``: one dict per image, in order, with its ``"top"`` k ``{"label", "probability"}``. A file that
     cannot be read (or a folder without images) gets an empty ``"top"`` and an ``"error"`` line; the other
     files are still labelled. ``progress`` shows a bar from :data:`PROGRESS_MIN` images on."""
+    check_values({"--topk": (topk, integer(1)), "--batch-size": (batch_size, integer(1))})
     clf = load(run)
     entries = expand_images(images)
     results: list[dict[str, Any]] = [{"image": img, "top": []} for img, _ in entries]
@@ -214,12 +217,10 @@ def write_predictions(results: Sequence[dict[str, Any]], path: str | os.PathLike
     the longest top-k, and ``error`` (empty for labelled images)."""
     k = max((len(r["top"]) for r in results), default=0)
     columns = ["image"] + [f"{c}_{i}" for i in range(1, k + 1) for c in ("label", "probability")] + ["error"]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns)
-    writer.writeheader()
+    rows = []
     for r in results:
         row: dict[str, Any] = {"image": r["image"], "error": " ".join(r.get("error", "").split())}
         for i, t in enumerate(r["top"], 1):
             row[f"label_{i}"], row[f"probability_{i}"] = t["label"], t["probability"]
-        writer.writerow(row)
-    atomic_write_text(Path(path), buf.getvalue())
+        rows.append(row)
+    atomic_write_text(Path(path), csv_text(rows, columns))

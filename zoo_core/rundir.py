@@ -17,8 +17,6 @@ Layout of ``RUN_DIR``::
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from pathlib import Path
@@ -28,7 +26,7 @@ import torch
 
 from .backbones.weights import load_refusal
 from .errors import ZooError
-from .util import atomic_write, atomic_write_text, remove_stale_temps
+from .util import atomic_write, atomic_write_text, csv_text, remove_stale_temps
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -84,21 +82,13 @@ class RunDir:
         columns: list[str] = []
         for row in history:
             columns += [k for k in row if k not in columns]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(history)
-        atomic_write_text(self.file("metrics.csv"), buf.getvalue())
+        atomic_write_text(self.file("metrics.csv"), csv_text(history, columns))
 
     def write_table(self, name: str, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
         """Write ``rows`` as CSV (no rows: no file, or only the header when ``columns`` are given)."""
         if not self.enabled or not (rows or columns):
             return
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns or list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(self.file(name), buf.getvalue())
+        atomic_write_text(self.file(name), csv_text(rows, columns or list(rows[0])))
 
     def save(self, name: str, state: dict[str, Any]) -> None:
         """Save a checkpoint atomically."""

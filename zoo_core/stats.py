@@ -101,3 +101,21 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
     s = float((dx * dy)[upper].sum())
     tx, ty = float((dx[upper] != 0).sum()), float((dy[upper] != 0).sum())
     return s / math.sqrt(tx * ty) if tx and ty else float("nan")
+
+
+def majority_baseline(labels: Sequence[int], train_labels: Sequence[int] | None = None) -> float:
+    """Top-1 of always predicting the majority class: the share of ``labels`` in the most frequent class of
+    ``train_labels`` (default: of ``labels`` itself; ties: the lowest class index); 0.0 without labels. A
+    classifier at or below it has learned nothing the class frequencies do not already say."""
+    counts = np.bincount(np.asarray(train_labels if train_labels is not None else labels, dtype=np.int64))
+    if len(labels) == 0 or counts.size == 0:
+        return 0.0
+    return float(np.mean(np.asarray(labels, dtype=np.int64) == int(counts.argmax())))
+
+
+def baseline_note(share: float | None, what: str) -> str | None:
+    """The line printed under a leaderboard or ranking: the majority-class baseline of ``what``."""
+    if share is None:
+        return None
+    return (f"majority-class baseline: {share:.4f} top-1 on {what} by always predicting the most frequent "
+            "training class; an entry at or below it learned nothing beyond the class frequencies.")

@@ -3,13 +3,17 @@ file), digests and short name lists for messages."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import re
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Sequence
+
+from .errors import ZooError
 
 
 def _read_umask() -> int:
@@ -95,3 +99,70 @@ def few(items: Sequence[str], n: int = 8, *, sort: bool = False) -> str:
 def under(name: str, prefix: str) -> bool:
     """True when the dotted module/parameter ``name`` is ``prefix`` or lies inside it."""
     return name == prefix or name.startswith(prefix + ".")
+
+
+def is_single_name(name: str) -> bool:
+    """True when ``name`` is one path component: not empty, not ``.`` or ``..``, no separator or NUL."""
+    return isinstance(name, str) and name not in ("", ".", "..") and not set("/\\\0") & set(name)
+
+
+def child_dir(parent: str | os.PathLike, name: str, what: str) -> Path:
+    """``parent/name``, refused with a one-line error naming ``what`` unless ``name`` is a single path
+    component whose resolved path (symbolic links followed) stays inside ``parent``."""
+    if not is_single_name(name):
+        raise ZooError(f"{what} must be a folder name without path separators (not '.' or '..'), got {name!r}")
+    path = Path(parent) / name
+    root = Path(parent).resolve()
+    if root not in path.resolve().parents:
+        raise ZooError(f"{what} {name!r} resolves to {str(path.resolve())!r}, outside {str(parent)!r}")
+    return path
+
+
+def check_output_folder(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a Path, refused with a one-line error naming ``what`` when it exists but is not a folder
+    (or a parent of it is a file), so a command fails before any work rather than after it."""
+    p = Path(path)
+    for q in (p, *p.parents):
+        if q.exists() and not q.is_dir():
+            raise ZooError(f"{what} {str(p)!r} cannot be a folder: {str(q)!r} is a file")
+    return p
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|nan)|-")
+
+
+def check_output_file(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a Path, refused with a one-line error naming ``what`` when it is a folder or a parent of it
+    is a file (checked before any work, like :func:`check_output_folder`)."""
+    p = Path(path)
+    if p.is_dir():
+        raise ZooError(f"{what} {str(p)!r} is a folder: give a file name")
+    check_output_folder(p.parent, what)
+    return p
+
+
+def csv_cell(value: Any) -> Any:
+    """``value`` safe for a spreadsheet: a text starting with ``= + - @`` (or a tab or carriage return) gets
+    a leading ``'`` so it is never run as a formula (OWASP's advice); numbers, and texts that are numbers or
+    a lone ``-``, are kept as they are."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def csv_text(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> str:
+    """``rows`` as CSV text with a header of ``columns``, every cell through :func:`csv_cell`; the one way
+    backbone-zoo writes a CSV file (the JSON files keep the exact values)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns))
+    writer.writeheader()
+    writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
+    return buf.getvalue()
+
+
+def csv_value(text: str) -> str:
+    """The text :func:`csv_cell` was given: the leading ``'`` it added taken off again (for files we read back)."""
+    if text.startswith("'") and text[1:].startswith(_FORMULA_START) and not _NUMBER.fullmatch(text[1:]):
+        return text[1:]
+    return text

@@ -132,7 +132,7 @@ def extract_features(model: nn.Module, adapter: BackboneAdapter, dataset: Datase
     rows = shard_range(n, ctx.rank, ctx.world_size)
     batches = _batches(dataset, pixels, rows, n, transform or data.eval_transform(data_config), batch_size,
                        num_workers, dev)
-    writer = EntryWriter("features", str(key)) if ctx.is_main and key is not None and hit is None else None
+    writer = _writer(key) if ctx.is_main and key is not None and hit is None else None
     name = (key.parts.get("backbone") if isinstance(key, FeatureKey) else None) or type(model).__name__
     desc = f"features {name}" + (f" (shard {ctx.rank})" if ctx.enabled else "")
     # one process streams straight into the output (the entry's memory map); a rank into a shard buffer
@@ -166,6 +166,18 @@ def extract_features(model: nn.Module, adapter: BackboneAdapter, dataset: Datase
                                 precision=precision if shard.precision == INT8 else shard.precision,
                                 num_workers=num_workers, progress=False, pixels=pixels, transform=transform)
     return FeatureSet(opened.features, opened.labels, from_cache=False, path=opened.path)
+
+
+def _writer(key: Any) -> EntryWriter | None:
+    """A writer of the entry ``key``; None (the features stay in memory, said once as a warning) when the
+    cache folder cannot be written: read-only, not a folder, no permission."""
+    try:
+        return EntryWriter("features", str(key))
+    except OSError as exc:
+        log.warning("cannot write the feature cache in %s (%s: %s); going on without the disk cache (the same "
+                    "result; set BACKBONE_ZOO_CACHE to a writable folder to keep the features)",
+                    entry_dir("features", str(key)).parent, type(exc).__name__, exc.strerror or exc)
+        return None
 
 
 def _commit(writer: EntryWriter, key: Any, shard: _Shard, labels: np.ndarray, model_fp: str, dev: torch.device,

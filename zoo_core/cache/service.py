@@ -13,6 +13,7 @@ Seams: :func:`split_features` calls ``extract_features`` through this module's n
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Protocol, Sequence
 
 import torch
@@ -27,6 +28,8 @@ from . import policy
 from .extract import FeatureSet, extract_features
 from .keys import FeatureKey, cache_root, feature_key
 from .pixels import PixelCache
+
+log = logging.getLogger(__name__)
 
 
 class FeatureOptions(Protocol):
@@ -44,11 +47,17 @@ class FeatureOptions(Protocol):
 def shared_pixels(cfg: FeatureOptions, split: Any, name: str, data_cfg: DataConfig, ctx: DistContext | None = None,
                   *, quiet: bool = False) -> PixelCache | None:
     """The ``name`` split's decoded pixels from the shared cache when ``cfg.share_decoding``, else None
-    (also under torchrun, where every rank decodes its own shard)."""
+    (also under torchrun, where every rank decodes its own shard, and when the cache folder cannot be
+    written: the images are then decoded on the fly, the same pixels)."""
     if not cfg.share_decoding or (ctx is not None and ctx.enabled):
         return None
-    return PixelCache.build(getattr(split, name), data_cfg, fingerprint=split.fingerprint, split=name,
-                            num_workers=cfg.num_workers, progress=not quiet)
+    try:
+        return PixelCache.build(getattr(split, name), data_cfg, fingerprint=split.fingerprint, split=name,
+                                num_workers=cfg.num_workers, progress=not quiet)
+    except OSError as exc:  # the cache folder cannot be written: decode on the fly (the same pixels)
+        log.warning("cannot write the pixel cache in %s (%s: %s); decoding the %s images on the fly instead",
+                    cache_root() / "pixels", type(exc).__name__, exc.strerror or exc, name)
+        return None
 
 
 def run_feature_key(cfg: FeatureOptions, split: Any, part: str, data_cfg: DataConfig, device: torch.device,

@@ -14,8 +14,10 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
+import socket
 import time
 import zlib
 from pathlib import Path
@@ -35,6 +37,43 @@ _FULL_VERIFY_BYTES = 1 << 30  # files up to this size have every chunk verified 
 _SAMPLED_CHUNKS = 64  # chunks verified (plus first and last) for larger files
 
 ArraySpec = tuple[tuple[int, ...], str, bool]  # (shape, dtype, memory-mapped) of one stored array
+
+
+DISK_MARGIN = 64 << 20  # bytes an entry leaves free on its disk
+_HOST = socket.gethostname().replace("/", "_")
+_TEMP = re.compile(r"\.tmp-.+-(\d+)(?:@(.+))?-[0-9a-f]{8}")  # .tmp-<key>-<pid>[@<host>]-<token>
+
+
+def byte_size(n: float) -> str:
+    """``n`` bytes for a message: ``1.50 GiB``, ``64.00 MiB``, ``12.00 KiB`` or ``512 bytes``."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.2f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, under another user
+        return True
+    return True
+
+
+def remove_orphans(folder: Path) -> list[Path]:
+    """Delete the unfinished entries (``.tmp-<key>-<pid>@<host>-…``) in ``folder`` that a killed process of
+    this machine left behind (its pid is gone); the removed paths. Another machine's are left alone."""
+    removed = []
+    for p in folder.iterdir() if folder.is_dir() else ():
+        m = _TEMP.fullmatch(p.name)
+        if m and m.group(2) in (None, _HOST) and not _alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    if removed:
+        log.info("removed %d unfinished cache entr(ies) of killed processes in %s", len(removed), folder)
+    return removed
 
 
 class _BadEntry(Exception):
@@ -128,7 +167,8 @@ class EntryWriter:
         self.kind, self.key = kind, key
         self.final = entry_dir(kind, key, root)
         self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.final.parent / f".tmp-{key}-{os.getpid()}-{secrets.token_hex(4)}"
+        remove_orphans(self.final.parent)
+        self.tmp = self.final.parent / f".tmp-{key}-{os.getpid()}@{_HOST}-{secrets.token_hex(4)}"
         self.tmp.mkdir()
         self.meta: dict[str, Any] = {}
         self._open: list[np.memmap] = []
@@ -137,11 +177,12 @@ class EntryWriter:
         """A writable ``.npy`` memory map ``name`` in the entry; fails early when the disk is too full."""
         need = int(np.prod(shape)) * np.dtype(dtype).itemsize
         free = shutil.disk_usage(self.tmp).free
-        if need + (64 << 20) > free:
+        if need + DISK_MARGIN > free:
             raise DataError(
-                f"not enough free disk space for the {self.kind} cache in {self.tmp.parent} "
-                f"({need / 2**30:.2f} GiB needed, {free / 2**30:.2f} GiB free): free space, point "
-                "BACKBONE_ZOO_CACHE at a larger disk, run `zoo cache clear`, or turn the cache off"
+                f"not enough free disk space for the {self.kind} cache in {self.tmp.parent}: {name} needs "
+                f"{byte_size(need)} and {byte_size(DISK_MARGIN)} are kept free as a margin, but only "
+                f"{byte_size(free)} are free; free space, point BACKBONE_ZOO_CACHE at a larger disk, run "
+                "`zoo cache clear`, or turn the cache off (--no-cache-features: the same result, kept in memory)"
             )
         arr = np.lib.format.open_memmap(self.tmp / name, mode="w+", dtype=dtype, shape=shape)
         self._open.append(arr)

@@ -20,7 +20,7 @@ from typing import Callable, NoReturn
 from .. import __version__
 from ..errors import ZooError
 from . import catalog, compare, runs
-from .common import Subparsers, weights_given
+from .common import Subparsers, warnings_above_bars, weights_given
 
 COMMANDS: list[Callable[[Subparsers], None]] = [
     catalog.add_plugins, catalog.add_list, catalog.add_info, runs.add_train, runs.add_predict, runs.add_export,
@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, usage errors: argparse already printed
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
-        return int(args.func(args) or 0)
+        with warnings_above_bars():
+            return int(args.func(args) or 0)
     except ZooError as exc:
         print(f"zoo: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

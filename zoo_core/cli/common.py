@@ -5,13 +5,40 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-from typing import TYPE_CHECKING, Any, Callable
+import logging
+import sys
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
     from ..training.options import Option
 
 Subparsers = Any  # argparse's _SubParsersAction (private type)
+
+
+class TqdmLogHandler(logging.Handler):
+    """Log records as ``zoo: warning: …`` lines written through ``tqdm.write``, so they appear above a
+    progress bar instead of on its line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(f"zoo: {record.levelname.lower()}: {' '.join(record.getMessage().split())}", file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never break the command
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def warnings_above_bars(level: int = logging.WARNING) -> Iterator[None]:
+    """While a command runs: backbone-zoo's warnings (logger ``zoo_core``) through :class:`TqdmLogHandler`."""
+    logger, handler = logging.getLogger("zoo_core"), TqdmLogHandler(level)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 def print_json(obj: Any) -> None:

@@ -8,6 +8,7 @@ import sys
 
 from ..errors import ZooError
 from ..outputs.tables import format_table
+from ..util import check_output_file
 from .common import Subparsers, add_train_options, json_flag, print_json, train_flags, train_overrides
 
 
@@ -70,6 +71,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     ``zoo: error:`` line (exit 2)."""
     from ..inference import predict, write_predictions
 
+    if args.csv:
+        check_output_file(args.csv, "--csv")
     results = predict(args.run_dir, args.images, topk=args.topk, progress=True)
     failed = [r for r in results if "error" in r]
     if args.csv:

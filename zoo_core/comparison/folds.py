@@ -80,4 +80,21 @@ def add_folds(entry: Entry, split: Any, k: int, device: torch.device, quiet: boo
     scores = fold_top1(x, y, len(split.classes), k, seed=cfg.seed, label_smoothing=cfg.label_smoothing)
     entry.folds_k, entry.folds_top1 = k, scores
     entry.folds_mean, entry.folds_std = statistics.fmean(scores), statistics.stdev(scores)
+    lacking = folds_lacking(y, k, cfg.seed, split.classes)
+    if lacking:
+        entry.add_note(lacking)
     return True
+
+
+def folds_lacking(y: torch.Tensor, k: int, seed: int, classes: list[str]) -> str | None:
+    """What to say when some of the ``k`` stratified folds of labels ``y`` hold no image of a class (a class
+    with fewer images than folds): those folds' top-1 never tests that class. None when every fold has all."""
+    parts = headfit.stratified_folds(y, k, seed)
+    present = sorted(set(y.tolist()))
+    short = [(i + 1, [classes[c] for c in present if not bool((y[held] == c).any())]) for i, held in enumerate(parts)]
+    short = [(i, missing) for i, missing in short if missing]
+    if not short:
+        return None
+    names = sorted({c for _, missing in short for c in missing})
+    return (f"{len(short)} of {k} folds hold no image of class(es) {', '.join(names[:5])}"
+            f"{' …' if len(names) > 5 else ''} (fewer images than folds): their folds top-1 never tests them")

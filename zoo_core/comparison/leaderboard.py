@@ -11,9 +11,8 @@ Seams: the plots are drawn through the module (``plots.scatter``, ``plots.curves
 
 from __future__ import annotations
 
-import csv
-import io
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,9 @@ from typing import Any
 from ..backbones.weights import RANDOM_INIT
 from ..outputs import html_report, plots
 from ..outputs.tables import leaderboard_cell
-from ..stats import TIE_ALPHA
+from ..stats import TIE_ALPHA, baseline_note
 from ..training.report import probe_start
-from ..util import atomic_write_text
+from ..util import atomic_write_text, csv_text
 
 COLUMNS = [  # leaderboard table column → header
     ("rank", "#"), ("backbone", "backbone"), ("strategy", "strategy"), ("val_acc", "top-1"),
@@ -103,6 +102,7 @@ class Leaderboard:
     entries: list[Entry]
     out_dir: Path
     selection: dict[str, Any] | None = None  # compare(select=K): what was ranked, kept and fine-tuned
+    majority_baseline: float | None = None  # val top-1 of always predicting the most frequent training class
 
     def rows(self) -> list[dict[str, Any]]:
         """Leaderboard rows (dicts: rank, results, statistics, folds, error), in leaderboard order."""
@@ -111,8 +111,19 @@ class Leaderboard:
             d: dict[str, Any] = {"rank": i if e.finished else "-"}
             d.update({k: getattr(e, k) for k in (*RESULT_FIELDS, *STAT_FIELDS, *FOLD_FIELDS)})
             d["error"] = e.error
+            d["run_dir"] = self.stored_run_dir(e)
             rows.append(d)
         return rows
+
+    def stored_run_dir(self, entry: Entry) -> str:
+        """``entry.run_dir`` as the leaderboard files store it: relative to the compare folder (``runs/<name>``),
+        so a moved or copied folder still finds its own runs (:func:`zoo_core.outputs.html_report.resolve_run_dir`)."""
+        if not entry.run_dir:
+            return ""
+        try:
+            return Path(os.path.relpath(Path(entry.run_dir).resolve(), self.out_dir.resolve())).as_posix()
+        except ValueError:  # another drive on Windows: keep it as it is
+            return entry.run_dir
 
     def table(self, markdown: bool = False) -> str:
         """The leaderboard as an aligned text table (or Markdown), with the notes that explain it."""
@@ -132,7 +143,7 @@ class Leaderboard:
 
     def _notes(self, rows: list[dict[str, Any]]) -> list[str]:
         """The lines under the table: how to read the statistics, random-init entries, notes, failures."""
-        notes = []
+        notes = [n for n in [baseline_note(self.majority_baseline, "the validation images")] if n]
         n = next((r["val_images"] for r in rows if r["val_images"]), None)
         if n:
             notes.append(f"top-1 (low-high): 95 % Wilson interval on the {n} validation images. vs #1: exact "
@@ -182,14 +193,12 @@ def write_outputs(board: Leaderboard, split: Any) -> None:
     rows = board.rows()
     atomic_write_text(out / "leaderboard.md", "# backbone-zoo leaderboard\n\n"
                       f"Data: {split.source} — {split.summary()}\n\n" + board.table(markdown=True) + "\n")
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["backbone"])
-    writer.writeheader()
-    writer.writerows([{k: " ".join(map(str, v)) if isinstance(v, list) else v for k, v in r.items()} for r in rows])
-    atomic_write_text(out / "leaderboard.csv", buf.getvalue())
+    atomic_write_text(out / "leaderboard.csv", csv_text(
+        [{k: " ".join(map(str, v)) if isinstance(v, list) else v for k, v in r.items()} for r in rows],
+        list(rows[0]) if rows else ["backbone"]))
     atomic_write_text(out / "leaderboard.json", json.dumps(
         {"data": split.source, "classes": split.classes, "tie_alpha": TIE_ALPHA, "selection": board.selection,
-         "entries": rows},
+         "majority_baseline": board.majority_baseline, "entries": rows},
         indent=2, default=str) + "\n")
     ok = [e for e in board.entries if e.finished]
     points = [{"label": e.label, "tag": i, "hollow": e.weights == RANDOM_INIT, "acc": e.val_acc,

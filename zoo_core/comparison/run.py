@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import time
 import traceback
@@ -41,10 +42,11 @@ from ..backbones.weights import RANDOM_INIT, weights_label
 from ..errors import WeightsError
 from ..runtime import pick_device
 from ..scaleout import Executor, use_executor
+from ..stats import majority_baseline
 from ..training import TrainConfig, train
 from ..training.fallback import falls_back
 from ..training.shape import decode_once
-from ..util import atomic_write_text
+from ..util import atomic_write_text, check_output_folder, child_dir
 from . import folds as zfolds
 from . import markers, measure, significance
 from .fanout import CompareJob
@@ -81,7 +83,8 @@ class EntryRunner:
 
     def entry_dir(self, backbone: str, strategy: str) -> Path:
         """The run directory of ``backbone`` × ``strategy``: ``<out>/runs/<backbone>-<strategy>``."""
-        return self.out / "runs" / f"{backbone.replace('/', '_')}-{strategy}"
+        run_name = re.sub(r"[/\\\0]", "_", backbone) + f"-{strategy}"
+        return child_dir(self.out / "runs", run_name, "compare entry name")
 
     def run(self, backbone: str, strategy: str) -> Entry:
         """The entry of ``backbone`` × ``strategy``: reused, trained, trained from random init, or failed."""
@@ -199,11 +202,13 @@ def compare(backbones: Sequence[str] | str | None, data: Any, *, strategies: Seq
     plan = make_plan(backbones, data, strategies=strategies, family=family, max_entries=max_entries, folds=folds,
                      overrides=train_overrides,
                      select=make_selection(select, select_keep, select_budget, select_score))
+    out = check_output_folder(out_dir, "--out")  # before any data is read
+    if plan.base.log_dir is not None:
+        check_output_folder(plan.base.log_dir, "--log-dir")
     split = zdata.load_data(data, val_fraction=plan.base.val_fraction, seed=plan.base.seed,
                             download=plan.base.download, data_root=plan.base.data_root, progress=progress)
     check_folds(plan.folds, len(split.train) + len(split.val))
     base = dataclasses.replace(plan.base, data=plan.base.data or split.source)  # config.json records it (--resume)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(base.device)
     say: Say = _stderr if progress else (lambda msg: None)
@@ -221,7 +226,8 @@ def compare(backbones: Sequence[str] | str | None, data: Any, *, strategies: Seq
             entries = ex.map(job, plan.entries)
     if merge:
         entries += markers.earlier_entries(out, {(e.backbone, e.strategy) for e in entries}, runner.session.trained)
-    board = Leaderboard(ranked(entries), out, selection)
+    board = Leaderboard(ranked(entries), out, selection, majority_baseline(
+        zdata.known_labels(split.val), zdata.known_labels(split.train)))
     significance.annotate(board.entries)
     if plan.folds:
         add_folds(board, split, plan.folds, device, say, progress)

@@ -43,6 +43,11 @@ class Selection:
 def make_selection(select: int | None, keep: float, budget: int | None, score: str) -> Selection | None:
     """Check the options of successive halving (None: no selection); fails before any work."""
     if select is None:
+        given = [f for f, v, default in (("--select-keep", keep, DEFAULT_KEEP), ("--select-budget", budget, None),
+                                         ("--select-score", score, "probe")) if v != default]
+        if given:
+            raise ZooError(f"{', '.join(given)} only apply with --select K (successive halving); add --select "
+                           "or leave them out")
         return None
     if not isinstance(select, int) or isinstance(select, bool) or select < 1:
         raise ZooError(f"--select must be a positive integer (backbones to fine-tune), got {select!r}")

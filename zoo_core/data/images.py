@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 import numpy as np
+import simplejpeg
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms import v2
@@ -39,6 +40,22 @@ def _scale_to_uint8(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip(np.floor((a - lo) * (255.0 / (hi - lo)) + 0.5), 0, 255).astype(np.uint8)
 
 
+class NoFinitePixels(ValueError):
+    """A float image whose every value is NaN or infinite: nothing to show."""
+
+
+def _float_to_uint8(a: np.ndarray) -> np.ndarray:
+    """Float pixels to 8 bit: from [0, 1] when every finite value lies there, else stretched over the finite
+    values' range; NaN and -inf draw as the lowest finite value, +inf as the highest."""
+    finite = np.isfinite(a)
+    if not finite.any():
+        raise NoFinitePixels("float image without a finite pixel value (every value is NaN or infinite)")
+    lo, hi = float(a[finite].min()), float(a[finite].max())
+    if lo >= 0 and hi <= 1:
+        lo, hi = 0.0, 1.0
+    return _scale_to_uint8(np.where(np.isnan(a), lo, np.clip(a, lo, hi)), lo, hi)
+
+
 def _gray_to_rgb(a: np.ndarray) -> Image.Image:
     return Image.fromarray(a, "L").convert("RGB")
 
@@ -50,7 +67,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
     *composited on white*, what an image viewer shows (dropping alpha would expose whatever colour transparent
     pixels happen to store); 16-bit ``I;16*`` is scaled to 8 bit (``v * 255 / 65535``, not clipped); 32-bit
     ``I`` is used as-is when its maximum is ≤ 255, scaled as 16-bit within 0–65535, else min–max stretched;
-    float ``F`` is scaled from [0, 1] (else min–max). Multi-frame files (GIF, TIFF) give their first frame.
+    float ``F`` is scaled from [0, 1] (else min–max over its finite values; NaN and ±inf are drawn as the
+    lowest/highest finite value, and a float image without any finite value is refused). Multi-frame files
+    (GIF, TIFF) give their first frame.
     """
     img.load()  # also detaches the pixels from a file that a ``with Image.open()`` block closes
     if img.getexif().get(0x0112, 1) != 1:  # EXIF orientation
@@ -69,9 +88,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
             return _gray_to_rgb(_scale_to_uint8(a, 0, 65535))
         return _gray_to_rgb(_scale_to_uint8(a, lo, hi))
     if mode == "F":
-        a = np.nan_to_num(np.asarray(img, dtype=np.float64))
-        lo, hi = float(a.min()), float(a.max())
-        return _gray_to_rgb(_scale_to_uint8(a, 0.0, 1.0) if lo >= 0 and hi <= 1 else _scale_to_uint8(a, lo, hi))
+        return _gray_to_rgb(_float_to_uint8(np.asarray(img, dtype=np.float64)))
     if mode in _ALPHA_MODES or "transparency" in img.info:
         return _composite_on_white(img)
     return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV, RGBX, …
@@ -84,6 +101,8 @@ def why_unreadable(exc: BaseException) -> str:
     if isinstance(exc, Image.DecompressionBombError):
         return (f"image too large: {str(exc).rstrip('.')}; downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS "
                 "if you trust the file")
+    if isinstance(exc, NoFinitePixels):
+        return str(exc)
     if isinstance(exc, UnidentifiedImageError):
         return "not a readable image (unknown or corrupt format)"
     if isinstance(exc, FileNotFoundError):
@@ -117,8 +136,9 @@ def check_image(path: str | os.PathLike) -> str | None:
     """Why ``path`` is not a usable image (``None`` when it is); cheap enough to run on every file.
 
     A zero-byte file fails at once; PNG: ``verify()`` (every chunk's CRC, no decoding); JPEG: a decode at
-    1/8 scale, which still entropy-decodes every scan, so cut scan data fails here even when the end-of-image
-    marker was put back; other formats: a full decode. An image too large for Pillow (its decompression-bomb
+    1/8 scale with libjpeg's data-loss warnings as errors, so scan data cut short fails here even when the
+    end-of-image marker was put back (baseline or progressive); other formats: a full decode (a float image
+    without a finite value fails too). An image too large for Pillow (its decompression-bomb
     guard) fails too. Reasons come from :func:`why_unreadable`.
     """
     path = os.fspath(path)
@@ -130,10 +150,33 @@ def check_image(path: str | os.PathLike) -> str | None:
                 img.verify()  # walks every chunk and checks its CRC, without decoding pixels
             else:
                 if img.format == "JPEG":
-                    img.draft(img.mode, (1, 1))  # DCT scaling: ~1/8 of the work of a full decode
+                    return _check_jpeg(img, path)
                 img.load()
+                if img.mode == "F":
+                    _float_to_uint8(np.asarray(img, dtype=np.float64))  # refuses a float image of NaN/inf
     except Exception as exc:  # noqa: BLE001 — any decoder failure means "skip this file"
         return why_unreadable(exc)
+    return None
+
+
+# libjpeg's warnings that mean lost image data (scan data cut short, or garbled); others, like extraneous bytes
+# before a marker, are common in camera files that decode in full, and are let through
+_JPEG_DATA_LOST = ("premature end of data segment", "premature end of jpeg file", "bad huffman code")
+
+
+def _check_jpeg(img: Image.Image, path: str) -> str | None:
+    """Why the JPEG ``img`` (open on ``path``) is not usable: a decode at 1/8 scale (DCT scaling, which still
+    entropy-decodes every scan), then libjpeg-turbo's own warnings through simplejpeg, where a baseline file
+    cut mid-scan with its end marker put back shows (Pillow fills the lost part with grey, silently)."""
+    img.draft(img.mode, (1, 1))
+    img.load()
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="GRAY", strict=True, min_height=1, min_width=1)
+    except ValueError as exc:  # strict: a libjpeg warning raised as an error
+        if any(w in str(exc).lower() for w in _JPEG_DATA_LOST):
+            return f"truncated or corrupt JPEG data ({' '.join(str(exc).split())})"
     return None
 
 

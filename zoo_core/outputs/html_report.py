@@ -12,7 +12,6 @@ written atomically. The module reads those files only; it imports nothing of ``c
 from __future__ import annotations
 
 import base64
-import json
 import os
 from html import escape
 from pathlib import Path
@@ -20,6 +19,8 @@ from typing import Any
 
 from ..backbones.weights import RANDOM_INIT
 from ..errors import ZooError
+from ..records import read_leaderboard, read_ranking
+from ..stats import baseline_note
 from ..util import atomic_write_text
 from .tables import leaderboard_cell, ranking_cell
 
@@ -107,7 +108,7 @@ COMPARE_HEADERS = ["#", "backbone", "strategy", "top-1 (95 % interval)", "vs #1 
 
 def compare_body(folder: Path) -> str:
     """Data, leaderboard table, its statistics notes, the plots, each entry's curves and confusion matrix."""
-    board = json.loads((folder / "leaderboard.json").read_text())
+    board = read_leaderboard(folder)
     rows = board.get("entries", [])
     classes = ["failed" if r.get("status") == "failed" else "tied" if r.get("tied_with_1") else "" for r in rows]
     parts = [f"<p>Data: {escape(str(board.get('data')))} — {len(board.get('classes') or [])} classes: "
@@ -123,7 +124,7 @@ def compare_body(folder: Path) -> str:
 
 def _compare_notes(board: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     """How to read the statistics (Wilson, McNemar, ties, folds), the --select record, per-entry notes."""
-    notes = []
+    notes = [n for n in [baseline_note(board.get("majority_baseline"), "the validation images")] if n]
     n = next((r["val_images"] for r in rows if r.get("val_images")), None)
     alpha = board.get("tie_alpha", 0.05)
     if n:
@@ -150,12 +151,14 @@ def _compare_notes(board: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     return "".join(f"<p class=\"note\">{escape(t)}</p>" for t in notes)
 
 
-def _run_dir(folder: Path, run_dir: str) -> Path:
-    """An entry's run directory: as recorded, else under this folder's ``runs/`` (the folder was moved)."""
+def resolve_run_dir(folder: Path, run_dir: str) -> Path:
+    """The run directory a compare folder's leaderboard names: under the folder's own ``runs/`` when it is
+    there; else relative to the folder (how it is stored); else an older file's absolute path."""
     p = Path(run_dir)
-    if p.is_dir():
-        return p
-    return folder / "runs" / p.name
+    for candidate in (folder / "runs" / p.name, folder / p):
+        if candidate.is_dir():
+            return candidate
+    return p if p.is_absolute() else folder / p
 
 
 def _entry(folder: Path, r: dict[str, Any]) -> str:
@@ -163,7 +166,7 @@ def _entry(folder: Path, r: dict[str, Any]) -> str:
     head = f"<h3>#{escape(str(r.get('rank', '-')))} {escape(r.get('backbone', ''))} [{escape(r.get('strategy', ''))}]</h3>"
     if r.get("status") == "failed" or not r.get("run_dir"):
         return f"<div class=\"entry\">{head}<p class=\"note\">{escape(str(r.get('error') or 'no run directory'))}</p></div>"
-    run = _run_dir(folder, r["run_dir"])
+    run = resolve_run_dir(folder, r["run_dir"])
     figs = "".join(image(run / f, f"{r['backbone']} [{r['strategy']}]: {c}") for f, c in RUN_PLOTS)
     return (f"<div class=\"entry\">{head}<p class=\"note\">run directory: {escape(str(r['run_dir']))}</p>"
             f"<div class=\"plots\">{figs}</div></div>")
@@ -175,12 +178,13 @@ RANK_HEADERS = ["#", "backbone", "score", "±", "LogME", "±", "probe top-1", "�
 
 def rank_body(folder: Path, level: int = 2) -> str:
     """A ranking's table (both scores with their spreads over the folds), notes and plot."""
-    ranking = json.loads((folder / "ranking.json").read_text())
+    ranking = read_ranking(folder)
     rows = ranking.get("entries", [])
     cells = [[ranking_cell(k, r.get(k)) for k in RANK_KEYS] for r in rows]
     h = f"h{min(level + 1, 6)}"
     notes = [f"Data: {ranking.get('data')} — {ranking.get('summary')}. Ordered by {ranking.get('score')}; ± is "
              f"the standard deviation over the {ranking.get('folds')} folds."]
+    notes += [n for n in [baseline_note(ranking.get("majority_baseline"), "the training images (probe top-1)")] if n]
     notes += [f"FAILED {r['backbone']}: {r['error']}" for r in rows if r.get("error")]
     return "\n".join([f"<{h}>Ranking</{h}>", table(RANK_HEADERS, cells,
                                                    ["failed" if r.get("status") == "failed" else "" for r in rows]),

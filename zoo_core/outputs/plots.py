@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from ..util import atomic_write_bytes
 
@@ -18,6 +19,21 @@ def _pyplot():
     return plt
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def literal_text(fn: F) -> F:
+    """Run the plotting function ``fn`` with every label drawn as it is written: no mathtext (a ``$`` in a
+    class, file or backbone name is a dollar sign, not the start of a formula), no TeX."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+            return fn(*args, **kwargs)
+    return wrapper  # type: ignore[return-value]
+
+
 def _save(fig: Any, path: Path, metadata: dict[str, str] | None = None) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata=metadata)
@@ -25,6 +41,7 @@ def _save(fig: Any, path: Path, metadata: dict[str, str] | None = None) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+@literal_text
 def learning_curves(history: Sequence[dict[str, Any]], path: Path, title: str = "") -> None:
     """Loss (train/val) and top-1 accuracy (train/val) per epoch, side by side."""
     plt = _pyplot()
@@ -45,11 +62,13 @@ def learning_curves(history: Sequence[dict[str, Any]], path: Path, title: str = 
     _save(fig, path)
 
 
+@literal_text
 def confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: Path, title: str = "") -> None:
     """Row-normalised confusion matrix (rows: true class, columns: predicted) with counts."""
     _save(confusion_figure(matrix, classes, title), path)
 
 
+@literal_text
 def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str], title: str = "") -> Any:
     """The matplotlib figure of :func:`confusion_matrix` (also logged to TensorBoard)."""
     plt = _pyplot()
@@ -74,6 +93,7 @@ def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str], ti
     return fig
 
 
+@literal_text
 def top_losses(tiles: Sequence[dict[str, Any]], path: Path, title: str = "") -> None:
     """A gallery of the worst validation images (fastai's ``plot_top_losses``), worst first.
 
@@ -107,6 +127,7 @@ def top_losses(tiles: Sequence[dict[str, Any]], path: Path, title: str = "") -> 
     _save(fig, path, {"Title": title or "top losses", "Description": listing})
 
 
+@literal_text
 def scatter(points: Sequence[dict[str, Any]], x: str, y: str, path: Path, *, xlabel: str, ylabel: str,
             title: str, logx: bool = False, yerr: tuple[str, str] | None = None) -> None:
     """One point per entry, e.g. accuracy vs speed.
@@ -140,6 +161,7 @@ def scatter(points: Sequence[dict[str, Any]], x: str, y: str, path: Path, *, xla
     _save(fig, path)
 
 
+@literal_text
 def curves_overlay(series: dict[str, Sequence[dict[str, Any]]], path: Path, key: str = "val_acc",
                    ylabel: str = "validation top-1") -> None:
     """One line per entry of ``series`` (label → history) for metric ``key``."""
@@ -156,6 +178,7 @@ def curves_overlay(series: dict[str, Sequence[dict[str, Any]]], path: Path, key:
     _save(fig, path)
 
 
+@literal_text
 def trial_bars(trials: Sequence[dict[str, Any]], path: Path, title: str = "") -> None:
     """Validation top-1 per trial (``name``, ``val_acc``, ``ci`` = [low, high]) as bars with their intervals."""
     plt = _pyplot()

@@ -24,7 +24,8 @@ from ..backbones.registry import expand_backbones
 from ..errors import ZooError
 from ..runtime import pick_device, resolve_precision
 from ..scaleout import Executor, use_executor
-from ..util import atomic_write_text
+from ..stats import majority_baseline
+from ..util import atomic_write_text, check_output_folder
 from .fanout import RankJob
 from .features import RANK_OPTIONS, candidate_config, extract, predecode, subsample
 from .outputs import write_outputs
@@ -79,6 +80,7 @@ def rank(backbones: Sequence[str] | str | None, data: Any, *, family: str | None
         equal values give the features of a feature-extraction run.
     """
     _check(score, folds, options)
+    check_output_folder(out_dir, "--out")  # before any data is read
     names = _names(backbones, family, max_entries)
     base = candidate_config(names[0], options, progress)
     split = zdata.load_data(data, val_fraction=base.val_fraction, seed=base.seed, download=base.download,
@@ -98,7 +100,8 @@ def rank(backbones: Sequence[str] | str | None, data: Any, *, family: str | None
         ex.prepare(out, names, data)
         config = partial(candidate_config, options=options, progress=progress)
         entries = ex.map(RankJob(_rank_one, config, ranked_on, folds, fallback_random, out, say), names)
-    ranking = Ranking(order(entries, score), out, score, folds, split.source, summary, budget)
+    ranking = Ranking(order(entries, score), out, score, folds, split.source, summary, budget,
+                      majority_baseline(zdata.known_labels(ranked_on.train)))
     write_outputs(ranking)
     say("\n" + ranking.table())
     say(f"\nzoo rank: ranking and plot in {out}/ (ranking.md, .csv, .json, score_vs_speed.png)")

@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 
 from ..backbones.weights import RANDOM_INIT
 from ..outputs import html_report, plots
-from ..util import atomic_write_text
+from ..util import atomic_write_text, csv_text
 from .results import FIELDS, SCORE_HEADERS, Ranking
 
 PLOT = "score_vs_speed.png"  # the plot: primary score vs extraction images/s, points numbered by rank
@@ -21,14 +19,11 @@ def write_outputs(ranking: Ranking) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "ranking.md", f"# backbone-zoo ranking by {SCORE_HEADERS[ranking.score]}\n\n"
                       f"Data: {ranking.data} — {ranking.summary}\n\n" + ranking.table(markdown=True) + "\n")
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(FIELDS))
-    writer.writeheader()
-    writer.writerows({**r, "probe_folds": " ".join(f"{a:.4f}" for a in r["probe_folds"])} for r in rows)
-    atomic_write_text(out / "ranking.csv", buf.getvalue())
+    atomic_write_text(out / "ranking.csv", csv_text(
+        ({**r, "probe_folds": " ".join(f"{a:.4f}" for a in r["probe_folds"])} for r in rows), list(FIELDS)))
     atomic_write_text(out / "ranking.json", json.dumps({
         "data": ranking.data, "summary": ranking.summary, "score": ranking.score, "folds": ranking.folds,
-        "budget": ranking.budget, "entries": rows}, indent=2, default=str) + "\n")
+        "budget": ranking.budget, "majority_baseline": ranking.majority_baseline, "entries": rows}, indent=2, default=str) + "\n")
     points = [{"label": e.backbone, "tag": i, "hollow": e.weights == RANDOM_INIT, "score": e.score(ranking.score)[0],
                "speed": e.extract_images_per_s} for i, e in enumerate(ranking.entries, 1) if e.ok]
     plots.scatter(points, "speed", "score", out / PLOT, xlabel="feature extraction images/s (log)",

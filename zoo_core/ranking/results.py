@@ -9,6 +9,7 @@ from typing import Any
 
 from ..backbones.weights import RANDOM_INIT
 from ..outputs.tables import format_table, ranking_cell
+from ..stats import baseline_note
 
 SCORE_HEADERS = {"logme": "LogME", "probe": "probe top-1"}  # score name → column header
 FIELDS = ("rank", "backbone", "status", "weights", "score", "spread", "logme", "logme_std", "probe_acc",
@@ -64,6 +65,7 @@ class Ranking:
     data: str  # the data source
     summary: str  # what the scores were computed on, in words
     budget: int | None = None
+    majority_baseline: float | None = None  # probe top-1 of always predicting the most frequent class
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per entry (keys :data:`FIELDS`): ``rank`` numbered over scored entries, ``"-"`` for failures."""
@@ -94,6 +96,8 @@ class Ranking:
             lines += ["| " + " | ".join(c[k] for k, _ in cols) + " |" for c in cells]
         else:
             lines = format_table(cells, cols).splitlines()
+        note = baseline_note(self.majority_baseline, "the training images (probe top-1)")
+        lines += ["", note] if note else []
         random = [e.backbone for e in self.entries if e.ok and e.weights == RANDOM_INIT]
         if random:
             lines += ["", f"{RANDOM_INIT}: {', '.join(random)} ranked without pretrained weights; their scores say "

@@ -1,6 +1,6 @@
 """The cached-feature path: a frozen backbone without augmentation runs once over the data
-(:func:`zoo_core.cache.split_features`, kept in the feature cache; sharded under torchrun) and only
-the head trains, on the cached features: the converged L-BFGS fit (:func:`zoo_core.headfit.fit_linear_head`)
+(:func:`zoo_core.cache.split_features`, kept in the feature cache, or in memory with ``cache_features``
+off; sharded under torchrun) and only the head trains, on the cached features: the converged L-BFGS fit (:func:`zoo_core.headfit.fit_linear_head`)
 when ``epochs`` is None, else ``epochs`` epochs of the shared loop (:func:`head_phase`).
 
 Seams: ``headfit.fit_linear_head`` is called through its module.
@@ -9,6 +9,7 @@ Seams: ``headfit.fit_linear_head`` is called through its module.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Any
 
 import torch
@@ -25,12 +26,21 @@ from .inputs import EpochSampler
 from .loop import Fit, rounded, run_epochs
 from .setup import RunState, Trained
 
+# cache_features off: the validation features a run extracted in memory, kept for its final predictions
+_KEPT: weakref.WeakKeyDictionary[nn.Module, cache.FeatureSet] = weakref.WeakKeyDictionary()
+
 
 def extract(state: RunState, names: tuple[str, ...], ctx: DistContext | None, quiet: bool) -> dict[str, Any]:
     """The backbone's features of the ``names`` splits (``FeatureSet`` each), from the cache when there
-    (:func:`zoo_core.cache.split_features`)."""
-    return {name: cache.split_features(state.cfg, state.split, name, state.model, state.adapter, state.data_cfg,
-                                       state.device, ctx, quiet=quiet) for name in names}
+    (:func:`zoo_core.cache.split_features`); with the disk cache off, extracted once and held in memory."""
+    out = {}
+    for name in names:
+        kept = _KEPT.pop(state.model, None) if name == "val" and not state.cfg.cache_features else None
+        out[name] = kept or cache.split_features(state.cfg, state.split, name, state.model, state.adapter,
+                                                 state.data_cfg, state.device, ctx, quiet=quiet)
+    if "train" in names and not state.cfg.cache_features:
+        _KEPT[state.model] = out["val"]
+    return out
 
 
 def fit(state: RunState) -> Trained:

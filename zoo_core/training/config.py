@@ -21,6 +21,7 @@ from typing import Any, Sequence
 from .. import strategies
 from ..data import augment as zaug
 from ..errors import ZooError
+from ..util import check_output_folder, child_dir, is_single_name
 from .options import (
     BOOLEAN,
     FOLDER,
@@ -43,8 +44,7 @@ LOGGERS = ("tensorboard",)  # what ``log`` may name (zoo_core.training.loggers i
 _NAME = (lambda v: isinstance(v, str) and bool(v), "a backbone name (see `zoo list`)")
 _INTEGER = (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool), "an integer")
 _NOT_EMPTY = (lambda v: isinstance(v, PATH) and bool(os.fspath(v)), "a folder")
-_DIRECTORY_NAME = (lambda v: v is None or (isinstance(v, str) and bool(v) and not set("/\\\0") & set(v)),
-                   "a folder name without path separators")
+_DIRECTORY_NAME = (lambda v: v is None or is_single_name(v), "a folder name without path separators (not '.' or '..')")
 _PATIENCE = (lambda v: v == "auto" or integer(0, optional=True)[0](v), "an integer >= 0 or 'auto'")
 _LR = (number(0, above=True, optional=True)[0], "a number > 0 or 'auto'")  # 'auto' passes before the rules
 
@@ -97,7 +97,7 @@ class TrainConfig:
     image_size: int | None = option(None, "override the backbone's input size in pixels (e.g. 64 for a quick look)",
                                     integer(1, optional=True), rank=True)
     val_fraction: float = option(0.2, "validation share when the data has no val/ folder (default 0.2)",
-                                 number(0, 1, below=True), rank=True)
+                                 number(0, 1, above=True, below=True), rank=True)
     seed: int = option(0, "random seed (default 0)", _INTEGER, rank=True)
     device: str = option("auto", "auto | cpu | cuda | cuda:1 | mps", kind(str, what="auto, cpu, cuda, cuda:N or mps"),
                          resumable=True, rank=True)
@@ -110,7 +110,8 @@ class TrainConfig:
         "auto", "patience in epochs on validation loss, 0 disables (default auto: 3 without --epochs, within the "
         "5-epoch budget; 5 with --epochs)", _PATIENCE, resumable=True, lr_find=False,
         parse=auto_or(int, "an integer"))
-    cache_features: bool = option(True, "cache frozen-backbone features on disk (default on)", BOOLEAN, lr_find=False)
+    cache_features: bool = option(True, "cache frozen-backbone features on disk (default on); off: the backbone still runs once "
+                                  "and its features stay in memory (the same result, no files)", BOOLEAN, lr_find=False)
     # decode + resize each split once into the shared pixel cache (features.PixelCache) and feed the frozen
     # feature extraction and every validation pass from it; runs with the same preprocessing (``compare``)
     # reuse it. Results are identical to decoding on the fly. Ignored under torchrun.
@@ -287,3 +288,15 @@ def run_name(cfg: TrainConfig) -> str:
     """``cfg.run_name``, else ``<backbone>-<strategy>-<timestamp>``."""
     safe = cfg.backbone.replace("/", "_")
     return cfg.run_name or f"{safe}-{cfg.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_directory(cfg: TrainConfig) -> Path:
+    """The run directory ``out_dir/<run name>``: refused unless it stays inside ``out_dir`` and ``out_dir``
+    (and ``log_dir``) can be folders (:func:`zoo_core.util.child_dir`)."""
+    cfg = validate(cfg)
+    check_output_folder(cfg.out_dir, "--out-dir")
+    if cfg.log_dir is not None:
+        check_output_folder(cfg.log_dir, "--log-dir")
+    path = child_dir(cfg.out_dir, run_name(cfg), "--run-name")
+    check_output_folder(path, "the run directory")
+    return path

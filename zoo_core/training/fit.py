@@ -15,7 +15,7 @@ from typing import Any
 
 from . import cached, endtoend, report
 from .checkpoint import restore_best
-from .config import TrainConfig, TrainResult, new_run_config, run_name
+from .config import TrainConfig, TrainResult, new_run_config, run_directory
 from .lrfind import with_auto_lr
 from .probe import with_probe
 from .resume import resumed_config
@@ -55,7 +55,7 @@ def _plan(backbone: str | None, data: Any, config: TrainConfig | None, resume: s
         plan = resumed_config(Path(resume), overrides, backbone=backbone, data=data)
         return plan.config, Path(resume), plan.resumes
     cfg = new_run_config(backbone, data, config, overrides)
-    return cfg, Path(cfg.out_dir) / run_name(cfg), None
+    return cfg, run_directory(cfg), None
 
 
 def run(cfg: TrainConfig, data: Any, *, run_path: Path, resume: bool = False,

@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 from ..errors import ZooError
 from ..outputs import plots
+from ..util import child_dir
 from .config import TrainConfig
 
 """The values ``TrainConfig.log`` (``--log``) takes besides None."""
@@ -113,4 +114,5 @@ def open_log(cfg: TrainConfig, run_path: Path | None, is_main: bool) -> RunLog:
     check_log(cfg)
     if cfg.log is None or run_path is None or not is_main:
         return RunLog()
-    return TensorBoardLog(Path(cfg.log_dir) / run_path.name if cfg.log_dir else run_path / "tensorboard")
+    return TensorBoardLog(child_dir(cfg.log_dir, run_path.name, "--run-name") if cfg.log_dir
+                          else run_path / "tensorboard")

@@ -28,9 +28,11 @@ from tqdm.auto import tqdm
 
 from .. import data as zdata
 from .. import strategies
-from ..outputs.plots import _pyplot, _save
-from ..util import atomic_write_text
+from ..errors import ZooError
+from ..outputs.plots import _pyplot, _save, literal_text
+from ..util import atomic_write_text, check_output_folder
 from .config import TrainConfig, replace_options
+from .options import check_values, integer, number
 from .probe import with_probe
 from .setup import RunState, build_run
 
@@ -91,6 +93,12 @@ def lr_find(backbone: str, data: Any, *, strategy: str = "full", start_lr: float
     ``overrides`` are :class:`zoo_core.TrainConfig` fields (batch_size, image_size, weights, seed, …).
     ``out`` is a directory for ``lr_find.png`` and ``lr_find.json``.
     """
+    check_values({"--start-lr": (start_lr, number(0, above=True)), "--end-lr": (end_lr, number(0, above=True)),
+                  "--steps": (num_steps, integer(2))})
+    if out is not None:
+        check_output_folder(out, "--out")
+    if start_lr >= end_lr:
+        raise ZooError(f"--start-lr ({start_lr:g}) must be below --end-lr ({end_lr:g}): the range test raises the LR")
     cfg = replace_options(TrainConfig(backbone=backbone, strategy=strategy), overrides)
     state = with_probe(build_run(dataclasses.replace(cfg, lr=None, progress=progress), data))  # as the run starts
     model, opt, loader = _range_test_setup(state)
@@ -174,6 +182,7 @@ def _range_test(model: nn.Module, loader: Any, opt: torch.optim.Optimizer, state
     return lrs, losses
 
 
+@literal_text
 def _plot(result: LRFindResult, path: Path, title: str) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))

@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..errors import ZooError
+
 Rule = tuple[Callable[[Any], bool], str]
 """An option's check and what it allows (said in the error: ``--flag must be <allowed>, got …``)."""
 
@@ -87,6 +89,15 @@ def kind(*types: type, optional: bool = False, what: str) -> Rule:
 def one_of(choices: tuple[str, ...], what: str | None = None, *, optional: bool = False) -> Rule:
     """One of ``choices`` (``optional``: or None); ``what`` defaults to the choices quoted, joined by commas."""
     return (lambda v: (optional and v is None) or v in choices), what or ", ".join(map(repr, choices))
+
+
+def check_values(values: dict[str, tuple[Any, Rule]]) -> None:
+    """Refuse the first value that breaks its rule (``{flag: (value, rule)}``) with the one-line error
+    :func:`~zoo_core.training.config.validate` gives a training option: ``--flag must be <allowed>, got …``.
+    The commands that are not a training run (lr-find's own range, predict, export) check theirs with it."""
+    for name, (value, (ok, allowed)) in values.items():
+        if not ok(value):
+            raise ZooError(f"{name} must be {allowed}, got {value!r}")
 
 
 PATH = (str, os.PathLike)

@@ -5,12 +5,12 @@ checked before any work, and the log of every resume so far (``config.json`` ``r
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import ZooError
+from ..records import read_run_config
 from ..rundir import load_checkpoint
 from .config import DEFAULT_EPOCHS, RESUMABLE, TrainConfig, data_label, replace_options, resolve_config
 from .options import flag
@@ -42,7 +42,7 @@ def resumed_config(run: Path, overrides: dict[str, Any], *, backbone: str | None
     already finished); anything else is a one-line error listing what can change, raised before any work."""
     if not (run / "config.json").is_file():
         raise ZooError(f"cannot resume: {str(run)!r} has no config.json (not a zoo run directory)")
-    record = json.loads((run / "config.json").read_text())
+    record = read_run_config(run)
     saved = TrainConfig(**{k: v for k, v in record["train"].items() if k in TrainConfig.__dataclass_fields__})
     if backbone is not None:
         overrides = {**overrides, "backbone": backbone}

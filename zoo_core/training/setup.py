@@ -105,7 +105,7 @@ class RunState:
             "head_init": self.cfg.head_init if self.strategy.trains_backbone() else None,
             "bn_stats": "frozen" if self.freeze_bn_stats else "update",
             "probe": self.probe, "epochs": self.epochs, "lr": self.lr, "device": str(self.device),
-            "precision": self.precision, "world_size": self.ctx.world_size, "feature_cache": self.shape.cached,
+            "precision": self.precision, "world_size": self.ctx.world_size, "feature_cache": self.shape.cached and cfg.cache_features,
             "lr_find": self.lr_found, "weights": cfg.weights if cfg.weights is None else str(cfg.weights),
             "resumes": list(self.resumes), "surgical": self.surgical,
         }

@@ -24,7 +24,8 @@ from .inputs import data_config_for
 class RunShape:
     """The choices a run's config implies, before any data or model is loaded."""
 
-    cached: bool  # frozen backbone, no augmentation, cache on: the head trains on cached features
+    cached: bool  # frozen backbone, no augmentation: the backbone runs once, the head trains on its features
+    # (kept in the disk cache, or only in memory with cache_features off: the same result either way)
     augment: tuple[str, ...]  # the training augmentations as the policy resolved them (auto: the ones to check)
     augment_auto: bool  # augment="auto": the probe's check narrows `augment` before training
     from_probe: bool  # LP-FT: training starts from the linear probe's head (head_init="probe")
@@ -38,7 +39,7 @@ def run_shape(cfg: TrainConfig, strategy: Strategy | None = None) -> RunShape:
     policy = zaug.for_strategy(cfg.augment, strategy.default_augment)
     auto = policy == zaug.AUTO
     augment: tuple[str, ...] = zaug.DEFAULT if auto else policy  # type: ignore[assignment]
-    cached = strategy.backbone_frozen_throughout() and not augment and cfg.cache_features
+    cached = strategy.backbone_frozen_throughout() and not augment  # cache off: the features stay in memory
     trains = strategy.trains_backbone()
     from_probe = cfg.head_init == "probe" and trains and not cached
     augment_auto = auto and not cached
