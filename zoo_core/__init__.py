@@ -69,7 +69,10 @@ __all__ = [
     "BackboneAdapter", "BackboneInfo", "DataConfig", "DataError", "DuplicateBackboneError",
     "TrainingError", "UnknownBackboneError", "WeightsError", "ZooError", "create", "get_adapter",
     "hookimpl", "hookspec", "info", "list_backbones", "list_families", "plugins_report", "register_plugin",
-    "reload_plugins", "unregister_plugin", *_LAZY,
+    "reload_plugins", "unregister_plugin",
+    # imported on first use (_LAZY_BY_MODULE)
+    "train", "TrainConfig", "TrainResult", "lr_find", "load", "predict", "export", "ExportResult", "compare",
+    "Leaderboard", "rank", "Ranking", "features", "transform", "set_progress",
 ]
 
 

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import data as zdata
+from .. import logs
 from ..backbones.registry import expand_backbones
 from ..errors import ZooError
 from ..runtime import pick_device, resolve_precision
@@ -90,7 +91,7 @@ def rank(backbones: Sequence[str] | str | None, data: Any, *, family: str | None
     say = _say(progress)
     say(f"zoo rank: {len(names)} backbone(s) on {what} of {split.source}")
     entries = []
-    with tqdm(total=len(names), desc="zoo rank", unit="backbone", disable=not progress, dynamic_ncols=True) as bar:
+    with tqdm(total=len(names), desc="zoo rank", unit="backbone", disable=not logs.progress(progress), dynamic_ncols=True) as bar:
         for i, name in enumerate(names, 1):
             bar.set_postfix_str(name)
             entry = _rank_one(candidate_config(name, options, progress), ranked_on, folds, fallback_random, out, say)
