@@ -160,7 +160,7 @@ def test_predict_takes_folders_and_writes_a_csv(run_dir: Path, tmp_path: Path, c
         if img is None:
             assert r["label_1"] == "" and f"cannot read image {broken}: corrupt image" in r["error"]
             continue
-        ((l1, p1), (l2, p2)) = clf.predict([img], topk=2)[0]
+        (l1, p1), (l2, p2) = ((t["label"], t["probability"]) for t in clf.predict([img], topk=2)[0]["top"])
         # the CSV keeps 6 decimals, and a batch of several images sums in another order than one image alone
         assert (r["label_1"], r["label_2"]) == (l1, l2) and float(r["probability_1"]) == pytest.approx(p1, abs=1e-5)
         assert r["error"] == "" and float(r["probability_1"]) >= float(r["probability_2"])
@@ -201,7 +201,7 @@ def test_load_and_predict_give_class_names_and_probabilities(odd_run: Path, tmp_
         assert row["image"] == str(path) and sorted(t["label"] for t in row["top"]) == clf.classes
         assert sum(ps) == pytest.approx(1.0, abs=1e-5) and ps == sorted(ps, reverse=True)
         assert row["top"][0]["label"] == clf.classes[int(p.argmax())]
-    assert [len(r) for r in clf.predict(paths, topk=10)] == [3] * len(paths)  # k capped at the class count
+    assert [len(r["top"]) for r in clf.predict(paths, topk=10)] == [3] * len(paths)  # k capped at the class count
 
 
 def test_preprocessing_is_the_data_config_of_the_run(odd_run: Path, tmp_path: Path) -> None:

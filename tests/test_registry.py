@@ -30,7 +30,8 @@ def test_list_backbones_family_filter() -> None:
     timms = zoo_core.list_backbones("*test_*", family="timm")
     assert timms and all(n.startswith("timm/") for n in timms)
     assert zoo_core.list_backbones("vgg*", family="resnet") == []
-    assert zoo_core.list_backbones(family="no-such-family") == []
+    with pytest.raises(zoo_core.ZooError, match="unknown family 'no-such-family'"):  # an error, not []
+        zoo_core.list_backbones(family="no-such-family")
 
 
 def test_list_backbones_pretrained_filter() -> None:

@@ -301,7 +301,7 @@ def test_nan_loss_raises_training_error_and_keeps_the_best_checkpoint(
     assert torch.equal(ck["model"]["fc.weight"], snapshot["head"])
     assert ck["epoch"] == 1 and all(torch.isfinite(t.float()).all() for t in ck["model"].values())
     probs = zoo_core.load(run).predict([next((easy2 / "class0").iterdir())], topk=2)[0]
-    assert all(math.isfinite(p) for _, p in probs)
+    assert all(math.isfinite(t["probability"]) for t in probs["top"])
 
 
 def test_non_finite_validation_loss_stops_the_run(tmp_path: Path, easy2: Path,

@@ -7,6 +7,13 @@ class ZooError(Exception):
     """Base class of every error backbone-zoo raises on purpose."""
 
 
+class UnknownFamilyError(ZooError, KeyError):
+    """A family (or plugin) name that no loaded plugin provides."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
 class UnknownBackboneError(ZooError, KeyError):
     """A backbone name that no loaded plugin provides."""
 

@@ -9,16 +9,16 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
 from . import data as zdata
+from . import logs
 from .backbones import registry
 from .backbones import weights as wts
 from .backbones.adapter import DataConfig
 from .backbones.models import create
-from .errors import ZooError
+from .errors import DataError, ZooError
 from .rundir import load_checkpoint
 from .training.options import check_values, integer
 from .util import atomic_write_text, csv_text
@@ -30,7 +30,8 @@ class ZooClassifier(nn.Module):
     """A trained backbone with its class names and preprocessing, in eval mode.
 
     ``forward`` takes normalised float batches like the underlying model; :meth:`predict` takes image
-    files or PIL images and does the preprocessing itself.
+    files, PIL images or image tensors (``uint8`` 0–255 or float 0–1, see :mod:`zoo_core.data.inputs`) and
+    does the preprocessing itself.
     """
 
     def __init__(self, model: nn.Module, classes: list[str], data_config: DataConfig, backbone: str) -> None:
@@ -39,32 +40,39 @@ class ZooClassifier(nn.Module):
         self.classes = classes
         self.data_config = data_config
         self.backbone = backbone
-        self._transform = zdata.eval_transform(data_config)
+        self.transform = zdata.Preprocess(data_config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of a normalised batch."""
         return self.model(x)
 
-    def preprocess(self, images: Sequence[str | os.PathLike | Image.Image]) -> torch.Tensor:
+    def preprocess(self, images: Any) -> torch.Tensor:
         """Decode (:func:`zoo_core.data.load_image`), resize, crop and normalise images into one batch."""
-        pil = [zdata.to_rgb(img) if isinstance(img, Image.Image) else zdata.load_image(img) for img in images]
-        device = next(self.model.parameters()).device
-        return zdata.normalize(torch.stack([self._transform(img) for img in pil]).to(device), self.data_config)
+        return self.transform.batch(images, next(self.model.parameters()).device)
 
     @torch.no_grad()
-    def predict(self, images: Sequence[str | os.PathLike | Image.Image], topk: int = 5,
-                batch_size: int = 32) -> list[list[tuple[str, float]]]:
-        """Top-``k`` ``(label, probability)`` pairs for each image (an unreadable file raises
-        :class:`zoo_core.data.UnreadableImage`; :func:`predict` reports it per file instead)."""
+    def predict(self, images: Any, topk: int = 5, batch_size: int = 32) -> list[dict[str, Any]]:
+        """One row per image, in order, as :func:`predict` gives: ``{"image", "top"}``, ``"top"`` the ``k`` most
+        probable ``{"label", "probability"}``, ``"image"`` the path given (or the image's position for a PIL
+        image or tensor). ``images``: one image or a list (paths, PIL images, tensors) or a ``[B, 3, H, W]``
+        batch. An unreadable file raises :class:`zoo_core.data.UnreadableImage`; :func:`predict` reports it
+        per file instead."""
         self.eval()
-        out: list[list[tuple[str, float]]] = []
+        items = zdata.image_list(images)
+        out: list[dict[str, Any]] = []
         k = min(topk, len(self.classes))
-        for i in range(0, len(images), batch_size):
-            probs = self.model(self.preprocess(images[i:i + batch_size])).float().softmax(1)
+        for i in range(0, len(items), batch_size):
+            probs = self.model(self.preprocess(items[i:i + batch_size])).float().softmax(1)
             p, idx = probs.topk(k, dim=1)
-            out += [[(self.classes[j], float(q)) for q, j in zip(pr.tolist(), ix.tolist())]
-                    for pr, ix in zip(p, idx)]
+            out += [{"image": _label_of(items[i + n], i + n),
+                     "top": [{"label": self.classes[j], "probability": round(float(q), 6)}
+                             for q, j in zip(pr.tolist(), ix.tolist())]} for n, (pr, ix) in enumerate(zip(p, idx))]
         return out
+
+
+def _label_of(item: Any, position: int) -> str | int:
+    """What a prediction row names its image by: the path given, else the image's position."""
+    return os.fspath(item) if isinstance(item, (str, os.PathLike)) else position
 
 
 def checkpoint_path(run: str | os.PathLike) -> Path:
@@ -174,24 +182,30 @@ def expand_images(paths: Sequence[str | os.PathLike]) -> list[tuple[str, str | N
     return out
 
 
-def predict(run: str | os.PathLike, images: Sequence[str | os.PathLike], topk: int = 5,
-            batch_size: int = 32, progress: bool = False) -> list[dict[str, Any]]:
-    """Label image files, and the images inside folders (:func:`expand_images`), with the model of run
-    ``run``: one dict per image, in order, with its ``"top"`` k ``{"label", "probability"}``. A file that
-    cannot be read (or a folder without images) gets an empty ``"top"`` and an ``"error"`` line; the other
-    files are still labelled. ``progress`` shows a bar from :data:`PROGRESS_MIN` images on."""
+def predict(run: str | os.PathLike, images: Any, topk: int = 5, batch_size: int = 32,
+            progress: bool = False) -> list[dict[str, Any]]:
+    """Label images with the model of run ``run``: one row per image, in order, ``{"image", "top"}`` with the
+    ``k`` most probable ``{"label", "probability"}`` (the shape :meth:`ZooClassifier.predict` gives).
+
+    ``images``: image files, folders (their images, :func:`expand_images`), PIL images or tensors (``uint8``
+    0–255 or float 0–1; ``"image"`` is then the position), one or a list. A file that cannot be read (or a
+    folder without images) gets an empty ``"top"`` and an ``"error"`` line; the other images are still
+    labelled. ``progress`` shows a bar from :data:`PROGRESS_MIN` images on."""
     check_values({"--topk": (topk, integer(1)), "--batch-size": (batch_size, integer(1))})
     clf = load(run)
-    entries = expand_images(images)
+    given = zdata.image_list(images)
+    entries: list[tuple[Any, str | None]] = []
+    for n, item in enumerate(given):
+        entries += expand_images([item]) if isinstance(item, (str, os.PathLike)) else [(n, None)]
     results: list[dict[str, Any]] = [{"image": img, "top": []} for img, _ in entries]
-    pending: list[tuple[dict[str, Any], Image.Image]] = []
+    pending: list[tuple[dict[str, Any], Any]] = []
     bar = tqdm(total=len(entries), unit="img", desc="zoo predict", leave=False, file=sys.stderr,
-               disable=not progress or len(entries) < PROGRESS_MIN)
+               disable=not logs.progress(progress) or len(entries) < PROGRESS_MIN)
 
     def flush() -> None:
-        for (row, _), preds in zip(pending, clf.predict([img for _, img in pending], topk=topk,
-                                                        batch_size=batch_size)):
-            row["top"] = [{"label": lbl, "probability": round(p, 6)} for lbl, p in preds]
+        for (row, _), pred in zip(pending, clf.predict([img for _, img in pending], topk=topk,
+                                                       batch_size=batch_size)):
+            row["top"] = pred["top"]
         bar.update(len(pending))
         pending.clear()
 
@@ -202,9 +216,12 @@ def predict(run: str | os.PathLike, images: Sequence[str | os.PathLike], topk: i
                     row["error"] = f"cannot read {img}: {problem}"
                     bar.update(1)
                 else:
-                    pending.append((row, zdata.load_image(img)))
+                    pending.append((row, zdata.as_image(given[img]) if isinstance(img, int) else zdata.load_image(img)))
             except zdata.UnreadableImage as exc:
                 row["error"] = f"cannot read image {exc.path}: {exc.reason}"
+                bar.update(1)
+            except DataError as exc:
+                row["error"] = str(exc)
                 bar.update(1)
             if len(pending) == batch_size:
                 flush()

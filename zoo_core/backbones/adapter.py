@@ -202,6 +202,23 @@ class BackboneAdapter:
         """Extra metadata for ``zoo info`` (paper, license, …); default empty."""
         return {}
 
+    def feature_dim(self, model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> int:
+        """Width of :meth:`features` for ``model``: the head's ``in_features``, else one probe forward
+        of a zero batch of ``input_size`` (free on the meta device)."""
+        head = model.get_submodule(self.head_name(model))
+        width = getattr(head, "in_features", None)
+        if isinstance(width, int) and width > 0:
+            return width
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return int(self.features(model, torch.zeros(1, *input_size, device=device)).shape[1])
+        finally:
+            model.train(was_training)
+
     def features(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """Pooled pre-head features of ``images``: exactly what the head receives."""
         head = model.get_submodule(self.head_name(model))

@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 import os
 
-import torch
 from torch import nn
 
 from ..errors import ZooError
-from . import registry
+from . import probe, registry
 from . import weights as wts
 from .adapter import BackboneInfo, StageSize
 from .freezing import Stages, count_parameters, under
@@ -46,13 +45,8 @@ def info(name: str) -> BackboneInfo:
     """Describe ``name``: family, plugin, size, feature dim, preprocessing, accepted input sizes, stages
     (with their parameter counts), weights and whether they are available without a download."""
     adapter, plugin = registry.get_adapter(name)
-    try:
-        with torch.device("meta"):
-            model = adapter.create(name, weights=None, num_classes=None)
-    except Exception:  # noqa: BLE001 - some models cannot be built on meta; pay for a CPU build
-        model = adapter.create(name, weights=None, num_classes=None)
+    model = probe.meta_model(adapter, name)
     head = adapter.head_name(model)
-    head_mod = model.get_submodule(head)
     available = adapter.available_weights(name)
     stages = adapter.stages(model)
     return BackboneInfo(
@@ -60,7 +54,7 @@ def info(name: str) -> BackboneInfo:
         family=adapter.family,
         plugin=plugin,
         num_params=count_parameters(model)[0],
-        feature_dim=int(getattr(head_mod, "in_features", 0)),
+        feature_dim=probe.feature_dim(adapter, name, model),
         head=head,
         data_config=adapter.data_config(name, "DEFAULT" if available else None),
         stages=[s for s, _ in stages],

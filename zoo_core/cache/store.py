@@ -26,6 +26,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .. import logs
 from ..errors import DataError, ZooError
 from .keys import FORMAT_VERSION, cache_root
 
@@ -245,7 +246,8 @@ def progress_bar(total: int, desc: str, enabled: bool) -> Any:
     """A tqdm bar (in images) for filling an entry; ``enabled=False`` shows nothing."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit="img", disable=not logs.progress(enabled), leave=False,
+                dynamic_ncols=True)
 
 
 # ---- housekeeping -----------------------------------------------------------------------------------

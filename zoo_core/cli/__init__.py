@@ -19,6 +19,7 @@ from typing import Callable, NoReturn
 
 from .. import __version__
 from ..errors import ZooError
+from ..logs import cli_output
 from . import catalog, compare, runs
 from .common import Subparsers, warnings_above_bars, weights_given
 
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, usage errors: argparse already printed
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
-        with warnings_above_bars():
+        with warnings_above_bars(), cli_output():
             return int(args.func(args) or 0)
     except ZooError as exc:
         print(f"zoo: error: {' '.join(str(exc).split())}", file=sys.stderr)

@@ -28,16 +28,17 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import sys
 import time
 import traceback
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
 from .. import data as zdata
+from .. import logs
 from ..backbones.weights import RANDOM_INIT, weights_label
 from ..errors import WeightsError
 from ..runtime import pick_device
@@ -165,7 +166,7 @@ def add_folds(board: Leaderboard, split: Any, k: int, device: torch.device, say:
 
 
 def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    logs.say(msg)
 
 
 def compare(backbones: Sequence[str] | str | None, data: Any, *, strategies: Sequence[str] | str | None = None,
@@ -211,7 +212,7 @@ def compare(backbones: Sequence[str] | str | None, data: Any, *, strategies: Seq
     base = dataclasses.replace(plan.base, data=plan.base.data or split.source)  # config.json records it (--resume)
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(base.device)
-    say: Say = _stderr if progress else (lambda msg: None)
+    say: Say = _stderr if progress else partial(logs.say, echo=False)
     say(f"zoo compare: {len(plan.backbones)} backbone(s) × {len(plan.strategies)} strategy(ies) on {split.summary()}")
     runner = EntryRunner(split, base, out, device, say=say, session=session if session is not None else Session(),
                          fallback_random=fallback_random, rerun=rerun, progress=progress)

@@ -18,6 +18,8 @@ Modules (each docstring states its rules):
 * :mod:`.transforms`: the evaluation view and normalisation; :mod:`.augment`: the training views and the
   augmentation policy;
 * :mod:`.loaders`: seeded DataLoaders;
+* :mod:`.inputs`: images as the library API takes them (paths, PIL, tensors: the tensor convention) and
+  :class:`Preprocess`, a backbone's evaluation preprocessing as one callable;
 * :mod:`.demo`: the built-in demo dataset (shapes drawn in code).
 """
 
@@ -32,6 +34,7 @@ from .images import (
            to_rgb,
            why_unreadable,
 )
+from .inputs import Preprocess, as_image, image_list
 from .load import load_data
 from .loaders import auto_num_workers, make_loader, seed_worker, usable_cpus
 from .sources import (
@@ -48,7 +51,7 @@ from .split import DataSplit, DataWarning
 from .transforms import eval_transform, interpolation, normalize
 
 __all__ = ["BUILTINS", "DATA_ROOT_ENV", "IMAGE_EXTENSIONS", "TRAIN_CROP_SCALE", "DataSplit", "DataWarning",
-           "ImageFiles", "Transformed", "UnreadableImage", "as_rgb", "auto_num_workers", "check_image",
+           "ImageFiles", "Preprocess", "Transformed", "UnreadableImage", "as_image", "as_rgb", "auto_num_workers", "check_image",
            "content_hash", "dataset_names", "default_data_root", "eval_transform", "interpolation", "item_name",
-           "known_labels", "load_data", "load_image", "make_loader", "normalize", "seed_worker", "to_rgb",
+           "image_list", "known_labels", "load_data", "load_image", "make_loader", "normalize", "seed_worker", "to_rgb",
            "train_transform", "usable_cpus", "why_unreadable"]

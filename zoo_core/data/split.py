@@ -15,6 +15,7 @@ from typing import Any, Iterable, Sequence
 
 from torch.utils.data import Dataset
 
+from .. import logs
 from ..errors import DataError
 from ..util import digest
 
@@ -98,4 +99,4 @@ def progress_bar(total: int, desc: str, unit: str, enabled: bool) -> Any:
     :data:`PROGRESS_MIN`."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled or total < PROGRESS_MIN)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not logs.progress(enabled) or total < PROGRESS_MIN)

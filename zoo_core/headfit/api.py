@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from .. import logs
 from ..errors import DataError
 from . import objective
 from .grid import GRID_MAX_TRAIN, GridResult, search_c
@@ -221,7 +222,7 @@ def _refit(prob: Problem, l2: float, start: tuple[torch.Tensor, torch.Tensor, Co
     from tqdm.auto import tqdm
 
     ws, b, s, curv = start
-    bar = tqdm(total=1, desc=f"head fit: refit l2={l2:.3g}", disable=not progress, leave=False)
+    bar = tqdm(total=1, desc=f"head fit: refit l2={l2:.3g}", disable=not logs.progress(progress), leave=False)
     sol = fit_l2(prob, s, l2, ws, b, curv, max_iter=max_iter, rtol=RTOL, ftol=tol)
     if isinstance(s, LowRank):
         info["preconditioner"] = f"correlation-low-rank (rank {s.lam.numel()})"

@@ -33,6 +33,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .. import logs
 from .objective import Problem
 from .precond import Correlation, correlation
 from .solver import fit_l2
@@ -254,7 +255,7 @@ def search_c(prob: Problem, tr: torch.Tensor, va: torch.Tensor, *, c_grid: Seque
             "grid_search": "full" if full else "coarse-to-fine", "selection_rule": SELECTION_RULE}
     t_grid = time.perf_counter()
     path = _path(len(cs), full)
-    bar = tqdm(total=len(path) + (0 if full else 2), desc="head fit: C grid", disable=not progress, leave=False)
+    bar = tqdm(total=len(path) + (0 if full else 2), desc="head fit: C grid", disable=not logs.progress(progress), leave=False)
     search = _Search(p_tr, p_va, s, cs, prob.mass, bar)
     _walk(search, path, full, n_val)
     pick = search.pick(n_val) if full else _refine(search, n_val)

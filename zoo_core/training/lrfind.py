@@ -27,7 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import data as zdata
-from .. import strategies
+from .. import logs, strategies
 from ..errors import ZooError
 from ..outputs.plots import _pyplot, _save, literal_text
 from ..util import atomic_write_text, check_output_folder
@@ -110,8 +110,7 @@ def lr_find(backbone: str, data: Any, *, strategy: str = "full", start_lr: float
         result.plot = out / "lr_find.png"
         _plot(result, result.plot, f"{backbone} [{state.strategy.name}]")
         atomic_write_text(out / "lr_find.json", json.dumps(result.to_dict(), indent=2))
-    if progress:
-        print(f"zoo lr-find: suggested learning rate {result.suggestion:.2e}", file=sys.stderr)
+    logs.say(f"zoo lr-find: suggested learning rate {result.suggestion:.2e}", echo=progress)
     return result
 
 
@@ -158,7 +157,7 @@ def _range_test(model: nn.Module, loader: Any, opt: torch.optim.Optimizer, state
     losses: list[float] = []
     gamma = (end_lr / start_lr) ** (1 / max(1, num_steps - 1))
     avg, best, step = 0.0, math.inf, 0
-    bar = tqdm(total=num_steps, desc="lr-find", disable=not progress, leave=False, file=sys.stderr)
+    bar = tqdm(total=num_steps, desc="lr-find", disable=not logs.progress(progress), leave=False, file=sys.stderr)
     while step < num_steps:
         for x, y in loader:
             lr = start_lr * gamma**step

@@ -198,7 +198,7 @@ def finish(state: RunState, trained: Trained, val: ValPredictions, train_seconds
                          trainable_params=trainable, train_seconds=train_seconds, config=trained.record)
     if state.ctx.is_main:
         write_outputs(state, result, val)
-        print(f"zoo train: done. {result.summary()}", file=sys.stderr, flush=True)
+        state.say(f"zoo train: done. {result.summary()}")
     return result
 
 

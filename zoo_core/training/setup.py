@@ -9,7 +9,6 @@ so the model and the data are set up in one place. A RunState is replaced, never
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -18,7 +17,7 @@ import torch
 from torch import nn
 
 from .. import data as zdata
-from .. import strategies
+from .. import logs, strategies
 from ..backbones import registry
 from ..backbones.adapter import BackboneAdapter, DataConfig
 from ..backbones.freezing import Stages
@@ -85,12 +84,13 @@ class RunState:
     @property
     def quiet(self) -> bool:
         """True when this process shows no progress bars (``progress=False``, or not rank 0)."""
-        return not (self.cfg.progress and self.ctx.is_main)
+        return not (logs.progress(self.cfg.progress) and self.ctx.is_main)
 
     def say(self, msg: str) -> None:
-        """Print a log line to stderr (rank 0 only)."""
+        """A ``zoo train:`` line for the ``backbone_zoo`` logger, echoed to stderr with ``progress`` (rank 0 only;
+        :func:`zoo_core.logs.say`)."""
         if self.ctx.is_main:
-            print(msg, file=sys.stderr, flush=True)
+            logs.say(msg, echo=self.cfg.progress)
 
     @property
     def record(self) -> dict[str, Any]:

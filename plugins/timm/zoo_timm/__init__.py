@@ -182,6 +182,11 @@ class TimmAdapter(BackboneAdapter):
         keys = ("hf_hub_id", "license", "paper_ids", "paper_name", "description")
         return {k: getattr(cfg, k) for k in keys if getattr(cfg, k, None)}
 
+    def feature_dim(self, model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> int:
+        """``head_hidden_size`` (the pre-logits width, when timm's head adds a layer) or ``num_features``."""
+        width = getattr(model, "head_hidden_size", None) or getattr(model, "num_features", None)
+        return int(width) if width else super().feature_dim(model, input_size)
+
     def features(self, model: nn.Module, images):  # type: ignore[override]
         """Pre-logits features through ``forward_features`` + ``forward_head(pre_logits=True)``."""
         return model.forward_head(model.forward_features(images), pre_logits=True).flatten(1)
