@@ -76,7 +76,8 @@ def test_list_without_match_and_with_unknown_family(capsys) -> None:
     assert (code, out) == (0, "") and "no backbones match" in err
     code, out, err = run(capsys, "list", "--family", "alexnet")
     assert code == 2 and out == ""
-    assert err.strip() == "zoo: error: unknown family 'alexnet'; choose one of: efficientnet_lite, resnet, timm, vgg"
+    assert err.strip() == ("zoo: error: unknown family 'alexnet'. Did you mean: resnet? Known families and plugins: "
+                           "efficientnet_lite, effnet_lite, resnet, timm, vgg")
 
 
 def test_info_text(capsys) -> None:
