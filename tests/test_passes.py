@@ -115,7 +115,7 @@ def test_missing_onnx_runtime_is_no_candidate_and_a_pinned_one_falls_back_with_t
 def test_candidates_size_policy_explicit_precision_and_pin(monkeypatch):
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
     assert policy.pass_candidates("auto", "cpu") == [(passes.FOLD, "fp32"), ("eager", "fp32")]
-    small = policy.ONNX_MIN_IMAGES["fp32"] - 1
+    small = policy.int8_break_even(policy.REFERENCE_PARAMS, "fp32") - 1
     assert policy.pass_candidates("auto", "cpu", small) == [(passes.FOLD, "fp32"), ("eager", "fp32")]
     assert policy.pass_candidates("auto", "cpu", small + 1) == [
         (passes.INT8, "int8"), (passes.ONNX, "fp32"), (passes.FOLD, "fp32"), ("eager", "fp32")]
@@ -152,7 +152,7 @@ def test_cache_key_includes_pass_mode(monkeypatch):
 
 def test_extraction_drops_int8_for_the_onnx_pass_when_it_is_too_far_and_records_the_pass(monkeypatch, caplog):
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
-    monkeypatch.setitem(policy.ONNX_MIN_IMAGES, "fp32", 16)
+    monkeypatch.setattr(policy, "int8_break_even", lambda n_params, resolved: 16)
     monkeypatch.setattr(criterion, "TOLERANCE", 1e-3)  # int8 too far, fp32 in ONNX Runtime close enough
     model, adapter, _ = _model()
     ds = FakeData(size=20, image_size=(3, 40, 40), num_classes=3, random_offset=3)
