@@ -148,7 +148,7 @@ def main() -> None:
     print(f"\nbf16 vs fp32 features on {len(xs)} images ({f32.shape[1]}-d):")
     print(f"  max abs diff        {diff.max().item():.4g}  (max |fp32| {f32.abs().max().item():.4g})")
     print(f"  max abs / max |f32| {diff.max().item() / f32.abs().max().item():.4g}")
-    print(f"  relative L2 error   {runtime.relative_error(f16, f32):.4g}")
+    print(f"  relative L2 error   {criterion.relative_error(f16, f32):.4g}")
     print(f"  standardised error  {criterion.standardised_error(f16, f32):.4g}  (auto accepts ≤ {criterion.TOLERANCE})")
     print(f"  min cosine          {cos.min().item():.6f}")
     with torch.no_grad():

@@ -286,7 +286,7 @@ def speed(args: argparse.Namespace, name: str) -> dict[str, Any]:
             row["note"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
             continue
         row["setup_s"] = time.perf_counter() - t
-        row["rel_error"] = runtime.relative_error(f, exact)
+        row["rel_error"] = criterion.relative_error(f, exact)
         row["criterion"] = criterion.standardised_error(f, exact)
         runs[mode] = run
     autos = {}
@@ -431,7 +431,7 @@ def accuracy(args: argparse.Namespace, name: str) -> dict[str, Any]:
             ref_head = fit
         same = float((f["val"] @ ref_head.weight.T + ref_head.bias).argmax(1).eq(
             (ref["val"] @ ref_head.weight.T + ref_head.bias).argmax(1)).float().mean()) * 100
-        rows[mode] = {"val_acc": acc, "rel_error": runtime.relative_error(f["val"], ref["val"]),
+        rows[mode] = {"val_acc": acc, "rel_error": criterion.relative_error(f["val"], ref["val"]),
                       "fp32_head_agree": same, "criterion": criterion.standardised_error(f["first"], ref["first"])}
     n_val = len(ys["val"])
     print(f"\naccuracy: {name} (ImageNet weights), demo shapes, {len(ys['train'])} train / {n_val} val images "

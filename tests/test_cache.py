@@ -314,7 +314,7 @@ def test_bf16_features_close_to_fp32_and_auto_falls_back(ds, monkeypatch, caplog
     fp32 = extract(model, adapter, ds, precision="fp32").features
     bf16 = extract(model, adapter, ds, precision="bf16").features
     assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)
-    assert policy.relative_error(bf16, fp32) < 0.05
+    assert criterion.relative_error(bf16, fp32) < 0.05
     monkeypatch.setattr(runtime, "resolve_precision", lambda p, d: "bf16")  # as on a CPU with native bf16
     monkeypatch.setattr(criterion, "TOLERANCE", 0.0)  # and bf16 judged too inaccurate
     with caplog.at_level(logging.WARNING, logger="zoo_core.cache"):

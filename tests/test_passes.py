@@ -41,7 +41,7 @@ def test_folded_pass_matches_eager_fp32_and_leaves_model_unchanged():
     folded = passes.folded_pass(model, adapter, CPU, "fp32")
     approx = folded.run(x)
     assert criterion.check_pass(approx, exact, folded.name).accepted
-    assert runtime.relative_error(approx, exact) < 1e-4
+    assert criterion.relative_error(approx, exact) < 1e-4
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert "forward" not in vars(model.conv1) and "forward" not in vars(model.bn1)
     assert torch.equal(passes.eager_pass(model, adapter, CPU, "fp32").run(x), exact)
@@ -61,8 +61,8 @@ def test_onnx_runtime_passes_match_eager_fp32_share_one_export_and_leave_model_u
     f32, f8 = fp32.run(x), int8.run(x)
     assert (fp32.name, fp32.precision, int8.name, int8.precision) == ("onnx", "fp32", "int8", "int8")
     assert f32.dtype == f8.dtype == torch.float32 and f32.shape == f8.shape == exact.shape
-    assert runtime.relative_error(f32, exact) < 1e-4  # fp32 in another runtime: rounding only
-    err = runtime.relative_error(f8, exact)
+    assert criterion.relative_error(f32, exact) < 1e-4  # fp32 in another runtime: rounding only
+    err = criterion.relative_error(f8, exact)
     assert 1e-4 < err < 0.05 and criterion.check_pass(f8, exact, int8.name).accepted  # int8: close
     assert exports == [1]  # one export for both sessions
     torch.testing.assert_close(int8.run(x[:5]), f8[:5], atol=1e-5, rtol=1e-5)  # any batch size, same rows

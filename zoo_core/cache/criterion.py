@@ -14,7 +14,7 @@ measurements (README "Performance", ``benchmarks/pass_modes.py --accuracy``): th
 against the head accuracy each lost, and noise added in steps until the head lost 0.3 points.
 
 A batch of one image has no between-image spread: it is judged by the relative L2 error
-(:func:`zoo_core.runtime.relative_error`) against :data:`SINGLE_IMAGE_TOLERANCE` instead.
+(:func:`relative_error`) against :data:`SINGLE_IMAGE_TOLERANCE` instead.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 
-from .. import runtime
 from ..headfit.objective import moments
 
 CRITERION = "standardised_error"
@@ -35,6 +34,12 @@ TOLERANCE = 0.35
 
 SINGLE_IMAGE_TOLERANCE = 0.05
 """Largest relative L2 error accepted when the first batch holds one image (no between-image spread)."""
+
+
+def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
+    """``‖approx − exact‖ / ‖exact‖`` (Frobenius): how far a pass's features are from eager fp32's overall."""
+    exact = exact.float()
+    return float((approx.float() - exact).norm() / exact.norm().clamp_min(1e-12))
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ def check_pass(approx: torch.Tensor, exact: torch.Tensor, name: str) -> PassChec
     if spread and finite:
         err, limit, how = standardised_error(approx, exact), TOLERANCE, "standardised"
     else:
-        err, limit, how = runtime.relative_error(approx, exact), SINGLE_IMAGE_TOLERANCE, "relative"
+        err, limit, how = relative_error(approx, exact), SINGLE_IMAGE_TOLERANCE, "relative"
     criterion = CRITERION if spread else "relative_l2"
     if not finite or not err <= limit:
         return PassCheck(False, err, f"{name} features differ from fp32 by {err:.3g} ({how}, limit {limit})",
