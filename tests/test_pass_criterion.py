@@ -11,6 +11,7 @@ from zoo_core.headfit import fit_linear_head
 
 criterion = importlib.import_module("zoo_core.cache.criterion")
 passes = importlib.import_module("zoo_core.cache.passes")
+policy = importlib.import_module("zoo_core.cache.policy")
 
 
 def _features(n: int = 240, dim: int = 32, classes: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +67,7 @@ def test_choose_pass_records_every_verdict():
     scrambled = passes.ForwardPass("int8", "int8", lambda t: mean + (t.flatten(1) - mean).flip(0))
     offset = passes.ForwardPass("bf16", "bf16", lambda t: t.flatten(1) + 5.0)
     checks: list[dict] = []
-    chosen, _ = passes.choose_pass([scrambled, offset, ref], x, DistContext(), "auto", checks)
+    chosen, _ = policy.choose_pass([scrambled, offset, ref], x, DistContext(), "auto", checks)
     assert chosen is offset
     assert [(c["pass"], c["accepted"], c["tolerance"]) for c in checks] == [
         ("int8", False, criterion.TOLERANCE), ("bf16", True, criterion.TOLERANCE)]
