@@ -218,12 +218,12 @@ MODES: dict[str, tuple[Callable[..., Run], bool, tuple[str, ...], bool]] = {
 missing = missing_packages  # the packages of a tuple that are not installed here
 
 
-def plain_step(model: nn.Module, batch: int) -> Run:
-    """The plain loop's step: train mode, frozen backbone, fp32 forward + fc backward + SGD step."""
+def plain_step(model: nn.Module, batch: int, head: str = "fc") -> Run:
+    """The plain loop's step: train mode, frozen backbone, fp32 forward + ``head`` backward + SGD step."""
     net = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     for name, p in net.named_parameters():
-        p.requires_grad_(name.startswith("fc."))
-    opt = torch.optim.SGD(net.fc.parameters(), lr=1e-3)
+        p.requires_grad_(name.startswith(f"{head}."))
+    opt = torch.optim.SGD(net.get_submodule(head).parameters(), lr=1e-3)
     net.train()
     y = torch.randint(0, 10, (batch,), generator=torch.Generator().manual_seed(2))
 
@@ -267,7 +267,7 @@ def speed(args: argparse.Namespace, name: str) -> dict[str, Any]:
     with torch.inference_mode():
         exact = adapter.features(cl, batches[0])
     rows: dict[str, dict[str, Any]] = {}
-    runs: dict[str, Run] = {"plain step": plain_step(model, args.batch_size)}
+    runs: dict[str, Run] = {"plain step": plain_step(model, args.batch_size, adapter.head_name(model))}
     for mode in args.modes:
         build, is_product, needs, bf16 = MODES[mode]
         row = rows[mode] = {"product": is_product}

@@ -383,7 +383,8 @@ def run_passes(cfg: dict) -> dict:
     with zpasses.inference_setup(ours_model, torch.device("cpu")):  # which pass extraction will use
         x0 = normed[:bs_ours].contiguous(memory_format=torch.channels_last)
         chosen, _ = zpolicy.choose_pass(zpolicy.candidate_passes(ours_model, adapter, torch.device("cpu"),
-                                                                 cfg["precision"]), x0, DistContext(), cfg["precision"])
+                                                                 cfg["precision"], n),  # n: what ours_pass runs
+                                        x0, DistContext(), cfg["precision"])
 
     class Pixels(Dataset):
         def __len__(self) -> int:

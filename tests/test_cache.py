@@ -286,7 +286,7 @@ def test_clear_cache_and_summary(ds, cache_dir):
     assert cache.clear_cache("all") >= 24 * 512 * 4
     assert cache.cache_summary() == [] and not any(p.is_file() for p in cache_dir.rglob("*"))
     assert cache.clear_cache() == 0
-    with pytest.raises(zoo_core.ZooError, match="features, pixels or all"):
+    with pytest.raises(zoo_core.ZooError, match="features, pixels, onnx or all"):
         cache.clear_cache("weights")
 
 

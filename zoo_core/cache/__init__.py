@@ -25,6 +25,8 @@ On-disk layout (root: ``$BACKBONE_ZOO_CACHE``, default ``~/.cache/backbone-zoo``
     pixels/<key>/pixels.npy       uint8   [N, 3, H, W]  decoded + resized + center-cropped images
     pixels/<key>/labels.npy       int64   [N]
     pixels/<key>/meta.json
+    onnx/<key>/float.onnx(.data)  the backbone's features graph exported to ONNX (the ONNX Runtime passes)
+    onnx/<key>/meta.json
 
 An entry is written into a hidden sibling directory (``.tmp-<key>-…``) and renamed into place only when
 complete, so a crash never leaves a half-written entry. Features are streamed into the memory map batch
@@ -33,8 +35,8 @@ checks the sidecar (shape, dtype, file sizes, CRC32 of every chunk up to 1 GiB, 
 beyond) and the fingerprint of the model's backbone weights; an entry that fails is logged as a warning,
 deleted and rebuilt — never trusted.
 
-Clearing the cache: ``zoo cache clear`` (everything), ``zoo cache clear features`` or ``zoo cache clear
-pixels``; from Python ``zoo_core.cache.clear_cache("all" | "features" | "pixels")``, which returns the
+Clearing the cache: ``zoo cache clear`` (everything), ``zoo cache clear features|pixels|onnx``; from
+Python ``zoo_core.cache.clear_cache("all" | "features" | "pixels" | "onnx")``, which returns the
 bytes freed; or delete the directories by hand (``rm -rf ~/.cache/backbone-zoo/features``) — nothing
 else depends on them. ``cache_summary()`` lists the entries. Pretrained weights live in torchvision's and
 timm's own caches (``$TORCH_HOME``, the Hugging Face hub) and are never touched by ``clear_cache``.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ _file_hashes: dict[tuple[str, int, int, int], str] = {}  # (path, size, mtime_ns
 
 
 def cache_root() -> Path:
-    """Root of the feature and pixel caches: ``$BACKBONE_ZOO_CACHE`` or ``~/.cache/backbone-zoo``."""
+    """Root of the feature, pixel and ONNX export caches: ``$BACKBONE_ZOO_CACHE`` or ``~/.cache/backbone-zoo``."""
     env = os.environ.get("BACKBONE_ZOO_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "backbone-zoo"
 
@@ -112,6 +113,26 @@ def pixel_key(*, fingerprint: str, split: str, data_config: DataConfig) -> Featu
         "torchvision": _version(torchvision), "pillow": PIL.__version__,
     }
     return FeatureKey(digest(parts), parts)
+
+
+def onnx_key(*, fingerprint: str, features: str, input_shape: tuple[int, ...], opset: int) -> FeatureKey:
+    """Cache key of a backbone's features graph exported to ONNX: the model's fingerprint (backbone and
+    weights, :func:`model_fingerprint`), what reads its features (the adapter), the input's C×H×W, the
+    opset and the exporter's versions."""
+    parts = {
+        "format": FORMAT_VERSION, "kind": "onnx", "fingerprint": str(fingerprint), "features": features,
+        "input_shape": [int(d) for d in input_shape], "opset": int(opset), "torch": _version(torch),
+        "onnxscript": _dist_version("onnxscript"),
+    }
+    return FeatureKey(digest(parts), parts)
+
+
+def _dist_version(name: str) -> str | None:
+    """An installed distribution's version, None when it is not installed."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def model_fingerprint(model: nn.Module, adapter: BackboneAdapter | None = None) -> str:

@@ -2,7 +2,9 @@
 
 :class:`OnnxGraph` exports ``adapter.features(model, ·)`` once, on the first batch that needs it
 (torch's ``torch.export``-based exporter, dynamic batch, :func:`zoo_core.onnxgraph.save_onnx`), into a
-temporary folder that goes away with the object, and opens ONNX Runtime CPU sessions on it:
+temporary folder that goes away with the object or into the export cache
+(:mod:`zoo_core.cache.onnxcache`: once per backbone weights and input size), and opens ONNX Runtime CPU
+sessions on it:
 
 - fp32: the exported graph as it is (ONNX Runtime fuses BatchNorm into convolutions and picks its own
   kernels; the features match eager fp32 up to float rounding);
@@ -25,7 +27,7 @@ import shutil
 import tempfile
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -36,6 +38,9 @@ from ..errors import ZooError
 from ..onnxgraph import INSTALL_HINT, MAX_BYTES, missing_packages, quiet_loggers, save_onnx, weight_bytes
 
 INT8_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+
+EXPORT_OPSET = 18
+"""The ONNX opset the features graph is exported in (part of the export cache's key)."""
 """What the ONNX Runtime passes need (the ``export`` extra)."""
 
 CALIBRATION_IMAGES = 4
@@ -70,31 +75,48 @@ def as_input(x: torch.Tensor) -> np.ndarray:
     return x.detach().to("cpu", torch.float32).contiguous().numpy()
 
 
+Store = Callable[[tuple[int, ...], Callable[[Path], Path]], Path]
+"""``store(input C×H×W, export)`` → the fp32 graph's path: where :class:`OnnxGraph` keeps its export
+(``export(path)`` writes it; :func:`zoo_core.cache.onnxcache.graph_store` keeps it in the cache root)."""
+
+
 class OnnxGraph:
     """One backbone's features graph in ONNX, exported on first use and shared by the ONNX Runtime passes.
 
-    The file lives in a temporary folder (on disk, not in memory) that is removed when the object goes.
+    Without a ``store`` the file lives in a temporary folder (on disk, not in memory) that is removed when
+    the object goes; with one, where the store keeps it (exported only when the store has none).
     """
 
-    def __init__(self, model: nn.Module, adapter: BackboneAdapter) -> None:
-        self.model, self.adapter = model, adapter
+    def __init__(self, model: nn.Module, adapter: BackboneAdapter, store: Store | None = None) -> None:
+        self.model, self.adapter, self.store = model, adapter, store
+        self._path: Path | None = None
         self._dir: Path | None = None
+
+    def _folder(self) -> Path:
+        """A temporary folder of this object's own (removed with it), for the int8 graph."""
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="zoo-onnx-"))
+            weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
+        return self._dir
 
     def path(self, x: torch.Tensor) -> Path:
         """The fp32 ONNX file, exported now (with two images of ``x`` as the example) if it is not yet."""
-        if self._dir is not None:
-            return self._dir / "float.onnx"
+        if self._path is not None:
+            return self._path
         missing = missing_packages(INT8_PACKAGES)
         if missing:
             raise ZooError(f"the ONNX Runtime passes need {', '.join(missing)}: {INSTALL_HINT}")
         if weight_bytes(self.model) > MAX_BYTES:
             raise ZooError("the weights do not fit one ONNX file (2 GiB)")
         example = torch.from_numpy(as_input(x[:2])).expand(2, *x.shape[1:])  # 2: torch.export fixes a size 1
-        folder = Path(tempfile.mkdtemp(prefix="zoo-onnx-"))
-        weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)
-        save_onnx(FeaturesModule(self.model, self.adapter), example, folder / "float.onnx", output_name="features")
-        self._dir = folder
-        return folder / "float.onnx"
+
+        def export(dst: Path) -> Path:
+            return save_onnx(FeaturesModule(self.model, self.adapter), example, dst, output_name="features",
+                             opset=EXPORT_OPSET)
+
+        shape = tuple(int(d) for d in x.shape[1:])
+        self._path = self.store(shape, export) if self.store is not None else export(self._folder() / "float.onnx")
+        return self._path
 
     def session(self, x: torch.Tensor, *, int8: bool) -> Any:
         """An ONNX Runtime CPU session on the graph: fp32, or int8-quantized with ``x``'s first images as
@@ -105,7 +127,7 @@ class OnnxGraph:
         if int8:
             from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-            dst = src.with_name("int8.onnx")
+            dst = self._folder() / "int8.onnx"
             with quiet_loggers("", level=logging.ERROR):  # the quantizer's hints go to the root logger
                 quantize_static(str(src), str(dst), _Calibration(as_input(x[:CALIBRATION_IMAGES])),
                                 quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,

@@ -2,9 +2,10 @@
 
 A faster inference pass is never trusted blindly. :func:`precision_candidates` lists what a requested
 precision tries (``auto``: the resolved low precision first, fp32 as the fallback); :func:`pass_candidates`
-adds the pass modes (:data:`~zoo_core.cache.passes.PASS_MODES`): each precision BatchNorm-folded, eager last,
-and for ``auto`` on a CPU with enough images (:data:`ONNX_MIN_IMAGES`, :func:`onnx_pays_back`) the backbone
-in ONNX Runtime, int8 first and fp32 before the first fp32 pass; ``$BACKBONE_ZOO_PASS`` (:data:`PASS_ENV`)
+adds the pass modes (:data:`~zoo_core.cache.passes.PASS_MODES`): each precision BatchNorm-folded (bf16,
+which needs no export, first where it is native), eager last, and for ``auto`` on a CPU with enough images
+to pay back the export and calibration for the backbone's size (:func:`int8_break_even`,
+:func:`onnx_pays_back`) the backbone in ONNX Runtime, int8 first and fp32 before the first fp32 pass; ``$BACKBONE_ZOO_PASS`` (:data:`PASS_ENV`)
 pins one mode. :func:`pass_modes` is what a feature cache key records of that.
 
 :func:`candidate_passes` builds those passes, and :func:`choose_pass` keeps the first whose features on the
@@ -17,6 +18,7 @@ split (or the augmentation check's views) of the same backbone skips the check a
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import weakref
@@ -29,7 +31,8 @@ from .. import onnxgraph, runtime
 from ..backbones.adapter import BackboneAdapter
 from ..distributed import DistContext
 from ..errors import ZooError
-from . import criterion, onnxrt
+from ..util import under
+from . import criterion, onnxcache, onnxrt
 from .passes import BUILDERS, FOLD, INT8, ONNX, PASS_MODES, SHARE_GRAPH, ForwardPass
 
 log = logging.getLogger(__name__)
@@ -38,14 +41,47 @@ PASS_ENV = "BACKBONE_ZOO_PASS"
 """Environment variable that pins the pass mode: ``auto`` (the default policy) or one of
 :data:`~zoo_core.cache.passes.PASS_MODES`."""
 
-ONNX_MIN_IMAGES = {"fp32": 1000, "bf16": 2500}
-"""Images from which ``auto`` tries the ONNX Runtime passes (int8, then fp32), per resolved float precision.
+ONNX_SETUP_S = (4.5, 0.1e-6)
+"""Seconds the ONNX Runtime int8 pass costs before its first image on 2 quiet cores: fixed + per backbone
+parameter. Export, calibration, quantization and sessions took 5.6 s for ResNet-18 (11.2 M parameters)
+and about as long for EfficientNet-Lite0 (3.4 M; measured loaded: 43 s against ResNet-18's 38 s): the
+cost follows the graph's size more than the weights', so the per-parameter part is small (README
+"Performance", ``benchmarks/pass_modes.py``)."""
 
-Their setup (export to ONNX, calibration and quantization, sessions: 7–10 s for a ResNet-18 on 2 cores)
-pays back from about 450 images against the folded fp32 pass and about 1,300 against folded bf16 (int8
-runs 3.7× and 1.9× as fast there; README "Performance", ``benchmarks/pass_modes.py``); the thresholds
-leave a margin of about two.
-"""
+INT8_SAVING_S = {"fp32": 1.33e-9, "bf16": 0.43e-9}
+"""Seconds per image per backbone parameter the int8 pass saves against the pass ``auto`` runs without it
+(BatchNorm-folded, per resolved float precision): ResNet-18 on 2 quiet cores, 21.0 / 10.9 ms per image
+folded fp32 / bf16 against 6.1 int8. Depthwise backbones save more than their size says (EfficientNet-Lite0,
+loaded: 195 / 105 against 20 ms), but their int8 features fail the pass check (README), so the rule
+errs on their side by not paying for it."""
+
+PAYBACK_MARGIN = 2.0
+"""How many times its setup int8 must save over a split before ``auto`` tries it (the estimates are rough,
+and a rejected int8 pass costs its setup for nothing)."""
+
+
+REFERENCE_PARAMS = 11_176_512
+"""The backbone size assumed when none is given: ResNet-18's (without its head)."""
+
+
+def int8_break_even(n_params: int, resolved: str) -> int:
+    """Images from which ``auto`` tries int8 for a backbone of ``n_params`` parameters, against the pass
+    it runs otherwise in the ``resolved`` precision: :data:`PAYBACK_MARGIN` × setup / saving per image.
+
+    Setup grows slower than the per-image saving (:data:`ONNX_SETUP_S` has a fixed part), so a large
+    backbone pays back on fewer images than a small one; a precision without a measured saving never.
+    """
+    saving = INT8_SAVING_S.get(resolved, 0.0) * max(n_params, 1)
+    if saving <= 0:
+        return sys.maxsize
+    fixed, per_param = ONNX_SETUP_S
+    return math.ceil(PAYBACK_MARGIN * (fixed + per_param * n_params) / saving)
+
+
+def backbone_params(model: nn.Module, adapter: BackboneAdapter) -> int:
+    """Parameters of ``model`` outside its head: the size :func:`int8_break_even` is computed from."""
+    head = adapter.head_name(model)
+    return sum(p.numel() for name, p in model.named_parameters() if not (head and under(name, head)))
 
 
 def precision_candidates(precision: str, device: str | torch.device) -> list[str]:
@@ -70,28 +106,31 @@ def pinned_pass() -> str | None:
     return value
 
 
-def onnx_pays_back(precision: str, device: str | torch.device, n_images: int | None) -> bool:
-    """Whether ``auto`` tries the ONNX Runtime passes for ``n_images`` images on ``device`` (CPU only).
+def onnx_pays_back(precision: str, device: str | torch.device, n_images: int | None,
+                   n_params: int | None = None) -> bool:
+    """Whether ``auto`` tries the ONNX Runtime passes for ``n_images`` images of a backbone of ``n_params``
+    parameters (None: :data:`REFERENCE_PARAMS`) on ``device`` (CPU only).
 
     Only for ``precision="auto"``, with the packages installed (:data:`~zoo_core.cache.onnxrt.INT8_PACKAGES`)
-    and at least :data:`ONNX_MIN_IMAGES` images for the precision ``auto`` resolves to.
+    and at least :func:`int8_break_even` images for the precision ``auto`` resolves to.
     """
-    if not runtime.is_auto(precision) or torch.device(device).type != "cpu":
+    if not runtime.is_auto(precision) or torch.device(device).type != "cpu" or n_images is None:
         return False
     resolved = runtime.resolve_precision(precision, device)
-    if n_images is None or n_images < ONNX_MIN_IMAGES.get(resolved, sys.maxsize):
+    if n_images < int8_break_even(REFERENCE_PARAMS if n_params is None else n_params, resolved):
         return False
     return not onnxgraph.missing_packages(onnxrt.INT8_PACKAGES)
 
 
-def pass_candidates(precision: str, device: str | torch.device,
-                    n_images: int | None = None) -> list[tuple[str, str]]:
+def pass_candidates(precision: str, device: str | torch.device, n_images: int | None = None,
+                    n_params: int | None = None) -> list[tuple[str, str]]:
     """``(pass mode, precision)`` pairs to try, preferred first; the last is eager and the check's reference.
 
     Each precision of :func:`precision_candidates` is tried BatchNorm-folded first (no native bf16:
     ``[(bnfold, fp32), (eager, fp32)]``; native bf16: ``[(bnfold, bf16), (bnfold, fp32), (eager, fp32)]``);
     explicit precisions get ``[(bnfold, P), (eager, P)]``. ``auto`` on a CPU puts ``(int8, int8)`` first
-    and ``(onnx, fp32)`` before the first fp32 pass when :func:`onnx_pays_back` for ``n_images``.
+    and ``(onnx, fp32)`` before the first fp32 pass when :func:`onnx_pays_back` for ``n_images`` of a
+    backbone of ``n_params`` parameters: below that, bf16 (no export) is first where it is native.
     ``$BACKBONE_ZOO_PASS`` pins one mode, tried (regardless of size and precision) before the eager
     reference: ``int8``, ``onnx``, ``bnfold`` (each precision) or ``eager`` (the reference alone).
     """
@@ -101,28 +140,31 @@ def pass_candidates(precision: str, device: str | torch.device,
     pinned = pinned_pass()
     if pinned is not None:
         return {INT8: [(INT8, INT8)], ONNX: [(ONNX, "fp32")], FOLD: folded, "eager": []}[pinned] + [reference]
-    if not onnx_pays_back(precision, device, n_images):
+    if not onnx_pays_back(precision, device, n_images, n_params):
         return folded + [reference]
     first_fp32 = precisions.index("fp32") if "fp32" in precisions else len(precisions)
     return [(INT8, INT8)] + folded[:first_fp32] + [(ONNX, "fp32")] + folded[first_fp32:] + [reference]
 
 
-def pass_modes(precision: str, device: str | torch.device, n_images: int | None = None) -> tuple[str, ...]:
+def pass_modes(precision: str, device: str | torch.device, n_images: int | None = None,
+               n_params: int | None = None) -> tuple[str, ...]:
     """The pass modes :func:`pass_candidates` tries, in order, once each: what a feature cache key records."""
-    return tuple(dict.fromkeys(mode for mode, _ in pass_candidates(precision, device, n_images)))
+    return tuple(dict.fromkeys(mode for mode, _ in pass_candidates(precision, device, n_images, n_params)))
 
 
 def candidate_passes(model: nn.Module, adapter: BackboneAdapter, device: torch.device,
                      precision: str, n_images: int | None = None) -> list[ForwardPass]:
-    """The passes to try for ``precision`` and ``n_images`` images, preferred first (see
-    :func:`pass_candidates`).
+    """The passes to try for ``precision`` and ``n_images`` images of ``model``, preferred first (see
+    :func:`pass_candidates`; the size is :func:`backbone_params`).
 
     Every pass but the last is checked on the first batch against the last (eager, in the last
-    candidate precision: fp32 for ``auto``), the reference and the fallback.
+    candidate precision: fp32 for ``auto``), the reference and the fallback. The ONNX Runtime passes
+    share one export, kept in the export cache (:func:`.onnxcache.graph_store`) for later splits and runs.
     """
-    graph = onnxrt.OnnxGraph(model, adapter)  # exported at most once, only if an ONNX Runtime pass runs
+    # exported at most once (or read from the export cache), only if an ONNX Runtime pass runs
+    graph = onnxrt.OnnxGraph(model, adapter, onnxcache.graph_store(model, adapter))
     return [BUILDERS[mode](model, adapter, device, p, **({"graph": graph} if mode in SHARE_GRAPH else {}))
-            for mode, p in pass_candidates(precision, device, n_images)]
+            for mode, p in pass_candidates(precision, device, n_images, backbone_params(model, adapter))]
 
 
 def choose_pass(passes: list[ForwardPass], x: torch.Tensor | None, ctx: DistContext,

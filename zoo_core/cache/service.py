@@ -3,7 +3,8 @@
 :func:`split_features` is the one way to a run's features: the cached-feature training path, the LP-FT
 probe and its augmentation check, ``compare --folds`` and ``rank`` all ask it, so one entry serves them all.
 It makes the key a run of the config uses (:func:`run_feature_key`: backbone, weights, data config, data
-fingerprint, split, resolved precision and the pass modes the pass policy tries for that many images,
+fingerprint, split, resolved precision and the pass modes the pass policy tries for that many images of
+a backbone of that size,
 :func:`zoo_core.cache.policy.pass_modes`), reads the entry back when it is there and otherwise runs the
 backbone (:func:`~zoo_core.cache.extract_features`), decoding through :func:`shared_pixels` when the config
 shares decoding. Callers pass the config, never the key parts.
@@ -61,15 +62,16 @@ def shared_pixels(cfg: FeatureOptions, split: Any, name: str, data_cfg: DataConf
 
 
 def run_feature_key(cfg: FeatureOptions, split: Any, part: str, data_cfg: DataConfig, device: torch.device,
-                    n_images: int) -> FeatureKey | None:
+                    n_images: int, n_params: int | None = None) -> FeatureKey | None:
     """The key under which a run of ``cfg`` caches ``n_images`` features of ``split``'s ``part`` on ``device``
-    (None when ``cfg.cache_features`` is off)."""
+    with a backbone of ``n_params`` parameters (:func:`~zoo_core.cache.policy.backbone_params`); None when
+    ``cfg.cache_features`` is off."""
     if not cfg.cache_features:
         return None
     return feature_key(backbone=cfg.backbone, weights=str(cfg.weights), data_config=data_cfg,
                        fingerprint=split.fingerprint, split=part,
                        precision=runtime.resolve_precision(cfg.precision, device),
-                       pass_modes=policy.pass_modes(cfg.precision, device, n_images))
+                       pass_modes=policy.pass_modes(cfg.precision, device, n_images, n_params))
 
 
 def split_features(cfg: FeatureOptions, split: Any, name: str, model: nn.Module, adapter: BackboneAdapter,
@@ -87,7 +89,7 @@ def split_features(cfg: FeatureOptions, split: Any, name: str, model: nn.Module,
         images = images if rows is None else Subset(images, list(rows))
         images = zaug.SeededView(images, zaug.check_view(data_cfg, view), zaug.VIEW_SEED)
         transform = zaug.as_is
-    key = run_feature_key(cfg, split, part, data_cfg, device, len(images))
+    key = run_feature_key(cfg, split, part, data_cfg, device, len(images), policy.backbone_params(model, adapter))
     if view is None and (key is None or not (cache_root() / "features" / key).is_dir()):  # a hit: no pixels
         pixels = shared_pixels(cfg, split, name, data_cfg, ctx, quiet=quiet)
     return extract_features(model, adapter, images, data_cfg, key=key, batch_size=cfg.batch_size,

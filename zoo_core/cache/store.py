@@ -32,7 +32,7 @@ from .keys import FORMAT_VERSION, cache_root
 
 log = logging.getLogger(__name__)
 
-KINDS = ("features", "pixels")  # sub-directories of cache_root(), one per kind of entry
+KINDS = ("features", "pixels", "onnx")  # sub-directories of cache_root(), one per kind of entry
 _CHUNK = 8 << 20  # bytes covered by one CRC32 in meta.json
 _FULL_VERIFY_BYTES = 1 << 30  # files up to this size have every chunk verified on read
 _SAMPLED_CHUNKS = 64  # chunks verified (plus first and last) for larger files
@@ -261,9 +261,9 @@ def _dir_bytes(path: Path) -> int:
 
 
 def clear_cache(kind: str = "all") -> int:
-    """Delete cached ``"features"``, ``"pixels"`` or ``"all"`` (both); return the bytes freed."""
+    """Delete cached ``"features"``, ``"pixels"``, ``"onnx"`` (exported graphs) or ``"all"``; return the bytes freed."""
     if kind not in (*KINDS, "all"):
-        raise ZooError(f"unknown cache kind {kind!r}; use features, pixels or all (zoo cache clear KIND)")
+        raise ZooError(f"unknown cache kind {kind!r}; use features, pixels, onnx or all (zoo cache clear KIND)")
     freed = 0
     for k in KINDS if kind == "all" else (kind,):
         d = cache_root() / k
@@ -302,6 +302,8 @@ def _summary_row(kind: str, entry: Path) -> dict[str, Any]:
                    weights=parts.get("weights"), n=meta.get("n"), created=meta.get("created"))
         if kind == "features":
             row.update(dim=meta.get("dim"), precision=meta.get("precision"))
+        elif kind == "onnx":
+            row.update(image_size=parts.get("input_shape", [None])[1:], opset=parts.get("opset"))
         else:
             row.update(image_size=meta.get("shape", [None] * 4)[2:])
     except AttributeError:

@@ -135,11 +135,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 # ---- zoo cache -----------------------------------------------------------------------------------
 def add_cache(sub: Subparsers) -> None:
-    p = sub.add_parser("cache", help="show or clear the feature / decoded-image cache")
+    p = sub.add_parser("cache", help="show or clear the feature / decoded-image / ONNX export cache")
     p.add_argument("action", choices=["info", "clear"], help="info: list entries; clear: delete them")
-    p.add_argument("what", nargs="?", choices=["features", "pixels", "all"], default=None, metavar="KIND",
-                   help="features, pixels or all (default all); same as --kind")
-    p.add_argument("--kind", choices=["features", "pixels", "all"], default="all")
+    p.add_argument("what", nargs="?", choices=["features", "pixels", "onnx", "all"], default=None, metavar="KIND",
+                   help="features, pixels, onnx or all (default all); same as --kind")
+    p.add_argument("--kind", choices=["features", "pixels", "onnx", "all"], default="all")
     json_flag(p)
     p.set_defaults(func=_cmd_cache)
 
