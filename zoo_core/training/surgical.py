@@ -7,9 +7,12 @@ Distribution Shifts"). After the linear probe, every :func:`choices` entry — t
 all stages, the first stage, and Auto-RGN (every stage, each tensor's learning rate scaled by its relative
 gradient norm ``|g| / |w|`` over the largest, recomputed each step) — fine-tunes a copy of the probe's
 starting state for :data:`TRIAL_EPOCHS` epochs on a stratified subsample of the training images (decoded
-once, no augmentation) and is scored on a stratified subsample of the validation images. The choice with
-the lowest validation loss trains on the whole split; when none beats the probe on the same images the run
-fine-tunes only the last stage (the probe stays ``best.pt`` unless an epoch beats it).
+once, no augmentation; at most :data:`TRIAL_TRAIN` images and a :data:`TRIAL_SHARE` of the split) and is
+scored on a stratified subsample of the validation images. The frozen stages below a trial's lowest trainable
+one come from one cached forward (:mod:`zoo_core.training.prefix`). The choice with the lowest validation loss
+among those that beat the probe's by :data:`MIN_GAIN` nats and two paired standard errors trains on the whole
+split; when none does the run fine-tunes only the last stage (the probe stays ``best.pt`` unless an epoch
+beats it). Under torchrun the trials run on rank 0 and the record goes to every rank.
 
 The trials run under a forked RNG (a cache hit or miss never shifts the run's draws); the record — every
 trial's loss, top-1 with its Wilson interval, seconds, and the choice — goes to ``config.json``
