@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo_core import BackboneAdapter, hookimpl
+from zoo_core.backbones.adapter import DataConfig
 from zoo_core.backbones.freezing import freeze_stages, replace_linear_head
 from zoo_core.errors import WeightsError
 
@@ -103,3 +104,50 @@ class KnownAdapter(FcHeadAdapter):
 
     def available_weights(self, name: str) -> list[str]:
         return ["known"]
+
+
+class StagedCNN(nn.Module):
+    """Three stages — a 1×1 colour mixer, a strided 3×3 conv, a 3×3 conv — and a linear head ``fc``."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.mix = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU())
+        self.down = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
+        self.top = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.top(self.down(self.mix(x)))).flatten(1))
+
+
+class StagedAdapter(FcHeadAdapter):
+    """``surg_cnn``: :class:`StagedCNN` at 32 px (resize to 32, no crop, mean/std 0.5)."""
+
+    family = "surgtoy"
+
+    def names(self) -> list[str]:
+        return ["surg_cnn"]
+
+    def create(self, name: str, *, weights: str | None = None, num_classes: int = 1000) -> nn.Module:
+        return StagedCNN(num_classes)
+
+    def data_config(self, name: str, weights: str | None = "DEFAULT") -> DataConfig:
+        return DataConfig(input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0)
+
+
+def texture_images(n: int, classes: int, channel: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` 32 px uint8 images per class: class ``c``'s texture (horizontal, vertical, checkered or diagonal
+    stripes, random phase) in colour ``channel``, loud noise in the other two; (images, labels)."""
+    gen = torch.Generator().manual_seed(seed)
+    i, j = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    images, labels = [], []
+    for c in range(classes):
+        for _ in range(n):
+            k = int(torch.randint(0, 8, (1,), generator=gen))
+            wave = [(i + k) // 4, (j + k) // 4, (i + k) // 4 + (j + k) // 4, (i + j + k) // 4][c % 4] % 2
+            img = torch.randint(0, 256, (3, 32, 32), generator=gen)
+            img[channel] = 40 + 175 * wave + torch.randint(-20, 21, (32, 32), generator=gen)
+            images.append(img.clamp(0, 255).to(torch.uint8))
+            labels.append(c)
+    return torch.stack(images), torch.tensor(labels)

@@ -7,9 +7,12 @@ Distribution Shifts"). After the linear probe, every :func:`choices` entry — t
 all stages, the first stage, and Auto-RGN (every stage, each tensor's learning rate scaled by its relative
 gradient norm ``|g| / |w|`` over the largest, recomputed each step) — fine-tunes a copy of the probe's
 starting state for :data:`TRIAL_EPOCHS` epochs on a stratified subsample of the training images (decoded
-once, no augmentation) and is scored on a stratified subsample of the validation images. The choice with
-the lowest validation loss trains on the whole split; when none beats the probe on the same images the run
-fine-tunes only the last stage (the probe stays ``best.pt`` unless an epoch beats it).
+once, no augmentation; at most :data:`TRIAL_TRAIN` images and a :data:`TRIAL_SHARE` of the split) and is
+scored on a stratified subsample of the validation images. The frozen stages below a trial's lowest trainable
+one come from one cached forward (:mod:`zoo_core.training.prefix`). The choice with the lowest validation loss
+among those that beat the probe's by :data:`MIN_GAIN` nats and two paired standard errors trains on the whole
+split; when none does the run fine-tunes only the last stage (the probe stays ``best.pt`` unless an epoch
+beats it). Under torchrun the trials run on rank 0 and the record goes to every rank.
 
 The trials run under a forked RNG (a cache hit or miss never shifts the run's draws); the record — every
 trial's loss, top-1 with its Wilson interval, seconds, and the choice — goes to ``config.json``
@@ -18,10 +21,11 @@ trial's loss, top-1 with its Wilson interval, seconds, and the choice — goes t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -34,7 +38,7 @@ from ..distributed import DistContext, per_rank_batch
 from ..headfit.split import stratified_subsample
 from ..outputs.plots import trial_bars
 from ..stats import wilson_interval
-from . import cached, steps
+from . import cached, prefix, steps
 from .inputs import eval_dataset
 from .probe import _own_rng
 from .setup import RunState
@@ -47,6 +51,12 @@ TRIAL_VAL = 250
 
 TRIAL_EPOCHS = 2
 """Epochs of each trial over its subsample."""
+
+TRIAL_SHARE = 0.25
+"""The largest share of the training split the trials' subsample takes (small data: fewer trial images)."""
+
+MIN_GAIN = 0.01
+"""Nats per validation image a trial must lower the probe's loss by to be chosen (and two standard errors)."""
 
 SEED = 7919  # the subsamples' seed (fixed: every trial and a resumed run see the same images)
 
@@ -122,15 +132,25 @@ def _rgn_scale(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None
 
 
 def with_choice(state: RunState) -> RunState:
-    """``state`` with ``surgical`` set for ``--strategy auto`` (trials run, or a resumed run's record)."""
+    """``state`` with ``surgical`` set for ``--strategy auto`` (trials run on rank 0 and its record sent to every
+    rank, or a resumed run's record)."""
     if state.cfg.strategy != "auto":
         return state
     if state.resume:
         return dataclasses.replace(state, surgical=state.run.read_json("config.json").get("surgical"))
-    with _own_rng(state.device):
-        record = state.ctx.broadcast_object(run_trials(state))
+    record = None
+    if state.ctx.is_main:
+        with _own_rng(state.device):
+            record = run_trials(state)
+    record = state.ctx.broadcast_object(record)
     _report(state, record)
     return dataclasses.replace(state, surgical=record)
+
+
+def trial_sizes(n_train: int, n_val: int) -> tuple[int, int]:
+    """(train, val) images of the trial subsamples: at most :data:`TRIAL_TRAIN` / :data:`TRIAL_VAL`, and at most
+    a :data:`TRIAL_SHARE` of the training split, so the trials cost a fixed fraction of a fine-tuned epoch."""
+    return min(TRIAL_TRAIN, max(1, int(n_train * TRIAL_SHARE))), min(TRIAL_VAL, n_val)
 
 
 def _subsample(state: RunState, split: str, labels: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,38 +164,89 @@ def run_trials(state: RunState) -> dict[str, Any]:
     """Fine-tune each of :func:`choices` briefly from the current model (the probe's start); the record."""
     device, model = state.device, state.model
     fx = cached.extract(state, ("train", "val"), DistContext(), True)  # the probe's features: only the labels
-    xt, yt = _subsample(state, "train", fx["train"].labels, TRIAL_TRAIN)
-    xv, yv = _subsample(state, "val", fx["val"].labels, TRIAL_VAL)
+    n_train, n_val = trial_sizes(len(fx["train"].labels), len(fx["val"].labels))
+    xt, yt = _subsample(state, "train", fx["train"].labels, n_train)
+    xv, yv = _subsample(state, "val", fx["val"].labels, n_val)
     model.to(device)
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    plan = choices(len(state.stages))
+    batch = per_rank_batch(state.cfg.batch_size, 1)
 
     def prepare(x: torch.Tensor) -> torch.Tensor:
         return zdata.normalize(x.to(device), state.data_cfg)
 
-    val = DataLoader(TensorDataset(xv, yv), batch_size=per_rank_batch(state.cfg.batch_size, 1))
-    solo = DistContext()
-
-    def score(name: str, seconds: float, c: Choice | None = None) -> dict[str, Any]:
-        ev = steps.evaluate(model, val, prepare, state.amp, num_classes=state.num_classes, ctx=solo,
-                            device=device, want_preds=True)
-        right = int((ev["preds"] == ev["targets"]).sum())
-        low, high = wilson_interval(right, len(yv))
-        return {"name": name, "stages": list(c.stages) if c else [], "rgn": bool(c and c.rgn),
-                "val_loss": round(ev["val_loss"], 6), "val_acc": round(ev["val_acc"], 6),
-                "ci": [round(low, 6), round(high, 6)], "seconds": round(seconds, 3)}
-
-    trials = [score("probe", 0.0)]
-    for c in choices(len(state.stages)):
+    t0 = time.perf_counter()
+    frozen = prefix.build(model, state.stages, [min(c.stages) for c in plan], {"train": xt, "val": xv}, prepare,
+                          state.amp, batch)
+    cache_s = time.perf_counter() - t0
+    losses: dict[str, torch.Tensor] = {}
+    trials = [_score(state, "probe", _Inputs(xv, yv, prepare, None, 0), 0.0, losses)]
+    for c in plan:
         t0 = time.perf_counter()
         model.load_state_dict(start)
-        _train_trial(state, c, model, TensorDataset(xt, yt), prepare)
-        trials.append(score(c.name, time.perf_counter() - t0, c))
+        lowest = min(c.stages)
+        cache = frozen if frozen.has(lowest) else None
+        ins = _Inputs(xt, yt, prepare, cache, lowest, "train")
+        with cache.skipping(model, lowest) if cache else contextlib.nullcontext():
+            _train_trial(state, c, model, ins.dataset(), ins.prepare)
+            val = _Inputs(xv, yv, prepare, cache, lowest, "val")
+            trials.append(_score(state, c.name, val, time.perf_counter() - t0, losses, c))
     model.load_state_dict(start)
-    best = min(trials[1:], key=lambda t: t["val_loss"], default=None)
-    beaten = best is not None and best["val_loss"] < trials[0]["val_loss"]
-    pick = best if beaten else next((t for t in trials if t["name"] == "last"), best)
+    pick, beaten = _pick(trials, losses)
     return {"trials": trials, "chosen": {k: pick[k] for k in ("name", "stages", "rgn")} if pick else None,
-            "beat_probe": beaten, "train_images": len(yt), "val_images": len(yv), "epochs": TRIAL_EPOCHS}
+            "beat_probe": beaten, "train_images": len(yt), "val_images": len(yv), "epochs": TRIAL_EPOCHS,
+            "prefix_cached": sorted(frozen.boundaries), "prefix_seconds": round(cache_s, 3)}
+
+
+def _pick(trials: list[dict[str, Any]], losses: dict[str, torch.Tensor]) -> tuple[dict[str, Any] | None, bool]:
+    """The trial with the lowest val loss among those that beat the probe by more than :data:`MIN_GAIN` nats and
+    two standard errors of the paired per-image difference; else ``last`` (the cheapest). (pick, beaten)."""
+    def gain(t: dict[str, Any]) -> bool:
+        d = losses["probe"] - losses[t["name"]]
+        se = float(d.std() / len(d) ** 0.5) if len(d) > 1 else 0.0
+        return float(d.mean()) > max(MIN_GAIN, 2 * se)
+    better = [t for t in trials[1:] if gain(t)]
+    if better:
+        return min(better, key=lambda t: t["val_loss"]), True
+    return next((t for t in trials if t["name"] == "last"), trials[1] if len(trials) > 1 else None), False
+
+
+@dataclass
+class _Inputs:
+    """A trial's images: decoded pixels, or the cached inputs of its boundary (``cache``) addressed by row."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    normalize: Callable[[torch.Tensor], torch.Tensor]
+    cache: prefix.PrefixCache | None
+    lowest: int
+    part: str = "val"
+
+    def dataset(self) -> TensorDataset:
+        """(pixels or row numbers, labels)."""
+        return TensorDataset(self.x if self.cache is None else torch.arange(len(self.y)), self.y)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's input for a batch: normalized pixels, or (cache) zeros of that shape, its rows selected."""
+        if self.cache is None:
+            return self.normalize(x)
+        rows = self.cache.rows(self.lowest, self.part)
+        self.cache.select(rows[x.to(rows.device)])
+        return torch.zeros((len(x), *self.x.shape[1:]), device=rows.device)
+
+
+def _score(state: RunState, name: str, ins: _Inputs, seconds: float, losses: dict[str, torch.Tensor],
+           c: Choice | None = None) -> dict[str, Any]:
+    """One trial's (or the probe's) record on the validation subsample; its per-image losses into ``losses``."""
+    val = DataLoader(ins.dataset(), batch_size=per_rank_batch(state.cfg.batch_size, 1))
+    ev = steps.evaluate(state.model, val, ins.prepare, state.amp, num_classes=state.num_classes, ctx=DistContext(),
+                        device=state.device, want_preds=True)
+    right = int((ev["preds"] == ev["targets"]).sum())
+    losses[name] = -ev["probs"].float().gather(1, ev["targets"].long().view(-1, 1)).clamp_min(1e-12).log().flatten()
+    low, high = wilson_interval(right, len(ins.y))
+    return {"name": name, "stages": list(c.stages) if c else [], "rgn": bool(c and c.rgn),
+            "val_loss": round(ev["val_loss"], 6), "val_acc": round(ev["val_acc"], 6),
+            "ci": [round(low, 6), round(high, 6)], "seconds": round(seconds, 3)}
 
 
 def _train_trial(state: RunState, c: Choice, model: torch.nn.Module, ds: TensorDataset, prepare: Any) -> None:
