@@ -41,6 +41,7 @@ from ..backbones.weights import RANDOM_INIT, weights_label
 from ..errors import WeightsError
 from ..runtime import pick_device
 from ..training import TrainConfig, train
+from ..training.config import data_options
 from ..training.fallback import falls_back
 from ..training.shape import decode_once
 from ..util import atomic_write_text
@@ -191,7 +192,8 @@ def compare(backbones: Sequence[str] | str | None, data: Any, *, strategies: Seq
                      overrides=train_overrides,
                      select=make_selection(select, select_keep, select_budget, select_score))
     split = zdata.load_data(data, val_fraction=plan.base.val_fraction, seed=plan.base.seed,
-                            download=plan.base.download, data_root=plan.base.data_root, progress=progress)
+                            download=plan.base.download, data_root=plan.base.data_root, progress=progress,
+                            **data_options(plan.base))
     check_folds(plan.folds, len(split.train) + len(split.val))
     base = dataclasses.replace(plan.base, data=plan.base.data or split.source)  # config.json records it (--resume)
     out = Path(out_dir)

@@ -22,6 +22,7 @@ from .. import data as zdata
 from ..backbones.registry import expand_backbones
 from ..errors import ZooError
 from ..runtime import pick_device, resolve_precision
+from ..training.config import data_options
 from ..util import atomic_write_text
 from .features import RANK_OPTIONS, candidate_config, extract, predecode, subsample
 from .outputs import write_outputs
@@ -77,7 +78,7 @@ def rank(backbones: Sequence[str] | str | None, data: Any, *, family: str | None
     names = _names(backbones, family, max_entries)
     base = candidate_config(names[0], options, progress)
     split = zdata.load_data(data, val_fraction=base.val_fraction, seed=base.seed, download=base.download,
-                            data_root=base.data_root, progress=progress)
+                            data_root=base.data_root, progress=progress, **data_options(base))
     ranked_on = subsample(split, budget, base.seed)
     n = len(ranked_on.train)  # type: ignore[arg-type]
     if n < 2 * folds:
