@@ -129,7 +129,7 @@ class TrainConfig:
     images: str | None = option(None, "the folder a labels table's relative image paths start from (default: the "
                                 "table's folder)", FOLDER, signed=False, resumable=True, rank=True)
     test: str | None = option(None, "held-out test data, a folder of class folders or a labels table (default: "
-                              "DATA/test of a train/val folder, a table's split=test rows); scored at the end, "
+                              "DATA/test of a train/val folder, a table's split=test rows); loaded and checked, "
                               "never used to choose anything", kind(*PATH, optional=True, what="a folder or a table"),
                               signed=False, resumable=True, lr_find=False)
     out_dir: str = option("runs", "parent folder of run directories (default runs)", _NOT_EMPTY,
