@@ -99,9 +99,9 @@ def test_presplit_train_val_folders(tmp_path: Path) -> None:
     root = tmp_path / "d"
     make_folder(root / "train", counts={"cat": 3, "dog": 4})
     make_folder(root / "val", counts={"cat": 2, "dog": 1})
-    make_folder(root / "test", counts={"cat": 5, "dog": 5, "emu": 1})  # never read
+    make_folder(root / "test", counts={"cat": 5, "dog": 5})  # the test split: read, never in train/val
     split = zdata.load_data(root, seed=123, val_fraction=0.5, progress=False)
-    assert split.classes == ["cat", "dog"]
+    assert split.classes == ["cat", "dog"] and len(split.test) == 10
     assert len(split.train) == 7 and len(split.val) == 3
     assert all("/train/" in p for p, _ in split.train.samples)
     assert Counter(y for _, y in split.val.samples) == {0: 2, 1: 1}

@@ -45,6 +45,7 @@ from ..runtime import pick_device
 from ..scaleout import Executor, use_executor
 from ..stats import majority_baseline
 from ..training import TrainConfig, train
+from ..training.config import data_options
 from ..training.fallback import falls_back
 from ..training.shape import decode_once
 from ..util import atomic_write_text, check_output_folder, child_dir
@@ -207,7 +208,8 @@ def compare(backbones: Sequence[str] | str | None, data: Any, *, strategies: Seq
     if plan.base.log_dir is not None:
         check_output_folder(plan.base.log_dir, "--log-dir")
     split = zdata.load_data(data, val_fraction=plan.base.val_fraction, seed=plan.base.seed,
-                            download=plan.base.download, data_root=plan.base.data_root, progress=progress)
+                            download=plan.base.download, data_root=plan.base.data_root, progress=progress,
+                            **data_options(plan.base))
     check_folds(plan.folds, len(split.train) + len(split.val))
     base = dataclasses.replace(plan.base, data=plan.base.data or split.source)  # config.json records it (--resume)
     out.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@
   validation split is :func:`~.split.stratified_split` of the sorted files.
 * **Pre-split folder** ``root/train/<class>/…`` + ``root/val/<class>/…`` (``valid``/``validation`` also
   accepted): used as given, classes from ``train``; ``val_fraction``/``seed`` are ignored. ``root/test`` is
-  never read. A folder holding only ``train`` (and possibly ``test``) is split as an image folder from
+  the test split (:func:`~.load.load_data` reads it; never used to choose anything). A folder holding only ``train`` (and possibly ``test``) is split as an image folder from
   ``root/train``.
 
 Every candidate image is checked once at scan time (:func:`~.images.check_image`), so a bad file never
@@ -136,7 +136,7 @@ def _walk_class(class_dir: Path, rel_base: Path, scan_real: str) -> tuple[list[s
     return found, skipped
 
 
-def _run_checks(paths: list[str], progress: bool) -> list[tuple[str | None, int, str]]:
+def run_checks(paths: list[str], progress: bool) -> list[tuple[str | None, int, str]]:
     """:func:`_examine` of every path, in order; in a thread pool from :data:`THREADED_CHECK_MIN` paths
     (decoders and hashlib release the GIL and scans are often I/O-bound: threads help even on few cores)."""
     threaded = len(paths) >= THREADED_CHECK_MIN
@@ -161,7 +161,7 @@ def _class_folder_escape(entry: os.DirEntry, scan_real: str) -> str | None:
     return None
 
 
-def _scan_classes(folder: Path, rel_base: Path, progress: bool) -> _Scanned:
+def scan_classes(folder: Path, rel_base: Path, progress: bool) -> _Scanned:
     """Scan ``folder/<class>/…``: every candidate image checked, empty classes warned about."""
     skipped: list[tuple[str, str]] = []
     candidates: dict[str, list[str]] = {}
@@ -179,7 +179,7 @@ def _scan_classes(folder: Path, rel_base: Path, progress: bool) -> _Scanned:
         else:
             skipped.append((entry.path, "not inside a class folder"))
     flat = [(cls, rel) for cls, rels in candidates.items() for rel in rels]
-    checked = _run_checks([os.fspath(rel_base / rel) for _, rel in flat], progress)
+    checked = run_checks([os.fspath(rel_base / rel) for _, rel in flat], progress)
     files: dict[str, list[tuple[str, int, str]]] = {cls: [] for cls in candidates}
     for (cls, rel), (reason, size, content) in zip(flat, checked):
         if reason is None:
@@ -224,7 +224,7 @@ def from_folder(root: Path, val_fraction: float, seed: int, progress: bool) -> D
         raise DataError(f"{root} is a file; pass a folder with one subfolder of images per class.")
     root = root.resolve()
     layout, train_dir, val_dir = _layout(root)
-    scan = _scan_classes(train_dir, root, progress)
+    scan = scan_classes(train_dir, root, progress)
     classes = sorted(scan.files)
     _need_two_classes(classes, train_dir)
     skipped = list(scan.skipped)
@@ -236,7 +236,7 @@ def from_folder(root: Path, val_fraction: float, seed: int, progress: bool) -> D
         train_rows = [train_rows[i] for i in tr]
         params: dict[str, Any] = {"val_fraction": val_fraction, "seed": seed}
     else:
-        vscan = _scan_classes(val_dir, root, progress)
+        vscan = scan_classes(val_dir, root, progress)
         unseen = sorted(set(vscan.files) - set(classes))
         if unseen:
             raise DataError(f"Validation class {unseen[0]!r} (folder {val_dir / unseen[0]}) has no images in "

@@ -29,7 +29,7 @@ class DataWarning(UserWarning):
 
 @dataclass
 class DataSplit:
-    """A train/val split: datasets of raw ``(PIL RGB image, int label)`` items plus provenance."""
+    """A train/val (and optional test) split: datasets of raw ``(PIL RGB image, int label)`` items plus provenance."""
 
     train: Dataset
     val: Dataset
@@ -37,6 +37,8 @@ class DataSplit:
     source: str
     fingerprint: str
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    test: Dataset | None = None  # held-out test items: scored at the end, never used to choose anything
+    test_fingerprint: str = ""  # the test items' own fingerprint (``fingerprint`` covers train and val only)
 
     @property
     def num_classes(self) -> int:
@@ -49,8 +51,9 @@ class DataSplit:
         return [(path, reason) for path, reason in self.skipped if not reason.startswith("hidden")]
 
     def summary(self) -> str:
-        """One line: ``"N train / M val images, K classes (S skipped)"``; S excludes hidden files."""
-        return (f"{len(self.train)} train / {len(self.val)} val images, {len(self.classes)} classes "
+        """One line: ``"N train / M val [/ T test] images, K classes (S skipped)"``; S excludes hidden files."""
+        test = "" if self.test is None else f" / {len(self.test)} test"
+        return (f"{len(self.train)} train / {len(self.val)} val{test} images, {len(self.classes)} classes "
                 f"({len(self.problems)} skipped)")
 
 

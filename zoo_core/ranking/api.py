@@ -25,6 +25,7 @@ from ..errors import ZooError
 from ..runtime import pick_device, resolve_precision
 from ..scaleout import Executor, use_executor
 from ..stats import majority_baseline
+from ..training.config import data_options
 from ..util import atomic_write_text, check_output_folder
 from .fanout import RankJob
 from .features import RANK_OPTIONS, candidate_config, extract, predecode, subsample
@@ -84,7 +85,7 @@ def rank(backbones: Sequence[str] | str | None, data: Any, *, family: str | None
     names = _names(backbones, family, max_entries)
     base = candidate_config(names[0], options, progress)
     split = zdata.load_data(data, val_fraction=base.val_fraction, seed=base.seed, download=base.download,
-                            data_root=base.data_root, progress=progress)
+                            data_root=base.data_root, progress=progress, **data_options(base))
     ranked_on = subsample(split, budget, base.seed)
     n = len(ranked_on.train)  # type: ignore[arg-type]
     if n < 2 * folds:

@@ -121,6 +121,18 @@ class TrainConfig:
                             resumable=True, rank=True)
     data_root: str | None = option(None, "where built-in datasets live (default $BACKBONE_ZOO_DATA or "
                                    "~/.cache/backbone-zoo/datasets)", FOLDER, resumable=True, rank=True)
+    image_col: str | None = option(None, "a labels table's image column (default: found by its name: image, "
+                                   "image_id, path, file, …)", kind(str, optional=True, what="a column name"),
+                                   signed=False, resumable=True, rank=True)
+    label_col: str | None = option(None, "a labels table's label column (default: found by its name: label, class, "
+                                   "category, target, …)", kind(str, optional=True, what="a column name"),
+                                   signed=False, resumable=True, rank=True)
+    images: str | None = option(None, "the folder a labels table's relative image paths start from (default: the "
+                                "table's folder)", FOLDER, signed=False, resumable=True, rank=True)
+    test: str | None = option(None, "held-out test data, a folder of class folders or a labels table (default: "
+                              "DATA/test of a train/val folder, a table's split=test rows); loaded and checked, "
+                              "never used to choose anything", kind(*PATH, optional=True, what="a folder or a table"),
+                              signed=False, resumable=True, lr_find=False)
     out_dir: str = option("runs", "parent folder of run directories (default runs)", _NOT_EMPTY,
                           signed=False, lr_find=False)
     run_name: str | None = option(None, "run directory name", _DIRECTORY_NAME, signed=False, lr_find=False)
@@ -261,6 +273,11 @@ def replace_options(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
         hint = f"; did you mean {', '.join(close)}?" if close else "; see zoo_core.TrainConfig for the options"
         raise ZooError(f"unknown training option(s) {', '.join(unknown)}{hint}")
     return dataclasses.replace(cfg, **overrides)
+
+
+def data_options(cfg: TrainConfig) -> dict[str, Any]:
+    """The :func:`~zoo_core.data.load_data` keyword arguments ``cfg`` sets besides the split's."""
+    return {"image_col": cfg.image_col, "label_col": cfg.label_col, "images": cfg.images, "test": cfg.test}
 
 
 def data_label(data: Any, fallback: str = "") -> str:

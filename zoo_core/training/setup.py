@@ -25,7 +25,7 @@ from ..backbones.models import check_image_size, create
 from ..distributed import DistContext, per_rank_batch
 from ..rundir import RunDir
 from ..runtime import autocast_for, pick_device, seed_everything, training_precision
-from .config import DEFAULT_EPOCHS, TrainConfig, check_stages, resolve_config
+from .config import DEFAULT_EPOCHS, TrainConfig, check_stages, data_options, resolve_config
 from .inputs import data_config_for
 from .loggers import RunLog, open_log
 from .shape import RunShape, run_shape
@@ -139,7 +139,7 @@ def build_run(cfg: TrainConfig, data: Any, *, ctx: DistContext | None = None, ru
     log = open_log(cfg, run_path, ctx.is_main)  # a bad --log, or TensorBoard missing, fails here
     seed_everything(cfg.seed)
     split = zdata.load_data(data, val_fraction=cfg.val_fraction, seed=cfg.seed, download=cfg.download,
-                            data_root=cfg.data_root, progress=cfg.progress and ctx.is_main)
+                            data_root=cfg.data_root, progress=cfg.progress and ctx.is_main, **data_options(cfg))
     adapter, plugin = registry.get_adapter(cfg.backbone)
     model = create(cfg.backbone, num_classes=len(split.classes), weights=cfg.weights)
     stages = adapter.stages(model)
