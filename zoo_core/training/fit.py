@@ -33,7 +33,7 @@ def train(backbone: str | None = None, data: Any = None, *, config: TrainConfig 
 
     Keyword ``overrides`` set any :class:`TrainConfig` field. ``resume=RUN_DIR`` continues an
     interrupted run from its ``last.pt`` with the saved config; only the options in
-    :data:`~zoo_core.training.resume.RESUMABLE` may change then (e.g. more ``epochs``), others are refused.
+    :data:`~zoo_core.training.config.RESUMABLE` may change then (e.g. more ``epochs``), others are refused.
     """
     cfg, run_path, resumes = _plan(backbone, data, config, resume, overrides)
     return run(cfg, data if data is not None else cfg.data, run_path=run_path, resume=resumes is not None,
